@@ -1,0 +1,34 @@
+# Targets for people and CI alike; `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help run test test-external lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP) ## install into .venv, seed the demo and serve on 127.0.0.1:8080
+	$(BIN)/gateway demo > /dev/null
+	$(BIN)/gateway serve
+
+test: $(STAMP) ## run the whole suite (embedded PostgreSQL, or GATEWAY_TEST_DATABASE_URL)
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check gateway keys tests
+	$(BIN)/mypy keys
+
+bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures)
+	$(BIN)/python -m loadtests.bench_publish
+
+clean: ## remove the venv and the local gateway home
+	rm -rf $(VENV) .gateway

@@ -1,0 +1,374 @@
+"""The `gateway` command: serve, migrate, the demo, and every vendor action of the admin API.
+
+Each command opens the same Runtime as the server and calls the same domain functions as the API,
+so a rule enforced in one is enforced in the other. Output is JSON on stdout (for scripts); progress
+and messages go to stderr, and progress only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway import config as config_module
+from gateway import credentials, datasets, licences, members, vendors
+from gateway.actors import cli_actor
+from gateway.errors import GatewayError
+from gateway.runtime import Runtime
+from keys.apikeys import KeyKind
+
+Handler = Callable[[Runtime, argparse.Namespace], Awaitable[Any]]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent when stderr is piped or redirected."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total = label, total
+        self.enabled = sys.stderr.isatty()
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6) / 1e6
+        share = f" {100 * done / self.total:5.1f}%" if self.total else ""
+        sys.stderr.write(f"\r{self.label}:{share} {done / 1e6:,.1f} MB ({rate:,.1f} MB/s)")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+async def cmd_vendor_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await vendors.create(runtime.writer, cli_actor(), args.name)
+    _, key = await credentials.issue(runtime.writer, cli_actor(vendor.id), runtime.hasher(), KeyKind.VENDOR,
+                                     vendor.id, label=args.label)
+    return {"vendor_id": str(vendor.id), "name": vendor.name, "vendor_admin_key": key,
+            "note": "the key is shown this once; store it in a secret manager"}
+
+
+async def _vendor(runtime: Runtime, args: argparse.Namespace) -> vendors.Vendor:
+    return await vendors.find(runtime.pool, args.vendor)
+
+
+async def cmd_dataset_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    declared = orjson.loads(Path(args.columns).read_bytes())
+    dataset = await datasets.create(runtime.writer, cli_actor(vendor.id), vendor.id, args.name, args.description,
+                                    declared, args.partition_column)
+    return dataset.to_json()
+
+
+async def cmd_dataset_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return {"items": [d.to_json() for d in await datasets.list_for_vendor(runtime.pool, vendor.id)]}
+
+
+async def cmd_dataset_publish(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
+    path = Path(args.file)
+    fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
+    progress = Progress(f"publishing {path.name}", path.stat().st_size)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+
+    version = await datasets.publish(runtime.writer, cli_actor(vendor.id), dataset, chunks(), fmt,
+                                     max_bytes=runtime.config.max_upload_bytes, progress=progress)
+    progress.finish()
+    return version.to_json()
+
+
+async def cmd_member_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return (await members.create(runtime.writer, cli_actor(vendor.id), vendor.id, args.name)).to_json()
+
+
+async def cmd_member_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return {"items": [m.to_json() for m in await members.list_for_vendor(runtime.pool, vendor.id)]}
+
+
+async def cmd_member_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member = await members.find(runtime.pool, vendor.id, args.member)
+    return (await members.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, member.id)).to_json()
+
+
+def _licence_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("partitions", "columns"):
+        if getattr(args, name, None):
+            values[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
+    for name in ("valid_from", "valid_until"):
+        if getattr(args, name, None):
+            values[name] = datetime.fromisoformat(getattr(args, name))
+    for name in ("records_per_month", "bytes_per_month", "burst"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    if getattr(args, "requests_per_second", None) is not None:
+        values["requests_per_second"] = args.requests_per_second
+    if getattr(args, "soft_quotas", False):
+        values["records_quota_hard"] = values["bytes_quota_hard"] = False
+    return values
+
+
+async def cmd_licence_grant(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member = await members.find(runtime.pool, vendor.id, args.member)
+    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
+    licence = await licences.grant(runtime.writer, cli_actor(vendor.id), vendor.id, member.id, dataset.id,
+                                   Path(args.terms).read_text(encoding="utf-8"), _licence_values(args))
+    return licence.to_json()
+
+
+async def cmd_licence_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    terms = Path(args.terms).read_text(encoding="utf-8") if args.terms else None
+    licence = await licences.amend(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.licence),
+                                   _licence_values(args), terms)
+    return licence.to_json()
+
+
+def _status_command(action: str) -> Handler:
+    async def run(runtime: Runtime, args: argparse.Namespace) -> Any:
+        vendor = await _vendor(runtime, args)
+        licence = await licences.set_status(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.licence),
+                                            action, args.reason)
+        return licence.to_json()
+
+    return run
+
+
+async def cmd_licence_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return {"items": [lic.to_json() for lic in await licences.list_for_vendor(runtime.pool, vendor.id)]}
+
+
+async def cmd_key_issue(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    kind = KeyKind(args.kind)
+    member_id = (await members.find(runtime.pool, vendor.id, args.member)).id if args.member else None
+    if (kind == KeyKind.MEMBER) != (member_id is not None):
+        raise SystemExit("member keys need --member; compliance keys take none")
+    credential, token = await credentials.issue(
+        runtime.writer, cli_actor(vendor.id), runtime.hasher(), kind, vendor.id, member_id, label=args.label,
+        expires_at=datetime.fromisoformat(args.expires_at) if args.expires_at else None,
+        allowed_networks=credentials.parse_networks(args.allowed_networks.split(",") if args.allowed_networks else []))
+    return {**credential.to_json(), "api_key": token}
+
+
+async def cmd_key_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return {"items": [c.to_json() for c in await credentials.list_for_vendor(runtime.pool, vendor.id)]}
+
+
+async def cmd_key_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return (await credentials.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.key))).to_json()
+
+
+async def cmd_demo(runtime: Runtime, args: argparse.Namespace) -> Any:
+    from gateway import demo
+
+    content, created = await demo.seed(runtime)
+    member = content["members"][0]
+    sys.stderr.write(
+        ("Demo data created" if created else "Demo data already in place") + f" ({demo.demo_file(runtime)}).\n"
+        f"Try, once the gateway is serving:\n  curl -H 'Authorization: Bearer {member['api_key']}' "
+        f"'{content['base_url']}/v1/datasets/{content['dataset']}/records?limit=5'\n")
+    return content
+
+
+async def cmd_migrate(runtime: Runtime, args: argparse.Namespace) -> Any:
+    return {"status": "up to date"}  # Runtime.open applied any pending migration
+
+
+def _uuid(text: str) -> Any:
+    import uuid
+
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise SystemExit(f"{text!r} is not an id; ids look like 3f1c2a9e-...; list them with the 'list' commands")
+
+
+# -- argument parsing -------------------------------------------------------------------------------
+
+def _command(sub: Any, name: str, handler: Handler, help_text: str, example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text,
+                                                     epilog=f"example:\n  {example}",
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _vendor_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vendor", required=True, help="vendor name or id")
+
+
+def _licence_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partitions", help="comma-separated partition values, e.g. 13,14")
+    parser.add_argument("--columns", help="comma-separated column names")
+    parser.add_argument("--valid-from", help="RFC 3339 date-time")
+    parser.add_argument("--valid-until", help="RFC 3339 date-time")
+    parser.add_argument("--records-per-month", type=int)
+    parser.add_argument("--bytes-per-month", type=int)
+    parser.add_argument("--requests-per-second", type=float)
+    parser.add_argument("--burst", type=int)
+    parser.add_argument("--soft-quotas", action="store_true", help="warn instead of refusing past the quotas")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Limited provision data gateway (限定提供データ).",
+        epilog="example:\n  gateway demo && gateway serve", formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the HTTP API", description="Serve the HTTP API (uvicorn).",
+                           epilog="example:\n  GATEWAY_PORT=8080 gateway serve",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.set_defaults(handler=None)
+    _command(sub, "migrate", cmd_migrate, "apply pending database migrations and exit", "gateway migrate")
+    _command(sub, "demo", cmd_demo, "seed the demo vendor, dataset, members and keys (idempotent)", "gateway demo")
+
+    vendor = sub.add_parser("vendor", help="operator: vendors").add_subparsers(dest="action", required=True)
+    p = _command(vendor, "create", cmd_vendor_create, "create a vendor and print its first admin key",
+                 'gateway vendor create "Example Mobile"')
+    p.add_argument("name")
+    p.add_argument("--label", default="vendor admin")
+
+    dataset = sub.add_parser("dataset", help="datasets and versions").add_subparsers(dest="action", required=True)
+    p = _command(dataset, "create", cmd_dataset_create, "declare a dataset",
+                 "gateway dataset create --vendor 'Example Mobile' --name mobile-location "
+                 "--columns columns.json --partition-column prefecture")
+    _vendor_arg(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--columns", required=True, help='JSON file: [{"name": "...", "type": "text|integer|...'
+                                                    '", "description": "..."}]')
+    p.add_argument("--partition-column", required=True)
+    p = _command(dataset, "list", cmd_dataset_list, "list a vendor's datasets",
+                 "gateway dataset list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+    p = _command(dataset, "publish", cmd_dataset_publish, "publish a new version from a CSV or NDJSON file",
+                 "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv")
+    _vendor_arg(p)
+    p.add_argument("dataset", help="dataset name or id")
+    p.add_argument("file")
+    p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+
+    member = sub.add_parser("member", help="members").add_subparsers(dest="action", required=True)
+    p = _command(member, "create", cmd_member_create, "add a member",
+                 "gateway member create --vendor 'Example Mobile' 'Shibuya Analytics'")
+    _vendor_arg(p)
+    p.add_argument("name")
+    p = _command(member, "list", cmd_member_list, "list members", "gateway member list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+    p = _command(member, "revoke", cmd_member_revoke, "cut a member off (all its keys and licences)",
+                 "gateway member revoke --vendor 'Example Mobile' 'Shibuya Analytics'")
+    _vendor_arg(p)
+    p.add_argument("member", help="member name or id")
+
+    licence = sub.add_parser("licence", help="licences").add_subparsers(dest="action", required=True)
+    p = _command(licence, "grant", cmd_licence_grant, "licence a member to a dataset",
+                 "gateway licence grant --vendor 'Example Mobile' --member 'Shibuya Analytics' "
+                 "--dataset mobile-location --partitions 13,14 --columns prefecture,hour,population --terms terms.txt")
+    _vendor_arg(p)
+    p.add_argument("--member", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--terms", required=True, help="text file with the licence terms")
+    _licence_args(p)
+    p = _command(licence, "amend", cmd_licence_amend, "change a licence (new terms must be accepted again)",
+                 "gateway licence amend --vendor 'Example Mobile' LICENCE_ID --partitions 13,14,11")
+    _vendor_arg(p)
+    p.add_argument("licence")
+    p.add_argument("--terms", help="text file with new licence terms")
+    _licence_args(p)
+    for action in ("suspend", "resume", "revoke"):
+        p = _command(licence, action, _status_command(action), f"{action} a licence",
+                     f"gateway licence {action} --vendor 'Example Mobile' LICENCE_ID --reason 'invoice overdue'")
+        _vendor_arg(p)
+        p.add_argument("licence")
+        p.add_argument("--reason", default="")
+    p = _command(licence, "list", cmd_licence_list, "list licences", "gateway licence list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    p = _command(key, "issue", cmd_key_issue, "issue a member or compliance key (shown once)",
+                 "gateway key issue --vendor 'Example Mobile' --kind member --member 'Shibuya Analytics' "
+                 "--allowed-networks 203.0.113.0/24")
+    _vendor_arg(p)
+    p.add_argument("--kind", choices=("member", "compliance"), required=True)
+    p.add_argument("--member")
+    p.add_argument("--label", default="")
+    p.add_argument("--expires-at", help="RFC 3339 date-time")
+    p.add_argument("--allowed-networks", help="comma-separated CIDR blocks")
+    p = _command(key, "list", cmd_key_list, "list keys (never their secrets)", "gateway key list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+    p = _command(key, "revoke", cmd_key_revoke, "revoke a key on every instance within a second",
+                 "gateway key revoke --vendor 'Example Mobile' KEY_ID")
+    _vendor_arg(p)
+    p.add_argument("key", help="the key's id (from 'gateway key list')")
+    return parser
+
+
+def serve(config: config_module.Config) -> None:
+    import uvicorn
+
+    from gateway.app import GatewayApp
+
+    uvicorn.run(GatewayApp(config), host=config.host, port=config.port, log_level=config.log_level.lower(),
+                server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
+
+
+async def _run(handler: Handler, config: config_module.Config, args: argparse.Namespace) -> Any:
+    runtime = await Runtime.open(config, serving=False, role="cli")
+    try:
+        return await handler(runtime, args)
+    finally:
+        await runtime.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_module.load()
+    except config_module.ConfigError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        return 2
+    if args.command == "serve":
+        serve(config)
+        return 0
+    try:
+        result = asyncio.run(_run(args.handler, config, args))
+    except GatewayError as exc:
+        sys.stderr.write(f"gateway: {exc.detail}\n")
+        return 1
+    _print_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""What one request carries through the middleware and the routes: who asked and what to audit.
+
+The audit middleware creates it, authentication fills in the principal, the route fills in what was
+asked and delivered, and the audit middleware turns it into the request's audit event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.actors import Actor, RequestInfo
+from gateway.credentials import Credential, IPAddress
+from gateway.events import AuditEvent, EventKind, Outcome
+from gateway.types import Scope
+
+SCOPE_KEY = "gateway.context"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: the credential and what it is bound to."""
+
+    credential: Credential
+
+    @property
+    def kind(self) -> str:
+        return self.credential.kind.value
+
+    @property
+    def vendor_id(self) -> uuid.UUID | None:
+        return self.credential.vendor_id
+
+    @property
+    def member_id(self) -> uuid.UUID | None:
+        return self.credential.member_id
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    method: str
+    path: str
+    client: IPAddress | None
+    user_agent: str | None
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
+    # What the route decided, for the audit event.
+    kind: EventKind = EventKind.REQUEST_OTHER
+    reason: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    # True once the route has committed the request's event itself (administrative changes, streams).
+    audited: bool = False
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @classmethod
+    def from_scope(cls, scope: Scope, client: IPAddress | None) -> RequestContext:
+        request_id = None
+        user_agent = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                text = value.decode("latin-1")
+                # A client's id is kept only if harmless: it ends up in evidence and logs.
+                request_id = text if _REQUEST_ID.match(text) else None
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")[:512]
+        return cls(request_id or secrets.token_hex(12), scope["method"], scope["path"], client, user_agent)
+
+    @property
+    def request_info(self) -> RequestInfo:
+        return RequestInfo(self.request_id, self.method, self.path, str(self.client) if self.client else None,
+                           self.user_agent)
+
+    @property
+    def actor(self) -> Actor:
+        credential = self.principal.credential if self.principal else None
+        return Actor(kind=credential.kind.value if credential else "anonymous",
+                     vendor_id=credential.vendor_id if credential else None,
+                     member_id=credential.member_id if credential else None,
+                     credential_id=credential.id if credential else None, request=self.request_info)
+
+    def event(self, outcome: Outcome, status: int) -> AuditEvent:
+        event = self.actor.event(self.kind, outcome, reason=self.reason, status=status, **self.fields)
+        event.event_id = self.event_id
+        return event
+
+
+def context(scope: Scope) -> RequestContext:
+    ctx: RequestContext = scope[SCOPE_KEY]
+    return ctx
+
+
+def peer_address(scope: Scope) -> IPAddress | None:
+    client = scope.get("client")
+    if not client:
+        return None
+    try:
+        return ipaddress.ip_address(client[0])
+    except ValueError:
+        return None

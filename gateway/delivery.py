@@ -1,0 +1,158 @@
+"""Delivering records under a licence: the scope a member may read, pages and streamed exports.
+
+PostgreSQL renders the records: NDJSON lines are `(data - <columns outside the licence>)::text` and
+CSV is PostgreSQL's own CSV writer over the licensed columns only, so records are never decoded and
+re-encoded in Python. Records are single-line by construction (gateway/uploads.py refuses control
+characters), which makes a delivered record exactly one line: metering counts newlines.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from gateway import licences
+from gateway.context import Principal
+from gateway.datasets import Dataset
+from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.licences import Licence
+from gateway.snapshot import Snapshot
+
+Format = Literal["ndjson", "csv"]
+MEDIA_TYPES: dict[Format, str] = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+# NDJSON through COPY: with CSV format, a delimiter and quote that JSON text never contains (JSON
+# escapes every control character), the single column comes out byte for byte as jsonb::text.
+_NDJSON_COPY = {"format": "csv", "delimiter": "\x1f", "quote": "\x1e"}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryScope:
+    """Exactly what one request may receive: a licence's partitions and columns, within version bounds."""
+
+    dataset: Dataset
+    licence: Licence
+    partitions: tuple[str, ...]
+    columns: tuple[str, ...]
+    since_version: int
+    upto_version: int
+
+    @property
+    def excluded_columns(self) -> list[str]:
+        return [c for c in self.dataset.column_names if c not in self.columns]
+
+
+def licensed(snapshot: Snapshot, caller: Principal, dataset_id: uuid.UUID) -> tuple[Dataset, Licence]:
+    """The dataset and the licence governing it for this member; 404 when there is none (no existence leak)."""
+    if caller.member_id is None:
+        raise NotFound("dataset")
+    licence = snapshot.licence_for(caller.member_id, dataset_id)
+    dataset = snapshot.datasets.get(dataset_id)
+    if licence is None or dataset is None:
+        raise NotFound("dataset")
+    return dataset, licence
+
+
+def authorise(snapshot: Snapshot, caller: Principal, dataset_id: uuid.UUID, now: datetime,
+              terms_url: Callable[[Licence], str]) -> tuple[Dataset, Licence]:
+    dataset, licence = licensed(snapshot, caller, dataset_id)
+    decision = licences.check(licence, snapshot.members.get(licence.member_id), now)
+    if isinstance(decision, licences.Denied):
+        if decision.terms_required:
+            raise Forbidden(decision.reason, terms=terms_url(licence), licence_id=str(licence.id),
+                            headers={"Link": f'<{terms_url(licence)}>; rel="terms-of-service"'})
+        raise Forbidden(decision.reason, licence_id=str(licence.id))
+    return dataset, licence
+
+
+def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], since_version: int,
+                   upto_version: int | None = None) -> DeliveryScope:
+    if requested:
+        outside = sorted(set(requested) - licence.partition_set)
+        if outside:
+            raise Forbidden(f"partition {outside[0]!r} is outside your licence", partition=outside[0])
+        partitions = tuple(sorted(set(requested)))
+    else:
+        partitions = licence.partitions
+    columns = tuple(c for c in dataset.column_names if c in licence.columns)
+    upto = dataset.latest_version if upto_version is None else upto_version
+    if since_version < 0:
+        raise BadRequest("since_version must be 0 or a published version number")
+    return DeliveryScope(dataset, licence, partitions, columns, since_version, upto)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Keyset position: the last record delivered, in (partition, version, seq) order."""
+
+    partition: str
+    version: int
+    seq: int
+
+
+_PAGE_SQL = (
+    "SELECT version, seq, {render} AS line FROM records "
+    "WHERE dataset_id = $1 AND partition = $2 AND version > $3 AND version <= $4 AND (version, seq) > ($5, $6) "
+    "ORDER BY version, seq LIMIT $7")
+
+
+def _csv_field(value: str | None) -> str:
+    """One field as PostgreSQL's CSV writer renders it, so pages and streams are byte-identical."""
+    if value is None:
+        return ""
+    if value == "" or any(ch in value for ch in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, after: Position | None,
+               limit: int) -> tuple[list[str], Position | None]:
+    """Up to `limit` rendered records after `after`; the position to continue from, or None at the end."""
+    lines: list[str] = []
+    last: Position | None = None
+    partitions = [p for p in scope.partitions if after is None or p >= after.partition]
+    if fmt == "ndjson":
+        sql, extra = _PAGE_SQL.format(render="(data - $8::text[])::text"), [scope.excluded_columns]
+    else:
+        # The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*).
+        sql, extra = _PAGE_SQL.format(render="ARRAY[" + ", ".join(f"data ->> '{c}'" for c in scope.columns) + "]"), []
+    for partition in partitions:
+        version, seq = (after.version, after.seq) if after is not None and partition == after.partition else (0, -1)
+        rows = await conn.fetch(sql, scope.dataset.id, partition, scope.since_version, scope.upto_version,
+                                version, seq, limit - len(lines) + 1, *extra)
+        for row in rows:
+            if len(lines) == limit:
+                return lines, last
+            line = row["line"]
+            lines.append(line if fmt == "ndjson" else ",".join(map(_csv_field, line)))
+            last = Position(partition, row["version"], row["seq"])
+    return lines, None
+
+
+async def stream(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format,
+                 write: Callable[[bytes], Awaitable[None]]) -> None:
+    """Every record of the scope, partition by partition, straight from COPY to `write` (constant memory).
+
+    asyncpg hands `write` whole CopyData messages, one record each, so every chunk ends on a record.
+    """
+    for partition in scope.partitions:
+        args = [scope.dataset.id, partition, scope.since_version, scope.upto_version]
+        if fmt == "ndjson":
+            await conn.copy_from_query(
+                "SELECT (data - $5::text[])::text FROM records WHERE dataset_id = $1 AND partition = $2 "
+                "AND version > $3 AND version <= $4 ORDER BY version, seq", *args, scope.excluded_columns,
+                output=write, **_NDJSON_COPY)
+        else:
+            selected = ", ".join(f"data ->> '{c}' AS \"{c}\"" for c in scope.columns)
+            await conn.copy_from_query(
+                f"SELECT {selected} FROM records WHERE dataset_id = $1 AND partition = $2 "
+                "AND version > $3 AND version <= $4 ORDER BY version, seq", *args, output=write, format="csv")
+
+
+def csv_header(scope: DeliveryScope) -> bytes:
+    return (",".join(scope.columns) + "\n").encode()

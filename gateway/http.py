@@ -1,0 +1,158 @@
+"""The thin helpers every route shares: JSON in and out, strict body fields, roles, path ids."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.context import Principal, context
+from gateway.errors import BadRequest, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, \
+    UnsupportedMediaType
+from gateway.events import EventKind
+
+MAX_JSON_DEPTH = 16
+NO_STORE = {"cache-control": "no-store"}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
+                    headers={**NO_STORE, **(headers or {})})
+
+
+def principal(request: Request, kind: EventKind, *roles: str) -> Principal:
+    """The caller, if its credential kind is one of `roles`; records the audit kind of the request."""
+    ctx = context(request.scope)
+    ctx.kind = kind
+    if ctx.principal is None:
+        raise Unauthenticated("this route needs 'Authorization: Bearer <key>'")
+    if ctx.principal.kind not in roles:
+        raise Forbidden(f"a {ctx.principal.kind} key cannot use this route")
+    return ctx.principal
+
+
+def vendor_of(caller: Principal) -> uuid.UUID:
+    assert caller.vendor_id is not None
+    return caller.vendor_id
+
+
+def path_id(request: Request, name: str, what: str) -> uuid.UUID:
+    """A path id; a malformed one is as unknown as a well-formed id that does not exist."""
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        raise NotFound(what) from None
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType("send the body as 'Content-Type: application/json'")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a JSON body: its type name, whether it must be present, whether null is allowed."""
+
+    type: str  # text, uuid, datetime, integer, number, boolean, text_list, json
+    required: bool = False
+    nullable: bool = False
+    max_length: int = 10_000
+
+
+def fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
+    """Validate `body` against `spec`: unknown fields are refused (no mass assignment), values converted."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(spec)}", field=unknown[0])
+    missing = [name for name, f in spec.items() if f.required and name not in body]
+    if missing:
+        raise InvalidInput(f"missing field(s): {', '.join(missing)}", field=missing[0])
+    values = {}
+    for name, value in body.items():
+        f = spec[name]
+        if value is None:
+            if not f.nullable:
+                raise InvalidInput(f"{name} may not be null", field=name)
+            values[name] = None
+            continue
+        values[name] = _convert(name, value, f)
+    return values
+
+
+def _convert(name: str, value: Any, f: Field) -> Any:
+    def wrong(expected: str) -> InvalidInput:
+        return InvalidInput(f"{name} must be {expected}", field=name)
+
+    if f.type == "text":
+        if not isinstance(value, str):
+            raise wrong("a string")
+        if len(value) > f.max_length:
+            raise wrong(f"at most {f.max_length} characters")
+        return value
+    if f.type == "text_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 10_000:
+            raise wrong("a list of strings")
+        return value
+    if f.type == "uuid":
+        try:
+            return uuid.UUID(value) if isinstance(value, str) else _raise(wrong("an id"))
+        except ValueError:
+            raise wrong("an id") from None
+    if f.type == "datetime":
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else _raise(wrong("a date-time"))
+        except ValueError:
+            raise wrong("an RFC 3339 date-time such as 2026-04-01T00:00:00Z") from None
+        if moment.tzinfo is None:
+            raise wrong("a date-time with a time zone, e.g. 2026-04-01T00:00:00+09:00")
+        return moment
+    if f.type == "integer":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise wrong("a whole number of 0 or more")
+        return value
+    if f.type == "number":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e9:
+            raise wrong("a positive number")
+        return float(value)
+    if f.type == "boolean":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    return value  # "json": validated by the domain
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc

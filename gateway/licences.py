@@ -1,0 +1,282 @@
+"""Licences: which member may receive which partitions and columns of a dataset, when, how much, on what terms.
+
+`check()` is the authorisation decision on every delivery. It reads only the in-memory snapshot and
+returns a value with its reason (Allowed, or Denied("licence suspended: unpaid invoice")), and that
+same reason goes into the problem+json body and the audit event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.actors import Actor
+from gateway.audit import AuditWriter
+from gateway.errors import Conflict, InvalidInput, NotFound
+from gateway.events import EventKind, Outcome
+from gateway.members import Member
+
+
+@dataclass(frozen=True, slots=True)
+class Licence:
+    id: uuid.UUID
+    vendor_id: uuid.UUID
+    member_id: uuid.UUID
+    dataset_id: uuid.UUID
+    partitions: tuple[str, ...]
+    columns: tuple[str, ...]
+    valid_from: datetime
+    valid_until: datetime | None
+    records_per_month: int | None
+    records_quota_hard: bool
+    bytes_per_month: int | None
+    bytes_quota_hard: bool
+    requests_per_second: float | None
+    burst: int | None
+    terms_version: int
+    accepted_terms: frozenset[int]
+    status: str
+    status_reason: str
+    partition_set: frozenset[str]
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record, accepted: frozenset[int] = frozenset()) -> Licence:
+        return cls(row["id"], row["vendor_id"], row["member_id"], row["dataset_id"], tuple(sorted(row["partitions"])),
+                   tuple(row["columns"]), row["valid_from"], row["valid_until"], row["records_per_month"],
+                   row["records_quota_hard"], row["bytes_per_month"], row["bytes_quota_hard"],
+                   row["requests_per_second"], row["burst"], row["terms_version"], accepted, row["status"],
+                   row["status_reason"], frozenset(row["partitions"]))
+
+    @property
+    def live(self) -> bool:
+        return self.status != "revoked"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "member_id": str(self.member_id), "dataset_id": str(self.dataset_id),
+            "partitions": list(self.partitions), "columns": list(self.columns),
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
+            "quotas": {"records_per_month": self.records_per_month, "records_quota_hard": self.records_quota_hard,
+                       "bytes_per_month": self.bytes_per_month, "bytes_quota_hard": self.bytes_quota_hard,
+                       "requests_per_second": self.requests_per_second, "burst": self.burst},
+            "terms_version": self.terms_version, "terms_accepted": self.terms_version in self.accepted_terms,
+            "status": self.status, "status_reason": self.status_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    licence: Licence
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    reason: str
+    terms_required: bool = False
+
+
+Decision = Allowed | Denied
+
+
+def check(licence: Licence, member: Member | None, now: datetime) -> Decision:
+    """May the licence's member receive data under it now? Pure: snapshot values in, a decision out."""
+    if member is None or member.status != "active":
+        return Denied("member access revoked by the vendor")
+    if licence.status == "revoked":
+        return Denied(f"licence revoked{_because(licence.status_reason)}")
+    if licence.status == "suspended":
+        return Denied(f"licence suspended{_because(licence.status_reason)}")
+    if now < licence.valid_from:
+        return Denied(f"licence not valid before {licence.valid_from.astimezone(UTC).isoformat()}")
+    if licence.valid_until is not None and now >= licence.valid_until:
+        return Denied(f"licence expired at {licence.valid_until.astimezone(UTC).isoformat()}")
+    if licence.terms_version not in licence.accepted_terms:
+        return Denied(f"terms version {licence.terms_version} of this licence must be accepted first",
+                      terms_required=True)
+    return Allowed(licence)
+
+
+def _because(reason: str) -> str:
+    return f": {reason}" if reason else ""
+
+
+# The fields a vendor sets on grant and may change on amend, with their SQL column.
+SETTABLE = ("partitions", "columns", "valid_from", "valid_until", "records_per_month", "records_quota_hard",
+            "bytes_per_month", "bytes_quota_hard", "requests_per_second", "burst")
+
+
+def _validate(values: dict[str, Any], declared_columns: tuple[str, ...]) -> None:
+    if "partitions" in values:
+        partitions = values["partitions"]
+        if not partitions or any(not p or len(p) > 200 for p in partitions):
+            raise InvalidInput("partitions must be a non-empty list of partition values", field="partitions")
+    if "columns" in values:
+        unknown = [c for c in values["columns"] if c not in declared_columns]
+        if not values["columns"] or unknown:
+            raise InvalidInput(
+                f"columns must be a non-empty list of the dataset's columns ({', '.join(declared_columns)})"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else ""), field="columns")
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+async def grant(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, member_id: uuid.UUID,
+                dataset_id: uuid.UUID, terms_text: str, values: dict[str, Any]) -> Licence:
+    """Licence a member of this vendor to a dataset of this vendor."""
+    async with writer.change() as change:
+        conn = change.conn
+        member = await conn.fetchval("SELECT 1 FROM members WHERE id = $1 AND vendor_id = $2", member_id, vendor_id)
+        declared = await conn.fetchval("SELECT columns FROM datasets WHERE id = $1 AND vendor_id = $2",
+                                       dataset_id, vendor_id)
+        if member is None:
+            raise NotFound("member")
+        if declared is None:
+            raise NotFound("dataset")
+        _validate(values, tuple(c["name"] for c in orjson.loads(declared)))
+        values = {"valid_from": datetime.now(UTC), **values}
+        licence_id = uuid.uuid4()
+        names = ["id", "vendor_id", "member_id", "dataset_id", *values]
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO licences ({', '.join(names)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))}) "
+                "RETURNING *", licence_id, vendor_id, member_id, dataset_id, *values.values())
+        except asyncpg.UniqueViolationError:
+            raise Conflict("this member already has a licence for this dataset: amend it instead") from None
+        except asyncpg.CheckViolationError as exc:
+            raise InvalidInput(f"the licence values are inconsistent ({exc.constraint_name})") from None
+        await conn.execute("INSERT INTO licence_terms (licence_id, version, text, sha256) VALUES ($1, 1, $2, $3)",
+                           licence_id, terms_text, _sha256(terms_text))
+        licence = Licence.from_row(row)
+        change.record(actor.event(EventKind.LICENCE_GRANT, Outcome.CHANGE, vendor_id=vendor_id, member_id=member_id,
+                                  dataset_id=dataset_id, licence_id=licence_id, terms_version=1,
+                                  detail=_audit_detail(licence)))
+    return licence
+
+
+async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence_id: uuid.UUID,
+                values: dict[str, Any], terms_text: str | None) -> Licence:
+    """Change a licence's scope, validity, quotas or terms; new terms must be accepted again."""
+    async with writer.change() as change:
+        conn = change.conn
+        current = await conn.fetchrow(
+            "SELECT l.*, d.columns AS declared FROM licences l JOIN datasets d ON d.id = l.dataset_id "
+            "WHERE l.id = $1 AND l.vendor_id = $2 FOR UPDATE OF l", licence_id, vendor_id)
+        if current is None:
+            raise NotFound("licence")
+        _validate(values, tuple(c["name"] for c in orjson.loads(current["declared"])))
+        terms_version = current["terms_version"]
+        if terms_text is not None:
+            latest = await conn.fetchval("SELECT sha256 FROM licence_terms WHERE licence_id = $1 AND version = $2",
+                                         licence_id, terms_version)
+            if latest != _sha256(terms_text):
+                terms_version += 1
+                await conn.execute(
+                    "INSERT INTO licence_terms (licence_id, version, text, sha256) VALUES ($1, $2, $3, $4)",
+                    licence_id, terms_version, terms_text, _sha256(terms_text))
+        values = {**values, "terms_version": terms_version}
+        assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(values))
+        try:
+            row = await conn.fetchrow(
+                f"UPDATE licences SET {assignments}, updated_at = now() WHERE id = $1 AND vendor_id = $2 RETURNING *",
+                licence_id, vendor_id, *values.values())
+        except asyncpg.CheckViolationError as exc:
+            raise InvalidInput(f"the licence values are inconsistent ({exc.constraint_name})") from None
+        licence = Licence.from_row(row)
+        change.record(actor.event(EventKind.LICENCE_AMEND, Outcome.CHANGE, vendor_id=vendor_id,
+                                  member_id=licence.member_id, dataset_id=licence.dataset_id, licence_id=licence_id,
+                                  terms_version=terms_version, detail=_audit_detail(licence)))
+    return licence
+
+
+_TRANSITIONS = {
+    # action: (allowed from, new status, event kind)
+    "suspend": ({"active"}, "suspended", EventKind.LICENCE_SUSPEND),
+    "resume": ({"suspended"}, "active", EventKind.LICENCE_RESUME),
+    "revoke": ({"active", "suspended"}, "revoked", EventKind.LICENCE_REVOKE),
+}
+
+
+async def set_status(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence_id: uuid.UUID, action: str,
+                     reason: str) -> Licence:
+    allowed_from, status, kind = _TRANSITIONS[action]
+    async with writer.change() as change:
+        current = await change.conn.fetchval(
+            "SELECT status FROM licences WHERE id = $1 AND vendor_id = $2 FOR UPDATE", licence_id, vendor_id)
+        if current is None:
+            raise NotFound("licence")
+        if current not in allowed_from:
+            raise Conflict(f"a {current} licence cannot be {status}; it can be "
+                           f"{', '.join(a for a, t in _TRANSITIONS.items() if current in t[0]) or 'left as it is'}")
+        row = await change.conn.fetchrow(
+            "UPDATE licences SET status = $3, status_reason = $4, updated_at = now() WHERE id = $1 AND vendor_id = $2 "
+            "RETURNING *", licence_id, vendor_id, status, reason)
+        licence = Licence.from_row(row)
+        change.record(actor.event(kind, Outcome.CHANGE, vendor_id=vendor_id, member_id=licence.member_id,
+                                  dataset_id=licence.dataset_id, licence_id=licence_id, reason=reason or None))
+    return licence
+
+
+def _audit_detail(licence: Licence) -> dict[str, Any]:
+    detail = licence.to_json()
+    for name in ("id", "member_id", "dataset_id", "terms_accepted", "status_reason"):
+        detail.pop(name)
+    # Events hold no floats (their canonical form must be exact): a rate is written as text.
+    quotas = detail["quotas"]
+    if quotas["requests_per_second"] is not None:
+        quotas["requests_per_second"] = repr(quotas["requests_per_second"])
+    return detail
+
+
+async def get(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, licence_id: uuid.UUID) -> Licence:
+    found = await load(conn, [licence_id])
+    if not found or found[0].vendor_id != vendor_id:
+        raise NotFound("licence")
+    return found[0]
+
+
+async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID) -> list[Licence]:
+    ids = [r["id"] for r in await conn.fetch(
+        "SELECT id FROM licences WHERE vendor_id = $1 ORDER BY created_at", vendor_id)]
+    return await load(conn, ids) if ids else []
+
+
+async def load(conn: asyncpg.Pool | asyncpg.Connection, ids: list[uuid.UUID] | None = None) -> list[Licence]:
+    rows = await conn.fetch(
+        "SELECT l.*, coalesce(array_agg(a.terms_version) FILTER (WHERE a.terms_version IS NOT NULL), '{}') AS accepted "
+        "FROM licences l LEFT JOIN terms_acceptances a ON a.licence_id = l.id "
+        "WHERE $1::uuid[] IS NULL OR l.id = ANY($1) GROUP BY l.id ORDER BY l.created_at", ids)
+    return [Licence.from_row(row, frozenset(row["accepted"])) for row in rows]
+
+
+async def current_terms(conn: asyncpg.Pool | asyncpg.Connection, licence: Licence) -> dict[str, Any]:
+    row = await conn.fetchrow("SELECT text, sha256, created_at FROM licence_terms WHERE licence_id = $1 AND version = $2",
+                              licence.id, licence.terms_version)
+    return {"licence_id": str(licence.id), "version": licence.terms_version, "text": row["text"],
+            "sha256": bytes(row["sha256"]).hex(), "published_at": row["created_at"].isoformat(),
+            "accepted": licence.terms_version in licence.accepted_terms}
+
+
+async def accept_terms(writer: AuditWriter, actor: Actor, licence: Licence) -> dict[str, Any]:
+    """The member accepts the licence's current terms; recorded with the credential and the terms digest."""
+    async with writer.change() as change:
+        row = await change.conn.fetchrow(
+            "SELECT t.version, t.sha256 FROM licences l JOIN licence_terms t ON t.licence_id = l.id "
+            "AND t.version = l.terms_version WHERE l.id = $1", licence.id)
+        accepted_at = await change.conn.fetchval(
+            "INSERT INTO terms_acceptances (licence_id, terms_version, credential_id, terms_sha256) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (licence_id, terms_version) DO UPDATE SET licence_id = EXCLUDED.licence_id "
+            "RETURNING accepted_at", licence.id, row["version"], actor.credential_id, row["sha256"])
+        change.record(actor.event(EventKind.TERMS_ACCEPT, Outcome.CHANGE, vendor_id=licence.vendor_id,
+                                  dataset_id=licence.dataset_id, licence_id=licence.id, terms_version=row["version"],
+                                  detail={"terms_sha256": bytes(row["sha256"]).hex()}))
+    return {"licence_id": str(licence.id), "terms_version": row["version"], "terms_sha256": bytes(row["sha256"]).hex(),
+            "accepted_at": accepted_at.isoformat()}

@@ -1,0 +1,22 @@
+"""Prometheus metrics of one gateway process (documented in the README; the docs test checks each)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RESPONSES = Counter("gateway_responses_total", "Responses sent, by status class and audit outcome.",
+                    ["status_class", "outcome"], registry=REGISTRY)
+AUDIT_BATCH_EVENTS = Histogram("gateway_audit_batch_events", "Events per audit group commit.",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), registry=REGISTRY)
+AUDIT_COMMIT_SECONDS = Histogram("gateway_audit_commit_seconds", "Time to write and commit one audit batch.",
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2),
+                                 registry=REGISTRY)
+AUDIT_FAILURES = Counter("gateway_audit_failures_total", "Audit batches that could not be committed.",
+                         registry=REGISTRY)
+AUDIT_LOG_SIZE = Gauge("gateway_audit_log_events", "Events in this process's audit log.", registry=REGISTRY)
+SNAPSHOT_READY = Gauge("gateway_snapshot_ready", "1 while the credential and licence snapshot is current.",
+                       registry=REGISTRY)
+SNAPSHOT_GENERATION = Gauge("gateway_snapshot_generation", "Changes applied to the snapshot since start.",
+                            registry=REGISTRY)

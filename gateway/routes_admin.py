@@ -1,0 +1,255 @@
+"""The vendor admin API under /v1/admin: thin routes over the domain modules the CLI uses too.
+
+A vendor admin sees and touches only its own vendor's objects: every lookup is by (vendor, id), so
+another vendor's id is answered exactly like an id that does not exist (404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import credentials, datasets, licences, members
+from gateway.context import context
+from gateway.errors import InvalidInput, UnsupportedMediaType
+from gateway.events import EventKind
+from gateway.http import Field, fields, json_response, path_id, principal, read_json, vendor_of
+from gateway.runtime import Runtime
+from keys.apikeys import KeyKind
+
+ADMIN = ("vendor",)
+READERS = ("vendor", "compliance")
+
+UPLOAD_TYPES = {"text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson"}
+
+DATASET_FIELDS = {
+    "name": Field("text", required=True, max_length=63),
+    "description": Field("text", max_length=2000),
+    "columns": Field("json", required=True),
+    "partition_column": Field("text", required=True, max_length=63),
+}
+MEMBER_FIELDS = {"name": Field("text", required=True, max_length=200)}
+LICENCE_VALUE_FIELDS = {
+    "partitions": Field("text_list"),
+    "columns": Field("text_list"),
+    "valid_from": Field("datetime"),
+    "valid_until": Field("datetime", nullable=True),
+    "records_per_month": Field("integer", nullable=True),
+    "records_quota_hard": Field("boolean"),
+    "bytes_per_month": Field("integer", nullable=True),
+    "bytes_quota_hard": Field("boolean"),
+    "requests_per_second": Field("number", nullable=True),
+    "burst": Field("integer", nullable=True),
+}
+GRANT_FIELDS = {
+    "member_id": Field("uuid", required=True),
+    "dataset_id": Field("uuid", required=True),
+    "terms_text": Field("text", required=True, max_length=100_000),
+    **LICENCE_VALUE_FIELDS,
+    "partitions": Field("text_list", required=True),
+    "columns": Field("text_list", required=True),
+}
+AMEND_FIELDS = {"terms_text": Field("text", max_length=100_000), **LICENCE_VALUE_FIELDS}
+STATUS_FIELDS = {"reason": Field("text", max_length=1000)}
+KEY_FIELDS = {
+    "kind": Field("text", required=True),
+    "member_id": Field("uuid"),
+    "label": Field("text", max_length=200),
+    "expires_at": Field("datetime", nullable=True),
+    "allowed_networks": Field("text_list"),
+    "client_cert_sha256": Field("text", nullable=True, max_length=64),
+}
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def _body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
+    return fields(await read_json(request, _runtime(request).config.max_body_bytes), spec)
+
+
+def _changed(request: Request) -> None:
+    """The domain function committed this request's event with the change itself."""
+    context(request.scope).audited = True
+
+
+# -- datasets -------------------------------------------------------------------------------------
+
+async def list_datasets(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    found = await datasets.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    return json_response({"items": [d.to_json() for d in found]})
+
+
+async def create_dataset(request: Request) -> Response:
+    caller = principal(request, EventKind.DATASET_CREATE, *ADMIN)
+    body = await _body(request, DATASET_FIELDS)
+    runtime = _runtime(request)
+    dataset = await datasets.create(runtime.writer, context(request.scope).actor, vendor_of(caller), body["name"],
+                                    body.get("description", ""), body["columns"], body["partition_column"])
+    _changed(request)
+    return json_response(dataset.to_json(), status=201)
+
+
+async def get_dataset(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    dataset = await datasets.get(_runtime(request).pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
+    return json_response(dataset.to_json())
+
+
+async def publish_version(request: Request) -> Response:
+    caller = principal(request, EventKind.VERSION_PUBLISH, *ADMIN)
+    runtime = _runtime(request)
+    dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fmt = UPLOAD_TYPES.get(media_type)
+    if fmt is None:
+        raise UnsupportedMediaType("upload records as 'Content-Type: text/csv' (with a header row) or "
+                                   "'application/x-ndjson'")
+    version = await datasets.publish(runtime.writer, context(request.scope).actor, dataset, request.stream(), fmt,
+                                     max_bytes=runtime.config.max_upload_bytes)
+    _changed(request)
+    return json_response(version.to_json(), status=201)
+
+
+# -- members --------------------------------------------------------------------------------------
+
+async def list_members(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    found = await members.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    return json_response({"items": [m.to_json() for m in found]})
+
+
+async def create_member(request: Request) -> Response:
+    caller = principal(request, EventKind.MEMBER_CREATE, *ADMIN)
+    body = await _body(request, MEMBER_FIELDS)
+    member = await members.create(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                  body["name"])
+    _changed(request)
+    return json_response(member.to_json(), status=201)
+
+
+async def get_member(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    member = await members.get(_runtime(request).pool, vendor_of(caller), path_id(request, "member", "member"))
+    return json_response(member.to_json())
+
+
+async def revoke_member(request: Request) -> Response:
+    caller = principal(request, EventKind.MEMBER_REVOKE, *ADMIN)
+    member = await members.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                  path_id(request, "member", "member"))
+    _changed(request)
+    return json_response(member.to_json())
+
+
+# -- licences -------------------------------------------------------------------------------------
+
+async def list_licences(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    found = await licences.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    return json_response({"items": [lic.to_json() for lic in found]})
+
+
+async def grant_licence(request: Request) -> Response:
+    caller = principal(request, EventKind.LICENCE_GRANT, *ADMIN)
+    body = await _body(request, GRANT_FIELDS)
+    member_id, dataset_id, terms = body.pop("member_id"), body.pop("dataset_id"), body.pop("terms_text")
+    licence = await licences.grant(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                   member_id, dataset_id, terms, body)
+    _changed(request)
+    return json_response(licence.to_json(), status=201)
+
+
+async def get_licence(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    licence = await licences.get(_runtime(request).pool, vendor_of(caller), path_id(request, "licence", "licence"))
+    return json_response(licence.to_json())
+
+
+async def amend_licence(request: Request) -> Response:
+    caller = principal(request, EventKind.LICENCE_AMEND, *ADMIN)
+    body = await _body(request, AMEND_FIELDS)
+    terms = body.pop("terms_text", None)
+    if not body and terms is None:
+        raise InvalidInput(f"name at least one field to change: {', '.join(AMEND_FIELDS)}")
+    licence = await licences.amend(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                   path_id(request, "licence", "licence"), body, terms)
+    _changed(request)
+    return json_response(licence.to_json())
+
+
+def _status_route(action: str, kind: EventKind) -> Any:
+    async def change_status(request: Request) -> Response:
+        caller = principal(request, kind, *ADMIN)
+        body = await _body(request, STATUS_FIELDS)
+        licence = await licences.set_status(_runtime(request).writer, context(request.scope).actor,
+                                            vendor_of(caller), path_id(request, "licence", "licence"), action,
+                                            body.get("reason", ""))
+        _changed(request)
+        return json_response(licence.to_json())
+
+    change_status.__name__ = f"{action}_licence"
+    return change_status
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+async def list_keys(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *ADMIN)
+    found = await credentials.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    return json_response({"items": [c.to_json() for c in found]})
+
+
+async def issue_key(request: Request) -> Response:
+    caller = principal(request, EventKind.KEY_ISSUE, *ADMIN)
+    body = await _body(request, KEY_FIELDS)
+    kind = body["kind"]
+    if kind not in {k.value for k in credentials.VENDOR_ISSUABLE}:
+        raise InvalidInput("kind must be 'member' or 'compliance'", field="kind")
+    member_id = body.get("member_id")
+    if (kind == KeyKind.MEMBER) != (member_id is not None):
+        raise InvalidInput("member keys need member_id; compliance keys take none", field="member_id")
+    runtime = _runtime(request)
+    credential, token = await credentials.issue(
+        runtime.writer, context(request.scope).actor, runtime.hasher(),
+        KeyKind(kind), vendor_of(caller), member_id, label=body.get("label", ""), expires_at=body.get("expires_at"),
+        allowed_networks=credentials.parse_networks(body.get("allowed_networks", [])),
+        client_cert_sha256=body.get("client_cert_sha256"))
+    _changed(request)
+    return json_response({**credential.to_json(), "api_key": token}, status=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    caller = principal(request, EventKind.KEY_REVOKE, *ADMIN)
+    credential = await credentials.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                          path_id(request, "key", "key"))
+    _changed(request)
+    return json_response(credential.to_json())
+
+
+routes = [
+    Route("/v1/admin/datasets", list_datasets, methods=["GET"]),
+    Route("/v1/admin/datasets", create_dataset, methods=["POST"]),
+    Route("/v1/admin/datasets/{dataset}", get_dataset, methods=["GET"]),
+    Route("/v1/admin/datasets/{dataset}/versions", publish_version, methods=["POST"]),
+    Route("/v1/admin/members", list_members, methods=["GET"]),
+    Route("/v1/admin/members", create_member, methods=["POST"]),
+    Route("/v1/admin/members/{member}", get_member, methods=["GET"]),
+    Route("/v1/admin/members/{member}/revoke", revoke_member, methods=["POST"]),
+    Route("/v1/admin/licences", list_licences, methods=["GET"]),
+    Route("/v1/admin/licences", grant_licence, methods=["POST"]),
+    Route("/v1/admin/licences/{licence}", get_licence, methods=["GET"]),
+    Route("/v1/admin/licences/{licence}", amend_licence, methods=["PATCH"]),
+    Route("/v1/admin/licences/{licence}/suspend", _status_route("suspend", EventKind.LICENCE_SUSPEND), methods=["POST"]),
+    Route("/v1/admin/licences/{licence}/resume", _status_route("resume", EventKind.LICENCE_RESUME), methods=["POST"]),
+    Route("/v1/admin/licences/{licence}/revoke", _status_route("revoke", EventKind.LICENCE_REVOKE), methods=["POST"]),
+    Route("/v1/admin/keys", list_keys, methods=["GET"]),
+    Route("/v1/admin/keys", issue_key, methods=["POST"]),
+    Route("/v1/admin/keys/{key}/revoke", revoke_key, methods=["POST"]),
+]

@@ -1,0 +1,251 @@
+"""The member API: a member's licensed datasets and their records, nothing beyond its licences."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import urllib.parse
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import cursors, delivery, licences
+from gateway.context import RequestContext, context
+from gateway.datasets import accumulation
+from gateway.delivery import DeliveryScope, Format, Position
+from gateway.errors import BadRequest, NotAcceptable, NotFound
+from gateway.events import EventKind, Outcome
+from gateway.http import NO_STORE, json_response, path_id, principal
+from gateway.licences import Licence
+from gateway.runtime import Runtime
+from gateway.server_secrets import CURSOR
+from gateway.types import Receive, Send
+
+MEMBER = ("member", "sharing")
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+
+NOTICE_EN = ("Limited provision data under Japan's Unfair Competition Prevention Act art. 2(7), provided to "
+             "the licensee only under licence {licence}, terms version {terms}. Use or disclosure beyond the "
+             "licence is not permitted.")
+NOTICE_JA = ("本データは不正競争防止法第2条第7項の限定提供データであり、ライセンス {licence}（利用規約 第{terms}版）に基づき"
+             "ライセンシーに限り提供されます。ライセンスの範囲を超える使用・開示は認められません。")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def notice_headers(licence: Licence) -> dict[str, str]:
+    """The notice every delivery carries: the statute protects data whose restriction is made visible."""
+    values = {"licence": str(licence.id), "terms": licence.terms_version}
+    return {
+        "licence": f'{licence.id}; terms-version={licence.terms_version}',
+        "data-notice": NOTICE_EN.format(**values),
+        # Header values are ASCII: the Japanese notice travels percent-encoded UTF-8 (RFC 3986).
+        "data-notice-ja": urllib.parse.quote(NOTICE_JA.format(**values), safe=" ()、。"),
+        **NO_STORE,
+    }
+
+
+def terms_url(request: Request) -> Any:
+    return lambda licence: str(request.url_for("licence_terms", licence=str(licence.id)))
+
+
+def _licence_summary(runtime: Runtime, licence: Licence) -> dict[str, Any]:
+    dataset = runtime.snapshot.datasets[licence.dataset_id]
+    return {"dataset": str(dataset.id), "name": dataset.name, "description": dataset.description,
+            "licence_id": str(licence.id), "status": licence.status,
+            "scope": {"partitions": list(licence.partitions), "columns": list(licence.columns)},
+            "valid_from": licence.valid_from.isoformat(),
+            "valid_until": licence.valid_until.isoformat() if licence.valid_until else None,
+            "terms_version": licence.terms_version,
+            "terms_accepted": licence.terms_version in licence.accepted_terms}
+
+
+async def list_datasets(request: Request) -> Response:
+    caller = principal(request, EventKind.DATASETS_LIST, *MEMBER)
+    runtime = _runtime(request)
+    assert caller.member_id is not None
+    items = [_licence_summary(runtime, lic) for lic in runtime.snapshot.licences_of(caller.member_id)
+             if lic.dataset_id in runtime.snapshot.datasets]
+    return json_response({"items": sorted(items, key=lambda i: i["name"])})
+
+
+async def get_dataset(request: Request) -> Response:
+    caller = principal(request, EventKind.DATASET_READ, *MEMBER)
+    runtime = _runtime(request)
+    dataset, licence = delivery.licensed(runtime.snapshot, caller, path_id(request, "dataset", "dataset"))
+    _note_subject(context(request.scope), licence)
+    columns = [{"name": c.name, "type": c.type, "description": c.description}
+               for c in dataset.columns if c.name in licence.columns]
+    body = {**_licence_summary(runtime, licence), "columns": columns, "partition_column": dataset.partition_column,
+            "accumulation": accumulation(dataset.versions, licence.partition_set),
+            "versions": [v.to_json(licence.partition_set) for v in dataset.versions]}
+    return json_response(body, headers=notice_headers(licence))
+
+
+def _note_subject(ctx: RequestContext, licence: Licence) -> None:
+    ctx.fields.update(dataset_id=licence.dataset_id, licence_id=licence.id, terms_version=licence.terms_version)
+
+
+def _format(request: Request) -> Format:
+    asked = request.query_params.get("format")
+    if asked is None:
+        accept = request.headers.get("accept", "")
+        asked = "csv" if "text/csv" in accept and "ndjson" not in accept else "ndjson"
+    if asked not in ("ndjson", "csv"):
+        raise NotAcceptable("format must be ndjson or csv")
+    return asked  # type: ignore[return-value]
+
+
+def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+async def records(request: Request) -> Response:
+    caller = principal(request, EventKind.RECORDS_DELIVER, *MEMBER)
+    runtime = _runtime(request)
+    ctx = context(request.scope)
+    dataset, licence = delivery.authorise(runtime.snapshot, caller, path_id(request, "dataset", "dataset"),
+                                          datetime.now(UTC), terms_url(request))
+    _note_subject(ctx, licence)
+    fmt = _format(request)
+    limit = _int_param(request, "limit", 1, MAX_PAGE)
+    cursor_text = request.query_params.get("cursor")
+    after: Position | None = None
+    if cursor_text is not None:
+        scope, after, fmt, limit = _resume(runtime, cursor_text, dataset, licence)
+    else:
+        since = _int_param(request, "since_version", 0, 2**31 - 1) or 0
+        scope = delivery.delivery_scope(dataset, licence, request.query_params.getlist("partition"), since)
+    ctx.fields.update(partitions=list(scope.partitions),
+                      versions=list(range(scope.since_version + 1, scope.upto_version + 1)))
+    headers = {**notice_headers(licence), "content-type": delivery.MEDIA_TYPES[fmt]}
+    if limit is None:
+        return ExportResponse(runtime, ctx, scope, fmt, headers)
+    async with runtime.pool.acquire() as conn:
+        lines, next_position = await delivery.page(conn, scope, fmt, after, limit)
+    ctx.fields["records"] = len(lines)
+    if next_position is not None:
+        version, key = runtime.snapshot.secrets.current(CURSOR) if runtime.snapshot.secrets else (0, b"")
+        token = cursors.encode(_cursor_state(scope, fmt, limit, next_position), version, key)
+        headers["link"] = f'<{request.url.replace(query=urllib.parse.urlencode({"cursor": token}))}>; rel="next"'
+    body = "".join(line + "\n" for line in lines)
+    if fmt == "csv":
+        body = delivery.csv_header(scope).decode() + body if after is None else body
+    return Response(body.encode(), headers=headers)
+
+
+def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Position) -> dict[str, Any]:
+    return {"l": str(scope.licence.id), "p": list(scope.partitions), "s": scope.since_version, "u": scope.upto_version,
+            "f": fmt, "n": limit, "at": [position.partition, position.version, position.seq]}
+
+
+def _resume(runtime: Runtime, text: str, dataset: Any, licence: Licence) -> tuple[DeliveryScope, Position, Format, int]:
+    assert runtime.snapshot.secrets is not None
+    state = cursors.decode(text, runtime.snapshot.secrets.by_purpose[CURSOR])
+    if state.get("l") != str(licence.id):
+        raise BadRequest("cursor is not valid: use the 'next' link of the previous page unchanged")
+    # The scope is re-checked against the licence as it is now: a narrowed licence narrows old cursors too.
+    scope = delivery.delivery_scope(dataset, licence, state["p"], state["s"], state["u"])
+    partition, version, seq = state["at"]
+    return scope, Position(partition, version, seq), state["f"], state["n"]
+
+
+class ExportResponse(Response):
+    """A full export: authorisation event committed before the first byte, completion event after the last."""
+
+    def __init__(self, runtime: Runtime, ctx: RequestContext, scope: DeliveryScope, fmt: Format,
+                 headers: dict[str, str]) -> None:
+        self.runtime, self.ctx, self.scope, self.fmt = runtime, ctx, scope, fmt
+        self.raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        ctx, writer = self.ctx, self.runtime.writer
+        await writer.commit(ctx.event(Outcome.ALLOW, 200))
+        ctx.audited = True
+        digest = hashlib.sha256()
+        counts = {"records": 0, "bytes": 0}
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        async def write(chunk: bytes) -> None:
+            if disconnected.is_set():
+                raise ConnectionAbortedError
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Counted once handed to the server: a client gone midway is metered for what it got.
+            digest.update(chunk)
+            counts["bytes"] += len(chunk)
+            counts["records"] += chunk.count(b"\n")
+
+        watcher = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        complete = False
+        try:
+            if self.fmt == "csv":
+                await write(delivery.csv_header(self.scope))
+                counts["records"] -= 1
+            async with self.runtime.pool.acquire() as conn:
+                await delivery.stream(conn, self.scope, self.fmt, write)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            complete = True
+        except ConnectionAbortedError:
+            pass
+        finally:
+            watcher.cancel()
+            end = ctx.event(Outcome.ALLOW, 200)
+            end.kind, end.event_id = EventKind.RECORDS_STREAM_END, uuid.uuid4()
+            end.records, end.bytes, end.sha256, end.complete = (counts["records"], counts["bytes"],
+                                                                digest.hexdigest(), complete)
+            end.detail = {"authorised_by": str(ctx.event_id)}
+            writer.submit(end)
+
+
+async def accept_terms(request: Request) -> Response:
+    caller = principal(request, EventKind.TERMS_ACCEPT, *MEMBER)
+    runtime = _runtime(request)
+    licence = _own_licence(request, caller.member_id)
+    _note_subject(context(request.scope), licence)
+    accepted = await licences.accept_terms(runtime.writer, context(request.scope).actor, licence)
+    context(request.scope).audited = True
+    return json_response(accepted)
+
+
+async def licence_terms(request: Request) -> Response:
+    caller = principal(request, EventKind.TERMS_READ, *MEMBER)
+    runtime = _runtime(request)
+    licence = _own_licence(request, caller.member_id)
+    _note_subject(context(request.scope), licence)
+    terms = await licences.current_terms(runtime.pool, licence)
+    return json_response(terms)
+
+
+def _own_licence(request: Request, member_id: Any) -> Licence:
+    licence = _runtime(request).snapshot.licences.get(path_id(request, "licence", "licence"))
+    if licence is None or licence.member_id != member_id:
+        raise NotFound("licence")
+    return licence
+
+
+routes = [
+    Route("/v1/datasets", list_datasets, methods=["GET"]),
+    Route("/v1/datasets/{dataset}", get_dataset, methods=["GET"]),
+    Route("/v1/datasets/{dataset}/records", records, methods=["GET"]),
+    Route("/v1/licences/{licence}/terms", licence_terms, methods=["GET"], name="licence_terms"),
+    Route("/v1/licences/{licence}/accept", accept_terms, methods=["POST"]),
+]

@@ -1,0 +1,68 @@
+"""Everything a running gateway process holds: database pool, audit writer, snapshot and secrets.
+
+The HTTP app and the CLI open the same Runtime, so a CLI command runs exactly the domain code, the
+migrations and the audit path that the API runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway import database, migrations, server_secrets
+from gateway.audit import AuditWriter, new_log_id
+from gateway.config import Config
+from gateway.server_secrets import ServerSecrets
+from gateway.snapshot import Snapshot, SnapshotRefresher
+from keys.hashing import KeyHasher
+from keys.sealing import MasterKey
+
+
+@dataclass
+class Runtime:
+    config: Config
+    dsn: str
+    pool: asyncpg.Pool
+    writer: AuditWriter
+    master: MasterKey
+    secrets: ServerSecrets
+    snapshot: Snapshot
+    refresher: SnapshotRefresher | None = None
+
+    @classmethod
+    async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
+        """Connect (starting the embedded PostgreSQL if configured so), migrate, and start the audit writer.
+
+        `serving` also loads the snapshot and keeps it current; the CLI reads the database directly.
+        """
+        dsn = await database.resolve_dsn(config)
+        master = server_secrets.load_master_key(config)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrations.apply(conn)
+            secrets = await server_secrets.load(conn, master)
+        finally:
+            await conn.close()
+        pool = await database.create_pool(dsn, config.pool_size)
+        instance = config.instance if role == "gateway" else f"{config.instance}-{role}"
+        writer = AuditWriter(pool, new_log_id(instance), instance, batch_max=config.audit_batch_max,
+                             deadline=config.audit_deadline_seconds)
+        await writer.start()
+        snapshot = Snapshot()
+        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot)
+        if serving:
+            runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
+            await runtime.refresher.start()
+        return runtime
+
+    def hasher(self) -> KeyHasher:
+        """The API key hasher: the snapshot's (kept current on rotation) when serving, else the one loaded."""
+        return self.snapshot.hasher or self.secrets.hasher()
+
+    async def close(self) -> None:
+        """Drain the audit writer first: events of answered requests must reach the database."""
+        await self.writer.close()
+        if self.refresher is not None:
+            await self.refresher.close()
+        await self.pool.close()

@@ -1,0 +1,224 @@
+"""The in-memory snapshot that authenticates and authorises every request without a database round trip.
+
+Loaded whole at start, then kept current by LISTEN/NOTIFY: every change to a row the snapshot holds
+fires a trigger (schemas/migrations/0001) that names the row, and the refresher reloads exactly those
+rows, usually within milliseconds of the commit, on every instance.
+
+If the listening connection is lost, notifications may have been missed: the snapshot turns
+not-ready, which makes every authenticated request fail closed with 503 (a revocation is never
+missed), until it has reconnected and reloaded in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from gateway import credentials, datasets, licences, members, server_secrets, vendors
+from gateway.credentials import Credential
+from gateway.datasets import Dataset
+from gateway.licences import Licence
+from gateway.members import Member
+from gateway.server_secrets import ServerSecrets
+from gateway.vendors import Vendor
+from keys.hashing import KeyHasher
+from keys.sealing import MasterKey
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gateway_changes"
+
+
+@dataclass
+class Snapshot:
+    vendors: dict[uuid.UUID, Vendor] = field(default_factory=dict)
+    datasets: dict[uuid.UUID, Dataset] = field(default_factory=dict)
+    members: dict[uuid.UUID, Member] = field(default_factory=dict)
+    licences: dict[uuid.UUID, Licence] = field(default_factory=dict)
+    credentials: dict[uuid.UUID, Credential] = field(default_factory=dict)
+    credentials_by_key_id: dict[str, Credential] = field(default_factory=dict)
+    # member id -> dataset id -> the licence that governs it (the live one, else the latest revoked)
+    licences_by_member: dict[uuid.UUID, dict[uuid.UUID, Licence]] = field(default_factory=dict)
+    _licences_of_member: dict[uuid.UUID, dict[uuid.UUID, Licence]] = field(default_factory=dict)
+    secrets: ServerSecrets | None = None
+    hasher: KeyHasher | None = None
+    ready: bool = False
+    # Bumped on every change, so caches keyed by it never serve a view older than the snapshot.
+    generation: int = 0
+
+    def credential(self, key_id: str) -> Credential | None:
+        return self.credentials_by_key_id.get(key_id)
+
+    def licence_for(self, member_id: uuid.UUID, dataset_id: uuid.UUID) -> Licence | None:
+        return self.licences_by_member.get(member_id, {}).get(dataset_id)
+
+    def licences_of(self, member_id: uuid.UUID) -> list[Licence]:
+        return list(self.licences_by_member.get(member_id, {}).values())
+
+    # -- applying loaded rows -------------------------------------------------------------------
+
+    def put_vendors(self, rows: list[Vendor], ids: list[uuid.UUID] | None) -> None:
+        _replace(self.vendors, rows, ids)
+
+    def put_datasets(self, rows: list[Dataset], ids: list[uuid.UUID] | None) -> None:
+        _replace(self.datasets, rows, ids)
+
+    def put_members(self, rows: list[Member], ids: list[uuid.UUID] | None) -> None:
+        _replace(self.members, rows, ids)
+
+    def put_credentials(self, rows: list[Credential], ids: list[uuid.UUID] | None) -> None:
+        stale = self.credentials.values() if ids is None else [self.credentials[i] for i in ids if i in self.credentials]
+        for old in list(stale):
+            self.credentials_by_key_id.pop(old.key_id, None)
+        _replace(self.credentials, rows, ids)
+        for credential in rows:
+            self.credentials_by_key_id[credential.key_id] = credential
+
+    def put_licences(self, rows: list[Licence], ids: list[uuid.UUID] | None) -> None:
+        if ids is None:
+            self.licences.clear()
+            self._licences_of_member.clear()
+            self.licences_by_member.clear()
+            ids = []
+        touched = set()
+        for licence_id in ids:
+            old = self.licences.pop(licence_id, None)
+            if old is not None:
+                self._licences_of_member[old.member_id].pop(licence_id, None)
+                touched.add(old.member_id)
+        for licence in rows:
+            self.licences[licence.id] = licence
+            self._licences_of_member.setdefault(licence.member_id, {})[licence.id] = licence
+            touched.add(licence.member_id)
+        for member_id in touched:
+            governing: dict[uuid.UUID, Licence] = {}
+            for licence in sorted(self._licences_of_member.get(member_id, {}).values(),
+                                  key=lambda lic: (lic.live, lic.valid_from)):
+                governing[licence.dataset_id] = licence  # later (live) ones win
+            self.licences_by_member[member_id] = governing
+
+    def put_secrets(self, secrets: ServerSecrets) -> None:
+        self.secrets = secrets
+        self.hasher = secrets.hasher()
+
+
+def _replace(table: dict[uuid.UUID, Any], rows: list[Any], ids: list[uuid.UUID] | None) -> None:
+    if ids is None:
+        table.clear()
+    else:
+        for row_id in ids:
+            table.pop(row_id, None)
+    for row in rows:
+        table[row.id] = row
+
+
+_SECTIONS: dict[str, tuple[Callable[..., Any], str]] = {
+    "vendors": (vendors.load, "put_vendors"),
+    "datasets": (datasets.load, "put_datasets"),
+    "members": (members.load, "put_members"),
+    "licences": (licences.load, "put_licences"),
+    "credentials": (credentials.load, "put_credentials"),
+}
+
+
+class SnapshotRefresher:
+    """Owns one connection that LISTENs for changes and reloads what they name into the snapshot."""
+
+    def __init__(self, snapshot: Snapshot, dsn: str, master: MasterKey) -> None:
+        self.snapshot = snapshot
+        self.dsn = dsn
+        self.master = master
+        self._conn: asyncpg.Connection | None = None
+        self._changed: dict[str, set[uuid.UUID]] = {}
+        self._secrets_changed = False
+        self._wakeup = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._connect_and_load()
+        self._task = asyncio.create_task(self._run(), name="snapshot-refresher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+    async def _connect_and_load(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        # Listen before loading: a change committed during the load is then heard and reloaded after it.
+        await conn.add_listener(CHANNEL, self._on_notify)
+        # Only the current connection's end matters; an old one we closed ourselves says nothing.
+        conn.add_termination_listener(lambda ended: self._on_lost() if ended is self._conn else None)
+        self._conn = conn
+        self._changed.clear()
+        snapshot = self.snapshot
+        snapshot.put_secrets(await server_secrets.load(conn, self.master))
+        for loader, put in _SECTIONS.values():
+            getattr(snapshot, put)(await loader(conn), None)
+        snapshot.generation += 1
+        snapshot.ready = True
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        section, _, row_id = payload.partition(":")
+        if section == "server_secrets":
+            self._secrets_changed = True
+        elif section in _SECTIONS:
+            self._changed.setdefault(section, set()).add(uuid.UUID(row_id))
+        self._wakeup.set()
+
+    def _on_lost(self) -> None:
+        self.snapshot.ready = False
+        self._lost.set()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._lost.is_set():
+                await self._reconnect()
+                continue
+            try:
+                await self._apply_changes()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("snapshot refresh failed, reloading in full: %s", exc)
+                self._on_lost()
+
+    async def _apply_changes(self) -> None:
+        assert self._conn is not None
+        changed, self._changed = self._changed, {}
+        if self._secrets_changed:
+            self._secrets_changed = False
+            self.snapshot.put_secrets(await server_secrets.load(self._conn, self.master))
+        for section, ids in changed.items():
+            loader, put = _SECTIONS[section]
+            id_list = list(ids)
+            getattr(self.snapshot, put)(await loader(self._conn, id_list), id_list)
+        self.snapshot.generation += 1
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is not None and not self._conn.is_closed():
+                    self._conn.terminate()
+                await self._connect_and_load()
+                self._lost.clear()
+                log.info("snapshot reconnected and reloaded")
+                return
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("snapshot cannot reconnect yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
