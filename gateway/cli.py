@@ -335,10 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(config: config_module.Config) -> None:
+    import signal
+
     import uvicorn
 
     from gateway.app import GatewayApp
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler it found.
+    # Finding this one, the process exits normally, so exit handlers run and the embedded PostgreSQL
+    # is stopped when this process was its last user.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(GatewayApp(config), host=config.host, port=config.port, log_level=config.log_level.lower(),
                 server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
 

@@ -41,15 +41,17 @@ def parse_columns(raw: object) -> tuple[Column, ...]:
             raise ColumnError(f"{where} must be an object with a name and a type")
         unknown = sorted(str(key) for key in item.keys() - _KEYS)
         if unknown:
-            raise ColumnError(f"{where} has unknown key(s) {', '.join(unknown)}; allowed: name, type, description")
+            raise ColumnError(f"{where} has unknown key(s) {', '.join(unknown)}; "
+                              "allowed: name, type, description")
         name, kind, description = item.get("name"), item.get("type"), item.get("description", "")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ColumnError(f"{where}: name must be 1 to 63 characters of lowercase letters, digits and '_', "
+            raise ColumnError(f"{where}: name must be 1 to 63 lowercase letters, digits and '_', "
                               f"starting with a letter (got {name!r})")
         if name in seen:
             raise ColumnError(f"{where}: column {name!r} is declared twice; column names must be unique")
         if kind not in COLUMN_TYPES:
-            raise ColumnError(f"{where} ({name}): type must be one of {', '.join(COLUMN_TYPES)} (got {kind!r})")
+            raise ColumnError(f"{where} ({name}): type must be one of {', '.join(COLUMN_TYPES)} "
+                              f"(got {kind!r})")
         if not isinstance(description, str):
             raise ColumnError(f"{where} ({name}): description must be a string")
         seen.add(name)

@@ -74,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
             lambda t: Path(t).expanduser().resolve()),
     Setting("GATEWAY_DATABASE_URL", "", "PostgreSQL URL; empty runs an embedded PostgreSQL under GATEWAY_HOME.",
             _database_url),
-    Setting("GATEWAY_MASTER_KEY", "", "Base64 32-byte key sealing secrets at rest; empty uses GATEWAY_HOME/master.key.",
+    Setting("GATEWAY_MASTER_KEY", "", "URL-safe base64 32-byte key sealing secrets at rest; empty uses GATEWAY_HOME/master.key.",
             str),
     Setting("GATEWAY_PUBLIC_URL", "", "Base URL members use (links, demo.json); empty means http://HOST:PORT.", str),
     Setting("GATEWAY_INSTANCE", "", "Name of this instance in audit logs; empty means hostname.", str),

@@ -77,13 +77,12 @@ def parse(token: str) -> ApiKey:
         raise MalformedKey("unknown API key prefix")
     if token[_KEY_ID_END] != "_":
         raise MalformedKey("API key separator missing")
-    if not _BASE62_SET.issuperset(token[_PREFIX_LENGTH:_KEY_ID_END]) or not _BASE62_SET.issuperset(
-        token[_KEY_ID_END + 1 :]
-    ):
+    key_id, secret_and_checksum = token[_PREFIX_LENGTH:_KEY_ID_END], token[_KEY_ID_END + 1 :]
+    if not _BASE62_SET.issuperset(key_id + secret_and_checksum):
         raise MalformedKey("API key has characters outside base62")
     if token[_CHECKSUM_START:] != _checksum(token[:_CHECKSUM_START]):
         raise MalformedKey("API key checksum does not match")
-    return ApiKey(kind, token[_PREFIX_LENGTH:_KEY_ID_END], token)
+    return ApiKey(kind, key_id, token)
 
 
 def _random_base62(length: int) -> str:

@@ -204,7 +204,7 @@ def verify_consistency(
         if old_size == 0 and old_root != EMPTY_ROOT:
             raise ProofError("the empty tree has another root")
         return
-    if old_size == -1:
+    if old_size == 0:
         # Every tree extends the empty one; a "proof" of that proves nothing, so none is accepted.
         raise ProofError("consistency with the empty tree cannot be proven")
     if not proof:

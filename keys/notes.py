@@ -231,7 +231,9 @@ def _check_text(text: str) -> bytes:
 
 
 def _check_name(name: str) -> None:
-    if not name or "+" in name or any(c.isspace() or c < " " for c in name):
+    # The spec forbids spaces and "+"; a control character or lone surrogate could never appear in
+    # a valid note either, so a key named with one could never verify anything.
+    if not name or "+" in name or any(c.isspace() or c < " " or "\ud800" <= c <= "\udfff" for c in name):
         raise NoteError("key name must be non-empty, without spaces, '+' or control characters")
 
 

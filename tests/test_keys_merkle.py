@@ -27,7 +27,8 @@ from keys.merkle import (
 
 
 def _vectors(name: str) -> Any:
-    folder = os.environ.get("GATEWAY_TESTVECTORS") or Path(__file__).resolve().parents[2] / "shared" / "testvectors"
+    default = Path(__file__).resolve().parents[2] / "shared" / "testvectors"
+    folder = os.environ.get("GATEWAY_TESTVECTORS") or default
     return json.loads((Path(folder) / name).read_text("utf-8"))
 
 
@@ -44,6 +45,18 @@ def _b64(value: str) -> bytes:
 
 def _hexes(values: Sequence[str]) -> list[bytes]:
     return [bytes.fromhex(x) for x in values]
+
+
+def _inclusion_args(case: dict[str, Any]) -> tuple[bytes, int, int, list[bytes], bytes]:
+    """A transparency-dev inclusion case as verify_inclusion arguments."""
+    proof = [_b64(p) for p in case["proof"]]
+    return _b64(case["leafHash"]), case["leafIdx"], case["treeSize"], proof, _b64(case["root"])
+
+
+def _consistency_args(case: dict[str, Any]) -> tuple[int, int, bytes, bytes, list[bytes]]:
+    """A transparency-dev consistency case as verify_consistency arguments."""
+    proof = [_b64(p) for p in case["proof"]]
+    return case["size1"], case["size2"], _b64(case["root1"]), _b64(case["root2"]), proof
 
 
 def _leaves(n: int) -> list[bytes]:
@@ -123,7 +136,9 @@ def _inclusion_probes(leaf: bytes, index: int, size: int, proof: list[bytes], ro
             yield pytest.param(*args, id=name)
 
 
-def _consistency_probes(size1: int, size2: int, root1: bytes, root2: bytes, proof: list[bytes]) -> Iterator[Any]:
+def _consistency_probes(
+    size1: int, size2: int, root1: bytes, root2: bytes, proof: list[bytes]
+) -> Iterator[Any]:
     original = (size1, size2, root1, root2, proof)
     probes = [
         ("size1 - 1", (size1 - 1, size2, root1, root2, proof)),
@@ -140,19 +155,24 @@ def _consistency_probes(size1: int, size2: int, root1: bytes, root2: bytes, proo
     ]
     if proof:
         probes.append(("proof[0] repeated in front", (size1, size2, root1, root2, [proof[0], *proof])))
-    probes += [(name, (size1, size2, root1, root2, bad)) for name, bad in _node_corruptions(proof, [root1, root2])]
+    corruptions = _node_corruptions(proof, [root1, root2])
+    probes += [(name, (size1, size2, root1, root2, bad)) for name, bad in corruptions]
     for name, args in probes:
         if args != original:
             yield pytest.param(*args, id=name)
 
 
-def _assert_inclusion_probes_fail(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> None:
+def _assert_inclusion_probes_fail(
+    leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes
+) -> None:
     for probe in _inclusion_probes(leaf, index, size, proof, root):
         with pytest.raises(ProofError):
             verify_inclusion(*probe.values)
 
 
-def _assert_consistency_probes_fail(size1: int, size2: int, root1: bytes, root2: bytes, proof: list[bytes]) -> None:
+def _assert_consistency_probes_fail(
+    size1: int, size2: int, root1: bytes, root2: bytes, proof: list[bytes]
+) -> None:
     for probe in _consistency_probes(size1, size2, root1, root2, proof):
         with pytest.raises(ProofError):
             verify_consistency(*probe.values)
@@ -178,7 +198,8 @@ def test_reference_tree_roots(n: int) -> None:
     compact = CompactRange()
     for leaf in REF_LEAVES[:n]:
         compact.append(leaf)
-    assert REF_TREE.root(n) == MerkleTree(REF_LEAVES[:n]).root() == compact.root() == _mth(REF_LEAVES[:n]) == want
+    assert REF_TREE.root(n) == MerkleTree(REF_LEAVES[:n]).root() == compact.root() == want
+    assert _mth(REF_LEAVES[:n]) == want
 
 
 def test_reference_tree_node_hashes() -> None:
@@ -200,7 +221,7 @@ def test_compact_range_state_is_the_complete_subtrees_left_to_right(n: int) -> N
     assert compact.state() == (n, want)
 
 
-@pytest.mark.parametrize("case", V["inclusion_vectors"], ids=lambda c: f"{c['leaf_index']}-in-{c['tree_size']}")
+@pytest.mark.parametrize("case", V["inclusion_vectors"], ids=lambda c: f"{c['leaf_index']}/{c['tree_size']}")
 def test_inclusion_vectors(case: dict[str, Any]) -> None:
     index, size, proof = case["leaf_index"], case["tree_size"], _hexes(case["proof_hex"])
     root = bytes.fromhex(REF["root_hashes_hex"][size])
@@ -220,34 +241,29 @@ def test_consistency_vectors(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", V["inclusion_happy_paths"], ids=lambda c: c["name"])
 def test_inclusion_happy_paths(case: dict[str, Any]) -> None:
-    leaf, root, proof = _b64(case["leafHash"]), _b64(case["root"]), [_b64(p) for p in case["proof"]]
+    leaf, index, size, proof, root = _inclusion_args(case)
     assert case["wantErr"] is False
-    assert REF_TREE.inclusion_proof(case["leafIdx"], case["treeSize"]) == proof
-    verify_inclusion(leaf, case["leafIdx"], case["treeSize"], proof, root)
+    assert REF_TREE.inclusion_proof(index, size) == proof
+    verify_inclusion(leaf, index, size, proof, root)
 
 
 @pytest.mark.parametrize(
     "leaf,index,size,proof,root",
-    [
-        probe
-        for case in V["inclusion_happy_paths"]
-        for probe in _inclusion_probes(
-            _b64(case["leafHash"]), case["leafIdx"], case["treeSize"], [_b64(p) for p in case["proof"]],
-            _b64(case["root"]),
-        )
-    ],
+    [probe for case in V["inclusion_happy_paths"] for probe in _inclusion_probes(*_inclusion_args(case))],
 )
-def test_inclusion_happy_path_probes_fail(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> None:
+def test_inclusion_happy_path_probes_fail(
+    leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes
+) -> None:
     with pytest.raises(ProofError):
         verify_inclusion(leaf, index, size, proof, root)
 
 
 @pytest.mark.parametrize("case", V["consistency_happy_paths"], ids=lambda c: c["name"])
 def test_consistency_happy_paths(case: dict[str, Any]) -> None:
-    root1, root2, proof = _b64(case["root1"]), _b64(case["root2"]), [_b64(p) for p in case["proof"]]
+    size1, size2, root1, root2, proof = _consistency_args(case)
     assert case["wantErr"] is False
-    assert REF_TREE.consistency_proof(case["size1"], case["size2"]) == proof
-    verify_consistency(case["size1"], case["size2"], root1, root2, proof)
+    assert REF_TREE.consistency_proof(size1, size2) == proof
+    verify_consistency(size1, size2, root1, root2, proof)
 
 
 @pytest.mark.parametrize(
@@ -255,9 +271,7 @@ def test_consistency_happy_paths(case: dict[str, Any]) -> None:
     [
         probe
         for case in V["consistency_happy_paths"]
-        for probe in _consistency_probes(
-            case["size1"], case["size2"], _b64(case["root1"]), _b64(case["root2"]), [_b64(p) for p in case["proof"]]
-        )
+        for probe in _consistency_probes(*_consistency_args(case))
     ],
 )
 def test_consistency_happy_path_probes_fail(
@@ -269,7 +283,7 @@ def test_consistency_happy_path_probes_fail(
 
 @pytest.mark.parametrize("case", V["inclusion_static_probes"], ids=lambda c: c["name"])
 def test_inclusion_static_probes(case: dict[str, Any]) -> None:
-    args = (_b64(case["leafHash"]), case["leafIdx"], case["treeSize"], [_b64(p) for p in case["proof"]], _b64(case["root"]))
+    args = _inclusion_args(case)
     if case["expect"] == "accept":
         verify_inclusion(*args)
     else:
@@ -279,7 +293,7 @@ def test_inclusion_static_probes(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", V["consistency_static_probes"], ids=lambda c: c["name"])
 def test_consistency_static_probes(case: dict[str, Any]) -> None:
-    args = (case["size1"], case["size2"], _b64(case["root1"]), _b64(case["root2"]), [_b64(p) for p in case["proof"]])
+    args = _consistency_args(case)
     if case["expect"] == "accept":
         verify_consistency(*args)
     else:
@@ -295,6 +309,25 @@ def test_equal_sizes_with_equal_32_byte_roots_and_no_proof_are_consistent() -> N
         verify_consistency(0, 0, SOME_HASH, SOME_HASH, [])
 
 
+def test_rejections_name_the_failed_rfc_step() -> None:
+    # The RFC's length checks fail fast, before a wrong-length proof reaches the root comparison.
+    root8 = REF_TREE.root()
+    inclusion = REF_TREE.inclusion_proof(5, 8)
+    with pytest.raises(ProofError, match="too many nodes"):
+        verify_inclusion(REF_LEAVES[5], 5, 8, [*inclusion, SOME_HASH], root8)
+    with pytest.raises(ProofError, match="too few nodes"):
+        verify_inclusion(REF_LEAVES[5], 5, 8, inclusion[:-1], root8)
+    with pytest.raises(ProofError, match="not below the tree size"):
+        verify_inclusion(REF_LEAVES[5], 8, 8, inclusion, root8)
+    consistency = REF_TREE.consistency_proof(6, 8)
+    with pytest.raises(ProofError, match="too many nodes"):
+        verify_consistency(6, 8, REF_TREE.root(6), root8, [*consistency, SOME_HASH])
+    with pytest.raises(ProofError, match="too few nodes"):
+        verify_consistency(6, 8, REF_TREE.root(6), root8, consistency[:-1])
+    with pytest.raises(ProofError, match="old root"):
+        verify_consistency(6, 8, SOME_HASH, root8, consistency)
+
+
 def test_go_record_hash_is_the_leaf_hash() -> None:
     case = V["go_record_hash"]
     assert leaf_hash(bytes.fromhex(case["input_hex"])) == _b64(case["leaf_hash_b64"])
@@ -308,7 +341,10 @@ def test_rfc9162_worked_example() -> None:
     def resolve(name: str) -> bytes:
         if name not in named:
             spec = example["nodes"][name]
-            named[name] = leaves[spec["leaf"]] if "leaf" in spec else node_hash(resolve(spec["left"]), resolve(spec["right"]))
+            if "leaf" in spec:
+                named[name] = leaves[spec["leaf"]]
+            else:
+                named[name] = node_hash(resolve(spec["left"]), resolve(spec["right"]))
         return named[name]
 
     tree = MerkleTree(leaves)
@@ -422,8 +458,8 @@ def test_a_million_leaves_build_once_and_prove_in_logarithmic_time() -> None:
     for index in range(0, size, 997):  # ~1000 proofs of each kind, at the latest and an older size
         proof = tree.inclusion_proof(index, size)
         verify_inclusion(leaves[index], index, size, proof, tree.root())
-        old = index + 1
-        verify_consistency(old, size - 2, tree.root(old), tree.root(size - 2), tree.consistency_proof(old, size - 2))
+        old, new = index + 1, size - 2
+        verify_consistency(old, new, tree.root(old), tree.root(new), tree.consistency_proof(old, new))
     # O(log n) each: well under a second; O(n) each would take hours.
     assert time.perf_counter() - start < 5
 

@@ -29,7 +29,8 @@ from keys.signing import SigningKey
 
 
 def _vectors(name: str) -> Any:
-    folder = os.environ.get("GATEWAY_TESTVECTORS") or Path(__file__).resolve().parents[2] / "shared" / "testvectors"
+    default = Path(__file__).resolve().parents[2] / "shared" / "testvectors"
+    folder = os.environ.get("GATEWAY_TESTVECTORS") or default
     return json.loads((Path(folder) / name).read_text("utf-8"))
 
 
@@ -130,6 +131,14 @@ def test_a_bad_signature_by_a_known_key_rejects_the_note(key: str) -> None:
         open_note(tampered, [v for v in GO_VERIFIERS if v.name == key])
 
 
+def test_a_bad_signature_by_a_known_key_rejects_the_note_even_beside_a_good_one() -> None:
+    peter, enoch = (_signer(key) for key in GO["keys"])
+    other_text = GO["text"].replace("problem,", "problem;")
+    note = GO["text"] + "\n" + peter.signature_line(GO["text"]) + enoch.signature_line(other_text)
+    with pytest.raises(NoteError, match="EnochRoot does not verify"):
+        open_note(note, GO_VERIFIERS)
+
+
 # --- Go sumdb checkpoints and tree notes ----------------------------------------------------------
 
 
@@ -174,7 +183,8 @@ def test_go_tree_note_variants(case: dict[str, Any]) -> None:
     checkpoint = parse_checkpoint(case["text"])
     assert checkpoint.origin == case.get("origin", V["go_tlog_tree_note"]["origin"])
     assert checkpoint.extensions == (case.get("extension_line"),) * case["extension_count"]
-    assert format_checkpoint(*[getattr(checkpoint, f) for f in ("origin", "size", "root_hash", "extensions")]) == case["text"]
+    text = format_checkpoint(checkpoint.origin, checkpoint.size, checkpoint.root_hash, checkpoint.extensions)
+    assert text == case["text"]
 
 
 # --- C2SP spec examples ------------------------------------------------------------------------------
@@ -249,7 +259,9 @@ def test_oversized_notes_are_rejected_before_parsing() -> None:
         parse_note("é" * (MAX_NOTE_BYTES // 2) + "\n\n" + signer.signature_line("x\n"))
 
 
-@pytest.mark.parametrize("name", ["", "a b", "a+b", "a\tb", "a\u00a0b", "a\u3000b", "a\x01b", "a\nb"])
+@pytest.mark.parametrize(
+    "name", ["", "a b", "a+b", "a\tb", "a\u00a0b", "a\u3000b", "a\u2028b", "a\x01b", "a\nb", "a\ud800b"]
+)
 def test_key_names_must_be_non_empty_without_spaces_plus_or_controls(name: str) -> None:
     with pytest.raises(NoteError):
         NoteSigner(name, SigningKey.generate())

@@ -14,7 +14,8 @@ from keys.signing import SigningKey, verify_ed25519
 RFC8032_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 RFC8032_SIGNATURE = bytes.fromhex(
-    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555"
+    "fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
 )
 
 
@@ -30,7 +31,8 @@ def test_generated_key_ids_are_16_hex_and_keys_round_trip_through_sealing() -> N
     assert re.fullmatch("[0-9a-f]{16}", key.key_id)
     master = MasterKey.generate()
     context = f"signing_keys:{key.key_id}".encode()
-    restored = SigningKey.from_private_bytes(key.key_id, master.open(master.seal(key.private_bytes(), context=context), context=context))
+    sealed = master.seal(key.private_bytes(), context=context)
+    restored = SigningKey.from_private_bytes(key.key_id, master.open(sealed, context=context))
     assert restored.public_bytes() == key.public_bytes()
     assert verify_ed25519(key.public_bytes(), restored.sign(b"m"), b"m")
 

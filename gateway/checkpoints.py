@@ -1,0 +1,420 @@
+"""Signed checkpoints of the audit logs, receipts for single events, and `gateway audit check`.
+
+A checkpoint is a C2SP tlog-checkpoint signed note over a log's Merkle root at a tree size:
+
+    lpd-gateway/<log_id>
+    <tree size>
+    <base64 root hash>
+    signed-at <RFC 3339 UTC time, microseconds>
+
+The extension line is signed with the rest, so a verifier can tell whether the key was valid when it
+signed (key rotation). schemas/audit-format.md is the specification.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.errors import NotFound, ServiceUnavailable
+from gateway.events import utc_text
+from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key, public_keys
+from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
+from keys.notes import NoteError, format_checkpoint, open_note, parse_checkpoint, parse_note
+from keys.sealing import MasterKey
+from keys.signing import SigningKey
+
+log = logging.getLogger(__name__)
+
+ORIGIN_PREFIX = "lpd-gateway/"
+SIGNED_AT = "signed-at "
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Leaf hashes come from PostgreSQL in chunks of this many events: 3.2 MB per round trip.
+_LEAF_CHUNK = 100_000
+
+
+def origin(log_id: str) -> str:
+    return ORIGIN_PREFIX + log_id
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of events.utc_text, accepting only its exact spelling."""
+    try:
+        moment = datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z") from None
+    if utc_text(moment) != text:
+        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z")
+    return moment
+
+
+# -- signing ----------------------------------------------------------------------------------------
+
+class CheckpointSigner:
+    """Signs and stores checkpoints with the current audit key, unsealed once per key."""
+
+    def __init__(self, master: MasterKey) -> None:
+        self.master = master
+        self._keys: dict[str, SigningKey] = {}
+
+    async def sign(self, conn: asyncpg.Connection, log_id: str, size: int, root: bytes) -> str:
+        """Sign (log, size, root) and store it; returns the note."""
+        async with conn.transaction():
+            # FOR SHARE: a rotation (gateway.signing_keys.rotate) waits until this checkpoint is stored,
+            # and its not_after, read from the clock afterwards, is later than our signed-at.
+            for _ in range(3):
+                row = await conn.fetchrow("SELECT key_id, sealed_private FROM signing_keys WHERE purpose = $1 "
+                                          "AND not_after IS NULL FOR SHARE", AUDIT)
+                if row is not None:
+                    break  # None: a rotation committed while we waited for the lock; read the new key
+            else:
+                raise RuntimeError("there is no current audit signing key")
+            signed_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            key = self._keys.get(row["key_id"])
+            if key is None:
+                key = self._keys[row["key_id"]] = open_key(self.master, row["key_id"], row["sealed_private"])
+            text = format_checkpoint(origin(log_id), size, root, [SIGNED_AT + utc_text(signed_at)])
+            note = note_signer(key).sign(text)
+            await conn.execute(
+                "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, note, key_id, signed_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6)", log_id, size, root, note, key.key_id, signed_at)
+        return note
+
+
+# -- opening ----------------------------------------------------------------------------------------
+
+class CheckpointError(ValueError):
+    """A checkpoint does not verify; `code` names the check (see schemas/audit-format.md)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedCheckpoint:
+    log_id: str
+    size: int
+    root: bytes
+    signed_at: datetime
+    key: PublicKey
+    note: str
+
+
+def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = None) -> OpenedCheckpoint:
+    """Verify a checkpoint note against `keys`: signature, text, origin and the key's validity."""
+    try:
+        parsed = parse_note(note)
+    except NoteError as e:
+        raise CheckpointError("checkpoint-format", f"not a signed note: {e.reason}") from None
+    by_hash = {(k.note_name, _key_hash(k)): k for k in keys}
+    known = [by_hash[(s.name, s.key_hash)] for s in parsed.signatures if (s.name, s.key_hash) in by_hash]
+    if not known:
+        names = ", ".join(f"{s.name}+{s.key_hash.hex()}" for s in parsed.signatures)
+        raise CheckpointError("unknown-key", f"signed by an unknown key ({names})")
+    try:
+        open_note(note, [k.verifier() for k in known])
+    except NoteError as e:
+        raise CheckpointError("bad-signature", e.reason) from None
+    try:
+        checkpoint = parse_checkpoint(parsed.unverified_text)
+    except NoteError as e:
+        raise CheckpointError("checkpoint-format", e.reason) from None
+    if not checkpoint.origin.startswith(ORIGIN_PREFIX):
+        raise CheckpointError("checkpoint-format", f"origin {checkpoint.origin!r} is not an lpd-gateway log")
+    found_log = checkpoint.origin.removeprefix(ORIGIN_PREFIX)
+    if log_id is not None and found_log != log_id:
+        raise CheckpointError("checkpoint-format", f"checkpoint is of log {found_log}, not {log_id}")
+    times = [line.removeprefix(SIGNED_AT) for line in checkpoint.extensions if line.startswith(SIGNED_AT)]
+    if len(times) != 1:
+        raise CheckpointError("checkpoint-format", "checkpoint needs exactly one signed-at line")
+    try:
+        signed_at = parse_time(times[0])
+    except ValueError as e:
+        raise CheckpointError("checkpoint-format", str(e)) from None
+    key = known[0]
+    if not key_valid_at(key, signed_at):
+        raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {times[0]} (valid from "
+                                              f"{utc_text(key.not_before)} to {_until(key)})")
+    return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
+
+
+def key_valid_at(key: PublicKey, moment: datetime) -> bool:
+    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
+    return key.not_before <= moment and all(moment < end for end in ends)
+
+
+def _until(key: PublicKey) -> str:
+    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
+    return utc_text(min(ends)) if ends else "now"
+
+
+def _key_hash(key: PublicKey) -> bytes:
+    return bytes.fromhex(key.vkey().split("+")[1])
+
+
+# -- trees from the database ------------------------------------------------------------------------
+
+class _PackedLevel:
+    """One level of a tree as concatenated 32-byte hashes: 32 bytes per node, no object per node."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data) // HASH_BYTES
+
+    def __getitem__(self, index: int) -> bytes:
+        start = index * HASH_BYTES
+        if not 0 <= start < len(self.data):
+            raise IndexError(index)
+        return self.data[start:start + HASH_BYTES]
+
+
+class PackedTree(MerkleTree):
+    """keys.merkle.MerkleTree's proofs over packed levels: about 64 bytes per leaf for millions of leaves.
+
+    The parent class reads its levels only through len() and [index], which _PackedLevel provides.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, leaves: bytes) -> None:  # noqa: D107 - no call to super(): the levels are built here
+        if len(leaves) % HASH_BYTES:
+            raise ValueError("leaf hashes must be a multiple of 32 bytes")
+        levels = [_PackedLevel(leaves)]
+        level = leaves
+        while len(level) > HASH_BYTES:
+            level = _parents(level)
+            levels.append(_PackedLevel(level))
+        self._levels = levels  # type: ignore[assignment]
+
+    def append(self, leaf_hash: bytes) -> None:
+        raise TypeError("a PackedTree is read-only")
+
+
+def _parents(level: bytes) -> bytes:
+    sha256 = hashlib.sha256
+    pairs = len(level) // (2 * HASH_BYTES)
+    return b"".join([sha256(b"\x01" + level[i:i + 64]).digest() for i in range(0, pairs * 64, 64)])
+
+
+async def leaf_hashes(conn: asyncpg.Connection, log_id: str, size: int) -> bytes:
+    """The leaf hashes of events 0..size-1 of a log, computed by PostgreSQL from the stored entries."""
+    chunks = []
+    for start in range(0, size, _LEAF_CHUNK):
+        end = min(start + _LEAF_CHUNK, size)
+        row = await conn.fetchrow(
+            "SELECT string_agg(sha256('\\x00'::bytea || entry), ''::bytea ORDER BY seq) AS leaves, "
+            "count(*) AS n, count(DISTINCT seq) AS distinct_n FROM audit_events "
+            "WHERE log_id = $1 AND seq >= $2 AND seq < $3", log_id, start, end)
+        if row["n"] != end - start or row["distinct_n"] != end - start:
+            raise LogDamaged(f"audit log {log_id} has {row['n']} events ({row['distinct_n']} distinct) numbered "
+                             f"{start}..{end - 1}, not {end - start}: run `gateway audit check`")
+        chunks.append(bytes(row["leaves"]))
+    return b"".join(chunks)
+
+
+class LogDamaged(RuntimeError):
+    """The events of a log in PostgreSQL are not numbered 0, 1, 2, ... without gaps or duplicates."""
+
+
+# -- what the API serves ----------------------------------------------------------------------------
+
+def checkpoint_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"log": row["log_id"], "origin": origin(row["log_id"]), "tree_size": row["tree_size"],
+            "root_hash": b64(bytes(row["root_hash"])), "key_id": row["key_id"],
+            "signed_at": utc_text(row["signed_at"]), "note": row["note"]}
+
+
+async def latest_checkpoints(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
+    """The newest checkpoint of every log (for GET /v1/audit/checkpoint): members keep these."""
+    rows = await conn.fetch("SELECT DISTINCT ON (log_id) * FROM audit_checkpoints ORDER BY log_id, tree_size DESC")
+    return [checkpoint_json(row) for row in rows]
+
+
+async def audit_public_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every audit key with its validity and C2SP verifier key (for the public keys endpoint)."""
+    return [key.to_json() for key in await public_keys(conn, AUDIT)]
+
+
+async def receipt(conn: asyncpg.Connection, event_id: Any) -> dict[str, Any]:
+    """An event's entry, its covering checkpoint and the RFC 9162 inclusion proof: verifiable offline.
+
+    The covering checkpoint is the first one whose tree contains the event, the closest signed bound
+    on when the event was committed. Raises NotFound, or ServiceUnavailable (with Retry-After) while
+    no checkpoint covers the event yet.
+    """
+    event = await conn.fetchrow("SELECT log_id, seq, entry FROM audit_events WHERE event_id = $1", event_id)
+    if event is None:
+        raise NotFound("audit event")
+    covering = await conn.fetchrow("SELECT * FROM audit_checkpoints WHERE log_id = $1 AND tree_size > $2 "
+                                   "ORDER BY tree_size LIMIT 1", event["log_id"], event["seq"])
+    if covering is None:
+        raise ServiceUnavailable("no signed checkpoint covers this event yet; retry in a few seconds",
+                                 headers={"Retry-After": "2"})
+    size = covering["tree_size"]
+    tree = PackedTree(await leaf_hashes(conn, event["log_id"], size))
+    if tree.root(size) != bytes(covering["root_hash"]):
+        # The receipt will not verify, which is the truth about this database: say so in the log too.
+        log.error("audit log %s: the events no longer hash to checkpoint %d; run `gateway audit check`",
+                  event["log_id"], size)
+    key = next(k for k in await public_keys(conn, AUDIT) if k.key_id == covering["key_id"])
+    entry = bytes(event["entry"])
+    return {"event_id": str(event_id), "log": event["log_id"], "seq": event["seq"], "entry": entry.decode("utf-8"),
+            "leaf_hash": b64(leaf_hash(entry)), "checkpoint": checkpoint_json(covering),
+            "inclusion_proof": [b64(h) for h in tree.inclusion_proof(event["seq"], size)], "key": key.to_json()}
+
+
+# -- gateway audit check ----------------------------------------------------------------------------
+
+@dataclass
+class LogCheck:
+    log_id: str
+    events: int = 0
+    checkpoints: int = 0
+    uncovered: int = 0
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"log": self.log_id, "events": self.events, "checkpoints": self.checkpoints,
+                "events_after_last_checkpoint": self.uncovered, "ok": self.problem is None, "problem": self.problem}
+
+
+@dataclass
+class CheckResult:
+    logs: list[LogCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(entry.problem is None for entry in self.logs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "logs": [entry.to_json() for entry in self.logs]}
+
+
+# The columns that repeat fields of the entry (for queries): they must agree with it.
+_CHECKED_COLUMNS = ("event_id", "kind", "outcome", "vendor_id", "member_id", "dataset_id", "licence_id")
+
+
+async def check(conn: asyncpg.Connection, progress: Any = None) -> CheckResult:
+    """Re-verify every log in PostgreSQL: numbering, entries against their columns, and each checkpoint's
+    signature and root recomputed from the entries. Reads everything; for a batch job, not a request."""
+    keys = await public_keys(conn, AUDIT)
+    log_ids = [r["log_id"] for r in await conn.fetch(
+        "SELECT log_id FROM audit_logs UNION SELECT DISTINCT log_id FROM audit_events ORDER BY 1")]
+    result = CheckResult()
+    done = 0
+    for log_id in log_ids:
+        entry = LogCheck(log_id)
+        result.logs.append(entry)
+        try:
+            done = await _check_log(conn, log_id, keys, entry, done, progress)
+        except _Failed as failed:
+            entry.problem = str(failed)
+    return result
+
+
+class _Failed(Exception):
+    pass
+
+
+async def _check_log(conn: asyncpg.Connection, log_id: str, keys: list[PublicKey], entry: LogCheck, done: int,
+                     progress: Any) -> int:
+    rows = await conn.fetch("SELECT tree_size, root_hash, note FROM audit_checkpoints WHERE log_id = $1 "
+                            "ORDER BY tree_size", log_id)
+    sizes = [row["tree_size"] for row in rows]
+    tree = CompactRange()
+    columns = ", ".join(_CHECKED_COLUMNS)
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        cursor = conn.cursor(f"SELECT seq, at, credential_id, {columns}, entry FROM audit_events "
+                             "WHERE log_id = $1 ORDER BY seq", log_id, prefetch=10_000)
+        async for row in cursor:
+            if row["seq"] != tree.size:
+                raise _Failed(f"event {row['seq']} found where event {tree.size} was expected (a gap or a duplicate)")
+            raw = bytes(row["entry"])
+            _check_entry(log_id, row, raw)
+            tree.append(leaf_hash(raw))
+            index = bisect.bisect_left(sizes, tree.size)
+            if index < len(sizes) and sizes[index] == tree.size:
+                _check_checkpoint(log_id, rows[index], tree, keys)
+                entry.checkpoints += 1
+            done += 1
+            if progress is not None:
+                progress(done)
+    entry.events = tree.size
+    if sizes and sizes[-1] > tree.size:
+        raise _Failed(f"checkpoint at size {sizes[-1]} but the log has only {tree.size} events (events deleted?)")
+    entry.uncovered = tree.size - (sizes[-1] if sizes else 0)
+    return done
+
+
+def _check_entry(log_id: str, row: asyncpg.Record, raw: bytes) -> None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _Failed(f"event {row['seq']}: the entry is not JSON") from None
+    if body.get("log") != log_id or body.get("seq") != row["seq"]:
+        raise _Failed(f"event {row['seq']}: the entry names log {body.get('log')} event {body.get('seq')}")
+    if body.get("at") != utc_text(row["at"]):
+        raise _Failed(f"event {row['seq']}: column at differs from the entry")
+    actor = body.get("actor") or {}
+    if actor.get("credential_id") != _text(row["credential_id"]):
+        raise _Failed(f"event {row['seq']}: column credential_id differs from the entry")
+    for name in _CHECKED_COLUMNS:
+        if body.get(name) != _text(row[name]):
+            raise _Failed(f"event {row['seq']}: column {name} differs from the entry")
+
+
+def _check_checkpoint(log_id: str, row: asyncpg.Record, tree: CompactRange, keys: list[PublicKey]) -> None:
+    try:
+        opened = open_checkpoint(row["note"], keys, log_id)
+    except CheckpointError as e:
+        raise _Failed(f"checkpoint {row['tree_size']}: {e.reason}") from None
+    if opened.size != row["tree_size"] or opened.root != bytes(row["root_hash"]):
+        raise _Failed(f"checkpoint {row['tree_size']}: its note disagrees with its row")
+    if opened.root != tree.root():
+        raise _Failed(f"checkpoint {row['tree_size']}: the events hash to another root (an entry was altered)")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def public_key_from_json(data: dict[str, Any]) -> PublicKey:
+    """A key as published in keys.json; raises ValueError if its fields disagree or are malformed."""
+    public = base64.b64decode(data["public_key"], validate=True)
+    key = PublicKey(str(data["key_id"]), str(data.get("purpose", AUDIT)), public, parse_time(data["not_before"]),
+                    None if data.get("not_after") is None else parse_time(data["not_after"]),
+                    None if data.get("retired_at") is None else parse_time(data["retired_at"]))
+    if len(public) != 32 or data.get("vkey", key.vkey()) != key.vkey():
+        raise ValueError(f"key {key.key_id}: its vkey does not match its public key")
+    return key
+
+
+def keys_from_vkeys(vkeys: Iterable[str]) -> set[str]:
+    """Validate verifier keys given on the command line (raises NoteError) and return them."""
+    found = set()
+    for vkey in vkeys:
+        open_key_check = vkey.strip()
+        from keys.notes import NoteVerifier
+
+        NoteVerifier.from_vkey(open_key_check)
+        found.add(open_key_check)
+    return found
