@@ -7,12 +7,21 @@ carries many requests' events and at low load an event waits for one commit only
 
 Administrative changes take the other door, `change()`: the change and its event commit in the same
 transaction, so no change exists without its event and no event without its change.
+
+Besides `seq`, the writer numbers each event within its vendor (`vendor_seq`) and within its member
+(`member_seq`) in this log: a vendor's or a member's events in a log are then a gap-free series, and an
+evidence bundle missing one of them shows the gap without the database (schemas/audit-format.md).
+
+Signed checkpoints (gateway/checkpoints.py) are made by a background task, never on a request's path:
+after every `checkpoint_events` events, at least every `checkpoint_seconds` while events arrive, and
+at close. The same task creates next month's audit_events partition ahead of time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,9 +30,13 @@ from datetime import UTC, datetime
 import asyncpg
 from asyncpg.transaction import Transaction, TransactionState
 
+from gateway import signing_keys
+from gateway.checkpoints import CheckpointSigner
+from gateway import metering
 from gateway.errors import ServiceUnavailable
 from gateway.events import AuditEvent, canonical
 from keys.merkle import CompactRange, leaf_hash
+from keys.sealing import MasterKey
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +63,24 @@ class Change:
         self.events.append(event)
 
 
+# Counts of a vendor's and a member's events in this log: the next vendor_seq / member_seq.
+Series = dict[uuid.UUID, int]
+
+
+@dataclass(slots=True)
+class _Numbered:
+    """A batch numbered but not yet known to be committed: applied to the writer's state after COMMIT."""
+
+    first: int
+    leaves: list[bytes]
+    vendors: Series
+    members: Series
+
+
 class AuditWriter:
     def __init__(self, pool: asyncpg.Pool, log_id: str, instance: str, *, batch_max: int = 2000,
-                 deadline: float = 2.0) -> None:
+                 deadline: float = 2.0, master: MasterKey | None = None, checkpoint_events: int = 1000,
+                 checkpoint_seconds: float = 2.0) -> None:
         self.pool = pool
         self.log_id = log_id
         self.instance = instance
@@ -60,30 +88,60 @@ class AuditWriter:
         self.deadline = deadline
         self.tree = CompactRange()
         self.batches = 0
+        # Without the master key there is no signing key: events are written, checkpoints are not.
+        self.signer = CheckpointSigner(master) if master is not None else None
+        self.checkpoint_events = checkpoint_events
+        self.checkpoint_seconds = checkpoint_seconds
+        self.checkpointed = 0  # tree size of the last stored checkpoint
+        self._vendors: Series = {}
+        self._members: Series = {}
         self._pending: list[tuple[AuditEvent, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         # Serialises numbering: a batch and a change never interleave their seq ranges.
         self._append = asyncio.Lock()
         # Set when a commit's outcome is unknown (connection lost during COMMIT); nothing is appended
         # until the writer has looked the batch up, or the log could get a gap or a duplicate.
-        self._unresolved: tuple[int, list[bytes]] | None = None
+        self._unresolved: _Numbered | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._checkpoint_due = asyncio.Event()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._month: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:
         return self.tree.size
 
     async def start(self) -> None:
+        """Register the log, make sure this and next month's partitions and an audit key exist, start."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("INSERT INTO audit_logs (log_id, instance) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               self.log_id, self.instance)
+            await self._ensure_partitions(conn)
+            if self.signer is not None:
+                await signing_keys.current(conn, self.signer.master)
         self._task = asyncio.create_task(self._flush_forever(), name=f"audit-writer {self.log_id}")
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_forever(), name=f"audit-checkpoints {self.log_id}")
 
     async def close(self) -> None:
-        """Drain what the writer holds, then stop."""
+        """Drain what the writer holds, sign a final checkpoint over all of it, then stop."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
             self._task = None
+        self._stopping = True
+        self._checkpoint_due.set()
+        if self._checkpoint_task is not None:
+            await self._checkpoint_task
+            self._checkpoint_task = None
+
+    async def checkpoint(self) -> int:
+        """Sign a checkpoint over everything committed so far (if not signed yet); returns its size."""
+        async with self.pool.acquire() as conn:
+            await self._checkpoint_in(conn)
+        return self.checkpointed
 
     async def commit(self, event: AuditEvent) -> None:
         """Return once `event` is committed; raise AuditUnavailable if it cannot be within the deadline."""
@@ -95,7 +153,8 @@ class AuditWriter:
 
     def submit(self, event: AuditEvent) -> asyncio.Future[None]:
         """Queue `event` for the next group commit without waiting (for stream completion events)."""
-        if self._closing and self._task is None:
+        # Once the flush loop has ended nothing would write the event: refuse it instead of losing it.
+        if self._closing and (self._task is None or self._task.done()):
             raise AuditUnavailable("the gateway is shutting down; retry on another instance")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((event, future))
@@ -150,40 +209,109 @@ class AuditWriter:
                          transaction: Transaction) -> None:
         """Number, serialise and write `events`, commit, then extend the tree. Caller holds `_append`."""
         await self._resolve(conn)
-        first = self.tree.size
+        numbered = _Numbered(self.tree.size, [], {}, {})
         rows = []
-        leaves = []
+        log_id, instance, first = self.log_id, self.instance, numbered.first
         for offset, event in enumerate(events):
-            entry = canonical(event.body(self.log_id, first + offset, self.instance))
-            leaves.append(leaf_hash(entry))
-            rows.append((event.at, self.log_id, first + offset, event.event_id, event.kind.value, event.outcome.value,
+            body = event.body(log_id, first + offset, instance)
+            body["vendor_seq"] = _next(self._vendors, numbered.vendors, event.vendor_id)
+            body["member_seq"] = _next(self._members, numbered.members, event.member_id)
+            entry = canonical(body)
+            numbered.leaves.append(leaf_hash(entry))
+            rows.append((event.at, log_id, first + offset, event.event_id, event.kind.value, event.outcome.value,
                          event.vendor_id, event.member_id, event.dataset_id, event.licence_id, event.credential_id,
                          entry))
         await conn.copy_records_to_table("audit_events", records=rows, columns=_COLUMNS)
+        # Usage commits with the events that count it: the bill and the evidence never disagree.
+        await metering.write_usage(conn, events, self.log_id)
         try:
             await transaction.commit()
         except BaseException:
             # The COMMIT may or may not have reached the server: look the batch up before going on.
-            self._unresolved = (first, leaves)
+            self._unresolved = numbered
             raise
-        self._extend(leaves)
+        self._extend(numbered)
 
-    def _extend(self, leaves: list[bytes]) -> None:
-        for leaf in leaves:
+    def _extend(self, numbered: _Numbered) -> None:
+        for leaf in numbered.leaves:
             self.tree.append(leaf)
+        self._vendors.update(numbered.vendors)
+        self._members.update(numbered.members)
         self.batches += 1
+        if self.tree.size - self.checkpointed >= self.checkpoint_events:
+            self._checkpoint_due.set()
 
     async def _resolve(self, conn: asyncpg.Connection) -> None:
         if self._unresolved is None:
             return
-        first, leaves = self._unresolved
+        numbered = self._unresolved
         found = await conn.fetchval("SELECT count(*) FROM audit_events WHERE log_id = $1 AND seq >= $2",
-                                    self.log_id, first)
-        if found == len(leaves):
-            self._extend(leaves)
+                                    self.log_id, numbered.first)
+        if found == len(numbered.leaves):
+            self._extend(numbered)
         elif found != 0:
-            raise RuntimeError(f"audit log {self.log_id} holds {found} of {len(leaves)} events of a batch")
+            raise RuntimeError(f"audit log {self.log_id} holds {found} of {len(numbered.leaves)} events of a batch")
         self._unresolved = None
+
+    # -- background: checkpoints and partitions ---------------------------------------------------------
+
+    async def _checkpoint_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._checkpoint_due.wait(), self.checkpoint_seconds)
+            except TimeoutError:
+                pass
+            self._checkpoint_due.clear()
+            # Read before the round: when close() has set it, every event is in the tree already.
+            final = self._stopping
+            try:
+                async with self.pool.acquire() as conn:
+                    await self._ensure_partitions(conn)
+                    await self._checkpoint_in(conn)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                # The next round retries; the events themselves are committed, only their signature waits.
+                log.warning("audit log %s: checkpoint at size %d failed: %s", self.log_id, self.tree.size, exc)
+            if final:
+                return
+
+    async def _checkpoint_in(self, conn: asyncpg.Connection) -> None:
+        if self.signer is None:
+            return
+        # Size and root read together, with no await between: a committed prefix of the log.
+        size, root = self.tree.size, self.tree.root()
+        if size <= self.checkpointed:
+            return
+        try:
+            await self.signer.sign(conn, self.log_id, size, root)
+        except asyncpg.UniqueViolationError:
+            pass  # an earlier attempt committed but its answer was lost: that checkpoint stands
+        self.checkpointed = max(self.checkpointed, size)
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection) -> None:
+        """This month's and next month's partitions, checked again when the month turns."""
+        now = datetime.now(UTC)
+        if self._month == (now.year, now.month):
+            return
+        try:
+            await conn.execute("SELECT audit_events_ensure_month(now()), "
+                               "audit_events_ensure_month(now() + interval '1 month')")
+        except asyncpg.PostgresError as exc:
+            # E.g. the DEFAULT partition already holds rows of that month. Events still go to DEFAULT,
+            # so nothing is lost; the next round tries again and the operator sees the warning.
+            log.warning("audit_events: could not create the monthly partitions: %s", exc)
+            return
+        self._month = (now.year, now.month)
+
+
+def _next(committed: Series, batch: Series, key: uuid.UUID | None) -> int | None:
+    """The next number in `key`'s series, counting this batch's events not yet committed."""
+    if key is None:
+        return None
+    number = batch.get(key)
+    if number is None:
+        number = committed.get(key, 0)
+    batch[key] = number + 1
+    return number
 
 
 def new_log_id(instance: str) -> str:

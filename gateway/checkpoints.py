@@ -29,7 +29,7 @@ from gateway.errors import NotFound, ServiceUnavailable
 from gateway.events import utc_text
 from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key, public_keys
 from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
-from keys.notes import NoteError, format_checkpoint, open_note, parse_checkpoint, parse_note
+from keys.notes import NoteError, NoteVerifier, format_checkpoint, open_note, parse_checkpoint, parse_note
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
 
@@ -412,9 +412,6 @@ def keys_from_vkeys(vkeys: Iterable[str]) -> set[str]:
     """Validate verifier keys given on the command line (raises NoteError) and return them."""
     found = set()
     for vkey in vkeys:
-        open_key_check = vkey.strip()
-        from keys.notes import NoteVerifier
-
-        NoteVerifier.from_vkey(open_key_check)
-        found.add(open_key_check)
+        NoteVerifier.from_vkey(vkey.strip())
+        found.add(vkey.strip())
     return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway import config as config_module
-from gateway import credentials, datasets, licences, members, vendors
+from gateway import credentials, datasets, licences, members, metering, vendors
 from gateway.actors import cli_actor
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
@@ -189,6 +190,24 @@ async def cmd_key_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
     return (await credentials.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.key))).to_json()
 
 
+async def cmd_usage_report(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member_id = (await members.find(runtime.pool, vendor.id, args.member)).id if args.member else None
+    dataset_id = (await datasets.find(runtime.pool, vendor.id, args.dataset)).id if args.dataset else None
+    try:
+        start, end = metering.parse_period(args.start, args.end)
+    except ValueError as exc:
+        raise SystemExit(f"--from and --to are dates such as 2026-04-01: {exc}") from None
+    rows = await metering.usage_report(runtime.pool, vendor.id, start, end, member_id=member_id,
+                                       dataset_id=dataset_id, by=args.by)
+    if args.format == "json":
+        return {"from": start.isoformat(), "to": end.isoformat(), "by": args.by, "items": rows}
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["period"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return None
+
+
 async def cmd_demo(runtime: Runtime, args: argparse.Namespace) -> Any:
     from gateway import demo
 
@@ -331,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
                  "gateway key revoke --vendor 'Example Mobile' KEY_ID")
     _vendor_arg(p)
     p.add_argument("key", help="the key's id (from 'gateway key list')")
+    usage = sub.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
+    p = _command(usage, "report", cmd_usage_report, "usage by member, dataset and period (JST)",
+                 "gateway usage report --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 --format csv")
+    _vendor_arg(p)
+    p.add_argument("--from", dest="start", help="first day (default: start of this month)")
+    p.add_argument("--to", dest="end", help="day after the last (default: start of next month)")
+    p.add_argument("--member", help="member name or id")
+    p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--by", choices=("day", "month"), default="month")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
     return parser
 
 
@@ -372,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"gateway: {exc.detail}\n")
         return 1
-    _print_json(result)
+    if result is not None:
+        _print_json(result)
     return 0
 
 

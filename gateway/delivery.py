@@ -111,10 +111,9 @@ def _csv_field(value: str | None) -> str:
 
 
 async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, after: Position | None,
-               limit: int) -> tuple[list[str], Position | None]:
-    """Up to `limit` rendered records after `after`; the position to continue from, or None at the end."""
-    lines: list[str] = []
-    last: Position | None = None
+               limit: int) -> tuple[list[tuple[bytes, Position]], bool]:
+    """Up to `limit` rendered records (each a line with its position) after `after`, and whether more follow."""
+    found: list[tuple[bytes, Position]] = []
     partitions = [p for p in scope.partitions if after is None or p >= after.partition]
     if fmt == "ndjson":
         sql, extra = _PAGE_SQL.format(render="(data - $8::text[])::text"), [scope.excluded_columns]
@@ -124,23 +123,27 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
     for partition in partitions:
         version, seq = (after.version, after.seq) if after is not None and partition == after.partition else (0, -1)
         rows = await conn.fetch(sql, scope.dataset.id, partition, scope.since_version, scope.upto_version,
-                                version, seq, limit - len(lines) + 1, *extra)
+                                version, seq, limit - len(found) + 1, *extra)
         for row in rows:
-            if len(lines) == limit:
-                return lines, last
-            line = row["line"]
-            lines.append(line if fmt == "ndjson" else ",".join(map(_csv_field, line)))
-            last = Position(partition, row["version"], row["seq"])
-    return lines, None
+            if len(found) == limit:
+                return found, True
+            line = row["line"] if fmt == "ndjson" else ",".join(map(_csv_field, row["line"]))
+            found.append(((line + "\n").encode(), Position(partition, row["version"], row["seq"])))
+    return found, False
 
 
 async def stream(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format,
-                 write: Callable[[bytes], Awaitable[None]]) -> None:
+                 write: Callable[[bytes], Awaitable[None]], stopped: Callable[[], bool]) -> None:
     """Every record of the scope, partition by partition, straight from COPY to `write` (constant memory).
 
     asyncpg hands `write` whole CopyData messages, one record each, so every chunk ends on a record.
+    To stop early, `write` discards and `stopped()` turns true: raising inside asyncpg's COPY sink
+    sends a cancel request that can race the end of the COPY and stall the connection, so the current
+    partition's COPY is read to its end (a bounded waste) and no further partition is started.
     """
     for partition in scope.partitions:
+        if stopped():
+            return
         args = [scope.dataset.id, partition, scope.since_version, scope.upto_version]
         if fmt == "ndjson":
             await conn.copy_from_query(

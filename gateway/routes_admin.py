@@ -6,15 +6,16 @@ another vendor's id is answered exactly like an id that does not exist (404).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import credentials, datasets, licences, members
+from gateway import credentials, datasets, licences, members, metering
 from gateway.context import context
-from gateway.errors import InvalidInput, UnsupportedMediaType
+from gateway.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from gateway.events import EventKind
 from gateway.http import Field, fields, json_response, path_id, principal, read_json, vendor_of
 from gateway.runtime import Runtime
@@ -233,7 +234,26 @@ async def revoke_key(request: Request) -> Response:
     return json_response(credential.to_json())
 
 
+async def usage_report(request: Request) -> Response:
+    """Usage by member, dataset and period, for vendor admins and compliance officers."""
+    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    query = request.query_params
+    try:
+        start, end = metering.parse_period(query.get("from"), query.get("to"))
+        member_id = uuid.UUID(query["member"]) if "member" in query else None
+        dataset_id = uuid.UUID(query["dataset"]) if "dataset" in query else None
+    except ValueError as exc:
+        raise BadRequest(f"from/to are dates such as 2026-04-01, member/dataset are ids: {exc}") from None
+    by = query.get("by", "month")
+    if by not in ("day", "month"):
+        raise BadRequest("by must be day or month")
+    rows = await metering.usage_report(_runtime(request).pool, vendor_of(caller), start, end, member_id=member_id,
+                                       dataset_id=dataset_id, by=by)
+    return json_response({"from": start.isoformat(), "to": end.isoformat(), "by": by, "items": rows})
+
+
 routes = [
+    Route("/v1/admin/usage", usage_report, methods=["GET"]),
     Route("/v1/admin/datasets", list_datasets, methods=["GET"]),
     Route("/v1/admin/datasets", create_dataset, methods=["POST"]),
     Route("/v1/admin/datasets/{dataset}", get_dataset, methods=["GET"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import urllib.parse
 import uuid
 from datetime import UTC, datetime
@@ -13,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import cursors, delivery, licences
-from gateway.context import RequestContext, context
+from gateway import cursors, delivery, licences, metering
+from gateway.context import Principal, RequestContext, context
 from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
-from gateway.errors import BadRequest, NotAcceptable, NotFound
+from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
 from gateway.events import EventKind, Outcome
 from gateway.http import NO_STORE, json_response, path_id, principal
 from gateway.licences import Licence
@@ -86,6 +87,7 @@ async def get_dataset(request: Request) -> Response:
                for c in dataset.columns if c.name in licence.columns]
     body = {**_licence_summary(runtime, licence), "columns": columns, "partition_column": dataset.partition_column,
             "accumulation": accumulation(dataset.versions, licence.partition_set),
+            "quotas": metering.quota_status(licence, runtime.usage),
             "versions": [v.to_json(licence.partition_set) for v in dataset.versions]}
     return json_response(body, headers=notice_headers(licence))
 
@@ -131,20 +133,62 @@ async def records(request: Request) -> Response:
         scope = delivery.delivery_scope(dataset, licence, request.query_params.getlist("partition"), since)
     ctx.fields.update(partitions=list(scope.partitions),
                       versions=list(range(scope.since_version + 1, scope.upto_version + 1)))
-    headers = {**notice_headers(licence), "content-type": delivery.MEDIA_TYPES[fmt]}
+    quota = _admit(runtime, caller, licence)
+    headers = {**notice_headers(licence), **quota.headers, "content-type": delivery.MEDIA_TYPES[fmt]}
+    if quota.warning:
+        ctx.fields["detail"] = {"quota_warning": quota.warning}
     if limit is None:
-        return ExportResponse(runtime, ctx, scope, fmt, headers)
-    async with runtime.pool.acquire() as conn:
-        lines, next_position = await delivery.page(conn, scope, fmt, after, limit)
-    ctx.fields["records"] = len(lines)
-    if next_position is not None:
-        version, key = runtime.snapshot.secrets.current(CURSOR) if runtime.snapshot.secrets else (0, b"")
-        token = cursors.encode(_cursor_state(scope, fmt, limit, next_position), version, key)
+        return ExportResponse(runtime, ctx, scope, fmt, headers, quota)
+    head = delivery.csv_header(scope) if fmt == "csv" and after is None else b""
+    take = limit if quota.records is None else min(limit, quota.records)
+    budget = _page_byte_budget(quota, dataset, take)
+    # Reserve before the first await: concurrent requests of this licence see the reservation.
+    runtime.usage.count(licence.id, take, budget or 0)
+    try:
+        async with runtime.pool.acquire() as conn:
+            found, more = await delivery.page(conn, scope, fmt, after, take)
+    finally:
+        runtime.usage.count(licence.id, -take, -(budget or 0))
+    kept, size = [], len(head)
+    for line, position in found:
+        if budget is not None and size + len(line) > budget:
+            more = True
+            break
+        kept.append((line, position))
+        size += len(line)
+    runtime.usage.count(licence.id, len(kept), size)
+    ctx.fields["records"] = len(kept)
+    cut = more and (len(kept) < limit) and (budget == quota.bytes or take == quota.records)
+    if cut:
+        headers["quota-cut"] = "this page was cut at your licence's monthly quota"
+    elif more and kept:
+        assert runtime.snapshot.secrets is not None
+        version, key = runtime.snapshot.secrets.current(CURSOR)
+        token = cursors.encode(_cursor_state(scope, fmt, limit, kept[-1][1]), version, key)
         headers["link"] = f'<{request.url.replace(query=urllib.parse.urlencode({"cursor": token}))}>; rel="next"'
-    body = "".join(line + "\n" for line in lines)
-    if fmt == "csv":
-        body = delivery.csv_header(scope).decode() + body if after is None else body
-    return Response(body.encode(), headers=headers)
+    return Response(head + b"".join(line for line, _ in kept), headers=headers)
+
+
+def _admit(runtime: Runtime, caller: Principal, licence: Licence) -> metering.Allowance:
+    """Rate limit per credential, then the licence's monthly quotas."""
+    wait = runtime.rate_limiter.take(caller.credential.id, licence.requests_per_second, licence.burst)
+    if wait:
+        raise TooManyRequests(f"this key is limited to {licence.requests_per_second:g} requests per second "
+                              f"(burst {licence.burst or 'none'}); retry after the Retry-After seconds",
+                              headers={"retry-after": str(max(1, math.ceil(wait)))})
+    quota = metering.allowance(licence, runtime.usage, datetime.now(metering.JST))
+    if quota.exhausted:
+        raise TooManyRequests(quota.exhausted, headers=quota.headers)
+    return quota
+
+
+def _page_byte_budget(quota: metering.Allowance, dataset: Any, take: int) -> int | None:
+    """Bytes a page may reserve: the quota's remainder, or less — an estimate of `take` records — so
+    that concurrent pages of one licence do not each reserve the whole remainder."""
+    if quota.bytes is None:
+        return None
+    stored = sum(v.bytes for v in dataset.versions) / max(1, sum(v.records for v in dataset.versions))
+    return min(quota.bytes, int(take * stored * 2) + 4096)
 
 
 def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Position) -> dict[str, Any]:
@@ -164,56 +208,104 @@ def _resume(runtime: Runtime, text: str, dataset: Any, licence: Licence) -> tupl
 
 
 class ExportResponse(Response):
-    """A full export: authorisation event committed before the first byte, completion event after the last."""
+    """A full export: authorisation event committed before the first byte, completion event after the last.
+
+    It reserves the licence's whole remaining hard quota while it runs, and stops at a record boundary
+    when that is reached, saying so in the completion event.
+    """
 
     def __init__(self, runtime: Runtime, ctx: RequestContext, scope: DeliveryScope, fmt: Format,
-                 headers: dict[str, str]) -> None:
-        self.runtime, self.ctx, self.scope, self.fmt = runtime, ctx, scope, fmt
+                 headers: dict[str, str], quota: metering.Allowance) -> None:
+        self.runtime, self.ctx, self.scope, self.fmt, self.quota = runtime, ctx, scope, fmt, quota
         self.raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        ctx, writer = self.ctx, self.runtime.writer
-        await writer.commit(ctx.event(Outcome.ALLOW, 200))
+        ctx, writer, quota, book = self.ctx, self.runtime.writer, self.quota, self.runtime.usage
+        licence_id = self.scope.licence.id
+        book.count(licence_id, quota.records or 0, quota.bytes or 0)
+        try:
+            await writer.commit(ctx.event(Outcome.ALLOW, 200))
+        except BaseException:
+            book.count(licence_id, -(quota.records or 0), -(quota.bytes or 0))
+            raise
         ctx.audited = True
         digest = hashlib.sha256()
-        counts = {"records": 0, "bytes": 0}
+        sent = metering.Tally()
         disconnected = asyncio.Event()
+        cut = False
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             disconnected.set()
 
-        async def write(chunk: bytes) -> None:
-            if disconnected.is_set():
-                raise ConnectionAbortedError
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            # Counted once handed to the server: a client gone midway is metered for what it got.
-            digest.update(chunk)
-            counts["bytes"] += len(chunk)
-            counts["records"] += chunk.count(b"\n")
+        async def write(chunk: bytes, records: int | None = None) -> None:
+            nonlocal cut
+            if cut or disconnected.is_set():
+                return
+            part, count = _within(chunk, chunk.count(b"\n") if records is None else records, quota, sent)
+            if part:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                # Counted once handed to the server: a client gone midway is metered for what it got.
+                digest.update(part)
+                sent.records += count
+                sent.bytes += len(part)
+            cut = len(part) < len(chunk)
 
         watcher = asyncio.create_task(watch())
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        complete = False
         try:
             if self.fmt == "csv":
-                await write(delivery.csv_header(self.scope))
-                counts["records"] -= 1
+                await write(delivery.csv_header(self.scope), records=0)
             async with self.runtime.pool.acquire() as conn:
-                await delivery.stream(conn, self.scope, self.fmt, write)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            complete = True
-        except ConnectionAbortedError:
-            pass
+                await delivery.stream(conn, self.scope, self.fmt, write, lambda: cut or disconnected.is_set())
         finally:
             watcher.cancel()
+            complete = not cut and not disconnected.is_set()
+            if not disconnected.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            book.count(licence_id, sent.records - (quota.records or 0), sent.bytes - (quota.bytes or 0))
             end = ctx.event(Outcome.ALLOW, 200)
             end.kind, end.event_id = EventKind.RECORDS_STREAM_END, uuid.uuid4()
-            end.records, end.bytes, end.sha256, end.complete = (counts["records"], counts["bytes"],
-                                                                digest.hexdigest(), complete)
-            end.detail = {"authorised_by": str(ctx.event_id)}
+            end.records, end.bytes, end.sha256, end.complete = sent.records, sent.bytes, digest.hexdigest(), complete
+            end.detail = {"authorised_by": str(ctx.event_id), **({"quota_cut": True} if cut else {}),
+                          **(ctx.fields.get("detail") or {})}
             writer.submit(end)
+
+
+def _within(chunk: bytes, records: int, quota: metering.Allowance, sent: metering.Tally) -> tuple[bytes, int]:
+    """The part of `chunk` (whole records) that fits in the hard quotas after what was sent."""
+    if quota.records is None and quota.bytes is None:
+        return chunk, records
+    room_records = records if quota.records is None else min(records, quota.records - sent.records)
+    room_bytes = len(chunk) if quota.bytes is None else quota.bytes - sent.bytes
+    if room_records >= records and room_bytes >= len(chunk):
+        return chunk, records
+    end = 0
+    kept = 0
+    while kept < room_records:
+        newline = chunk.find(b"\n", end)
+        if newline < 0 or newline + 1 > room_bytes:
+            break
+        end = newline + 1
+        kept += 1
+    return chunk[:end], kept
+
+
+async def usage(request: Request) -> Response:
+    """The caller's usage per licence: this month and the past periods asked for (JST months)."""
+    caller = principal(request, EventKind.USAGE_READ, *MEMBER)
+    runtime = _runtime(request)
+    assert caller.member_id is not None
+    own = runtime.snapshot.licences_of(caller.member_id)
+    try:
+        start, end = metering.parse_period(request.query_params.get("from"), request.query_params.get("to"))
+    except ValueError as exc:
+        raise BadRequest(f"from and to are dates such as 2026-04-01: {exc}") from None
+    rows = await metering.usage_report(runtime.pool, None, start, end, licence_ids=[lic.id for lic in own])
+    return json_response({"from": start.isoformat(), "to": end.isoformat(), "periods": rows,
+                          "current": [{"licence_id": str(lic.id), **metering.quota_status(lic, runtime.usage)}
+                                      for lic in own]})
 
 
 async def accept_terms(request: Request) -> Response:
@@ -246,6 +338,7 @@ routes = [
     Route("/v1/datasets", list_datasets, methods=["GET"]),
     Route("/v1/datasets/{dataset}", get_dataset, methods=["GET"]),
     Route("/v1/datasets/{dataset}/records", records, methods=["GET"]),
+    Route("/v1/usage", usage, methods=["GET"]),
     Route("/v1/licences/{licence}/terms", licence_terms, methods=["GET"], name="licence_terms"),
     Route("/v1/licences/{licence}/accept", accept_terms, methods=["POST"]),
 ]

@@ -6,13 +6,14 @@ migrations and the audit path that the API runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from gateway import database, migrations, server_secrets
 from gateway.audit import AuditWriter, new_log_id
 from gateway.config import Config
+from gateway.metering import RateLimiter, UsageBook, UsageSync
 from gateway.server_secrets import ServerSecrets
 from gateway.snapshot import Snapshot, SnapshotRefresher
 from keys.hashing import KeyHasher
@@ -28,7 +29,10 @@ class Runtime:
     master: MasterKey
     secrets: ServerSecrets
     snapshot: Snapshot
+    usage: UsageBook
     refresher: SnapshotRefresher | None = None
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    usage_sync: UsageSync | None = None
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
@@ -50,10 +54,12 @@ class Runtime:
                              deadline=config.audit_deadline_seconds)
         await writer.start()
         snapshot = Snapshot()
-        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot)
+        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id))
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()
+            runtime.usage_sync = UsageSync(runtime.usage, pool, snapshot.licences)
+            await runtime.usage_sync.start()
         return runtime
 
     def hasher(self) -> KeyHasher:
@@ -63,6 +69,8 @@ class Runtime:
     async def close(self) -> None:
         """Drain the audit writer first: events of answered requests must reach the database."""
         await self.writer.close()
+        if self.usage_sync is not None:
+            await self.usage_sync.close()
         if self.refresher is not None:
             await self.refresher.close()
         await self.pool.close()

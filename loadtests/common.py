@@ -332,15 +332,22 @@ class CpuMeter:
 
     @staticmethod
     def _tree(root: Any) -> float:
-        times = root.cpu_times()
-        total = float(times.user + times.system + times.children_user + times.children_system)
-        for child in root.children():
-            try:
-                times = child.cpu_times()
-                total += times.user + times.system
-            except Exception:  # noqa: BLE001, S110 - a backend that ended while we looked
-                pass
-        return total
+        """The server's CPU: its own, its live children's, and its reaped children's (children_*)."""
+        total = 0.0
+        for _ in range(10):
+            first = root.cpu_times()
+            total = 0.0
+            for child in root.children():
+                try:
+                    times = child.cpu_times()
+                    total += times.user + times.system
+                except Exception:  # noqa: BLE001, S110 - a backend that ended while we looked
+                    pass
+            last = root.cpu_times()
+            # A backend reaped while we looked would be missed or counted twice: look again.
+            if (first.children_user, first.children_system) == (last.children_user, last.children_system):
+                break
+        return total + last.user + last.system + last.children_user + last.children_system
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,278 @@
+"""Evidence bundles: a vendor's audit events of a period, with everything needed to verify them offline.
+
+A bundle is a ZIP (layout and verification in schemas/audit-format.md):
+
+    manifest.json       scope, per-log summary, SHA-256 of every other file
+    events.jsonl        the selected events' canonical entries, one per line, in (log, seq) order
+    proofs.jsonl        line i: the RFC 9162 inclusion proof of events.jsonl line i in its covering checkpoint
+    checkpoints.jsonl   per log, every checkpoint from the first covering the log's first event to the newest
+    consistency.jsonl   per log, a consistency proof between each two successive checkpoints
+    keys.json           the audit public keys with their validity
+    report.html         the statutory report (gateway/report.py), rendered from the manifest and events
+
+Deletion is what an offline verifier finds hardest to see, so an export without a member or dataset
+filter takes, per log, the vendor's events as a gap-free `vendor_seq` series (a member-only filter:
+`member_seq`), plus the vendor's neighbouring event on each side as a witness that the series starts and
+ends where the bundle says. Filtered exports carry only inclusion proofs.
+
+The export streams: events go from a server-side cursor to the ZIP; per log only the leaf hashes of
+its tree are in memory (about 64 bytes per event, in PackedTree).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import orjson
+
+from gateway import report
+from gateway.checkpoints import PackedTree, b64, leaf_hashes, origin
+from gateway.errors import InvalidInput
+from gateway.events import utc_text
+from gateway.signing_keys import AUDIT, public_keys
+
+FORMAT = "lpd-gateway-evidence/1"
+FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
+_BUFFER = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    events: int = 0
+    logs: int = 0
+    checkpoints: int = 0
+    pending: int = 0
+    series: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "events": self.events, "logs": self.logs, "checkpoints": self.checkpoints,
+                "events_not_yet_checkpointed": self.pending, "series": self.series, "warnings": self.warnings}
+
+
+@dataclass(frozen=True)
+class _Scope:
+    vendor_id: uuid.UUID
+    start: datetime
+    end: datetime
+    member_id: uuid.UUID | None
+    dataset_id: uuid.UUID | None
+
+    @property
+    def series(self) -> str | None:
+        """Which gap-free numbering the selection follows: the vendor's, the member's, or none."""
+        if self.dataset_id is not None:
+            return None
+        return "member" if self.member_id is not None else "vendor"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vendor_id": str(self.vendor_id), "from": utc_text(self.start), "to": utc_text(self.end),
+                "member_id": _text(self.member_id), "dataset_id": _text(self.dataset_id)}
+
+
+async def export(conn_or_pool: asyncpg.Connection | asyncpg.Pool, vendor_id: uuid.UUID, start: datetime,
+                 end: datetime, member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None, *,
+                 path: str | os.PathLike[str], progress: Progress | None = None) -> ExportResult:
+    """Write the bundle of `vendor_id`'s events with start <= at < end to `path` (atomically)."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidInput("the period's start and end need a time zone, e.g. 2026-04-01T00:00:00Z")
+    if not start < end:
+        raise InvalidInput("the period must end after it starts")
+    scope = _Scope(vendor_id, start.astimezone(UTC), end.astimezone(UTC), member_id, dataset_id)
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        if isinstance(conn_or_pool, asyncpg.Pool):
+            async with conn_or_pool.acquire() as conn:
+                result = await _export(conn, scope, partial, progress)
+        else:
+            result = await _export(conn_or_pool, scope, partial, progress)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    result.path = target
+    return result
+
+
+class _Sink:
+    """A file being written: buffered, hashed and counted as it goes (the manifest needs each file's hash)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        self.sha256.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+
+    def describe(self) -> dict[str, Any]:
+        self.flush()
+        return {"sha256": self.sha256.hexdigest(), "bytes": self.size}
+
+
+async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progress: Progress | None) -> ExportResult:
+    result = ExportResult(partial, series=scope.series)
+    summary = report.Summary(utc_text(scope.start), utc_text(scope.end))
+    logs: list[dict[str, Any]] = []
+    pending_logs: list[dict[str, Any]] = []
+    files: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="lpd-evidence-") as work, \
+            zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as bundle:
+        side = {name: open(Path(work) / name, "w+b") for name in FILES[1:4]}  # noqa: SIM115 - closed below
+        try:
+            sinks = {name: _Sink(handle) for name, handle in side.items()}
+            # One snapshot for every query: checkpoints and events agree with each other.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                with bundle.open("events.jsonl", "w", force_zip64=True) as raw_events:
+                    events = _Sink(raw_events)
+                    for plan in await _plan(conn, scope):
+                        entry = await _export_log(conn, scope, plan, events, sinks, summary, result, progress)
+                        (logs if entry["events"] else pending_logs).append(entry)
+                    files["events.jsonl"] = events.describe()
+                keys = [key.to_json() for key in await public_keys(conn, AUDIT)]
+            for name, sink in sinks.items():
+                files[name] = sink.describe()
+                side[name].seek(0)
+                with bundle.open(name, "w", force_zip64=True) as out:
+                    shutil.copyfileobj(side[name], out, _BUFFER)
+        finally:
+            for handle in side.values():
+                handle.close()
+        keys_json = orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n"
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "created_at": utc_text(datetime.now(UTC)), "scope": scope.to_json(),
+            "series": scope.series, "report": report.GENERATOR, "logs": logs,
+            "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs]}
+        page = report.render(summary, manifest).encode("utf-8")
+        for name, data in (("keys.json", keys_json), ("report.html", page)):
+            bundle.writestr(name, data)
+            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        manifest["files"] = {name: files[name] for name in FILES}
+        bundle.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    result.logs = len(logs)
+    return result
+
+
+@dataclass
+class _Plan:
+    log_id: str
+    lo: int  # smallest and largest seq of the log's selected events in the period
+    hi: int
+
+
+async def _plan(conn: asyncpg.Connection, scope: _Scope) -> list[_Plan]:
+    where, args = _where(scope)
+    rows = await conn.fetch(f"SELECT log_id, min(seq) AS lo, max(seq) AS hi FROM audit_events WHERE {where} "
+                            "GROUP BY log_id", *args)
+    # Logs in code point order (Python's), not the database collation's: the verifier checks this order.
+    return sorted((_Plan(r["log_id"], r["lo"], r["hi"]) for r in rows), key=lambda p: p.log_id)
+
+
+def _where(scope: _Scope) -> tuple[str, list[Any]]:
+    clauses = ["vendor_id = $1", "at >= $2", "at < $3"]
+    args: list[Any] = [scope.vendor_id, scope.start, scope.end]
+    for column, value in (("member_id", scope.member_id), ("dataset_id", scope.dataset_id)):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    return " AND ".join(clauses), args
+
+
+async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, events: _Sink, sinks: dict[str, _Sink],
+                      summary: report.Summary, result: ExportResult, progress: Progress | None) -> dict[str, Any]:
+    log_id = plan.log_id
+    latest = await conn.fetchval("SELECT max(tree_size) FROM audit_checkpoints WHERE log_id = $1", log_id) or 0
+    where, args = _where(scope)
+    # Events signed into no checkpoint yet cannot be proven: they wait for the next export.
+    pending = await conn.fetchval(f"SELECT count(*) FROM audit_events WHERE {where} AND log_id = ${len(args) + 1} "
+                                  f"AND seq >= ${len(args) + 2}", *args, log_id, latest)
+    result.pending += pending
+    entry: dict[str, Any] = {"log": log_id, "origin": origin(log_id), "events": 0, "first_seq": None,
+                             "last_seq": None, "checkpoints": 0, "pending": pending}
+    if latest <= plan.lo:
+        return entry
+    query, query_args = await _events_query(conn, scope, plan, latest)
+    first_seq = await conn.fetchval(f"SELECT min(seq) FROM ({query}) AS selected", *query_args)
+    checkpoints = await conn.fetch("SELECT tree_size, root_hash, note FROM audit_checkpoints WHERE log_id = $1 "
+                                   "AND tree_size > $2 ORDER BY tree_size", log_id, first_seq)
+    sizes = [row["tree_size"] for row in checkpoints]
+    tree = PackedTree(await leaf_hashes(conn, log_id, latest))
+    for row in checkpoints:
+        if tree.root(row["tree_size"]) != bytes(row["root_hash"]):
+            result.warnings.append(f"log {log_id}: the stored events no longer hash to checkpoint {row['tree_size']}; "
+                                   "the bundle will not verify (run `gateway audit check`)")
+        sinks["checkpoints.jsonl"].write(orjson.dumps({"log": log_id, "tree_size": row["tree_size"],
+                                                       "note": row["note"]}) + b"\n")
+    for old, new in zip(sizes, sizes[1:]):
+        proof = [b64(h) for h in tree.consistency_proof(old, new)]
+        sinks["consistency.jsonl"].write(orjson.dumps({"log": log_id, "old_size": old, "new_size": new,
+                                                       "proof": proof}) + b"\n")
+    proofs = sinks["proofs.jsonl"]
+    count, seq = 0, -1
+    async for row in conn.cursor(query, *query_args, prefetch=5_000):
+        seq, raw = row["seq"], bytes(row["entry"])
+        size = sizes[bisect.bisect_right(sizes, seq)]  # the first checkpoint whose tree holds the event
+        events.write(raw + b"\n")
+        proofs.write(orjson.dumps({"log": log_id, "seq": seq, "tree_size": size,
+                                   "proof": [b64(h) for h in tree.inclusion_proof(seq, size)]}) + b"\n")
+        summary.add(orjson.loads(raw))
+        count += 1
+        result.events += 1
+        if progress is not None and result.events % 1000 == 0:
+            progress(result.events)
+    if progress is not None:
+        progress(result.events)
+    result.checkpoints += len(sizes)
+    entry.update(events=count, first_seq=first_seq, last_seq=seq, checkpoints=len(sizes))
+    return entry
+
+
+async def _events_query(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, latest: int) -> tuple[str, list[Any]]:
+    """The SELECT of one log's events for the bundle, all with seq < latest (the newest checkpoint)."""
+    if scope.series is None:
+        where, args = _where(scope)
+        n = len(args)
+        return (f"SELECT seq, entry FROM audit_events WHERE {where} AND log_id = ${n + 1} AND seq < ${n + 2} "
+                "ORDER BY seq", [*args, plan.log_id, latest])
+    column, subject = ("vendor_id", scope.vendor_id) if scope.series == "vendor" else ("member_id", scope.member_id)
+    series = f"SELECT seq FROM audit_events WHERE log_id = $1 AND {column} = $2"
+    # Witnesses: the subject's events just before and just after the period's range in this log. Their
+    # series numbers join the period's events to the rest of the series, so none can go missing unseen.
+    before = await conn.fetchval(f"{series} AND seq < $3 ORDER BY seq DESC LIMIT 1", plan.log_id, subject, plan.lo)
+    after = await conn.fetchval(f"{series} AND seq > $3 AND seq < $4 ORDER BY seq LIMIT 1", plan.log_id, subject,
+                                plan.hi, latest)
+    first = plan.lo if before is None else before
+    last = after if after is not None else min(plan.hi, latest - 1)
+    return (f"SELECT seq, entry FROM audit_events WHERE log_id = $1 AND {column} = $2 AND seq >= $3 AND seq <= $4 "
+            "ORDER BY seq", [plan.log_id, subject, first, last])
+
+
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)

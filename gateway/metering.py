@@ -1,0 +1,257 @@
+"""Metering, quotas and rate limits: how much each licence received, and how much more it may receive.
+
+Usage is written by the audit writer in the same transaction as the delivery events it counts
+(`write_usage`), per licence, per day in Japan Standard Time (billing periods are JST days and
+months) and per writer. Quota decisions need no database round trip: each instance keeps a
+`UsageBook` of the month — its own deliveries, counted in memory the moment they are decided, and the
+other instances' deliveries as last read from PostgreSQL (every `SYNC_SECONDS`) — and decides from it.
+
+Bounds. Within one instance a delivery reserves its share of the quota before any await, so
+concurrent requests cannot overshoot a hard quota: the quota is exact. Across N instances, each
+learns of the others' deliveries at the next sync, so a hard quota can be exceeded by at most what
+the other N−1 instances deliver in one sync interval — the bound the scale-out tests check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from gateway.events import AuditEvent, EventKind, Outcome
+
+if TYPE_CHECKING:  # licences imports the audit writer, which imports this module
+    from gateway.licences import Licence
+
+log = logging.getLogger(__name__)
+
+JST = timezone(timedelta(hours=9), "JST")
+SYNC_SECONDS = 1.0
+# Events that count as a member request, and those that carry delivered records and bytes.
+_REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER})
+_DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END})
+
+
+def jst_day(moment: datetime) -> date:
+    return moment.astimezone(JST).date()
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+async def write_usage(conn: asyncpg.Connection, events: Sequence[AuditEvent], log_id: str) -> None:
+    """Add a batch's deliveries to usage_daily, inside the batch's own transaction."""
+    totals: dict[tuple[uuid.UUID, date], list[Any]] = {}
+    for event in events:
+        if event.licence_id is None or event.outcome is not Outcome.ALLOW:
+            continue
+        counts_request = event.kind in _REQUEST_KINDS
+        delivered = event.kind in _DELIVERY_KINDS and event.records is not None
+        if not counts_request and not delivered:
+            continue
+        row = totals.setdefault((event.licence_id, jst_day(event.at)), [0, 0, 0, False])
+        row[0] += counts_request
+        if delivered:
+            row[1] += event.records or 0
+            row[2] += event.bytes or 0
+        row[3] = row[3] or bool(event.detail and event.detail.get("quota_warning"))
+    if totals:
+        await conn.executemany(
+            "INSERT INTO usage_daily AS u (licence_id, day, log_id, requests, records, bytes, over_soft_quota) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (licence_id, day, log_id) DO UPDATE SET "
+            "requests = u.requests + EXCLUDED.requests, records = u.records + EXCLUDED.records, "
+            "bytes = u.bytes + EXCLUDED.bytes, over_soft_quota = u.over_soft_quota OR EXCLUDED.over_soft_quota",
+            [(licence_id, day, log_id, *row) for (licence_id, day), row in totals.items()])
+
+
+@dataclass(slots=True)
+class Tally:
+    records: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class UsageBook:
+    """One instance's view of each licence's usage in the current JST month."""
+
+    log_id: str
+    month: date = field(default_factory=lambda: month_start(jst_day(datetime.now(JST))))
+    mine: dict[uuid.UUID, Tally] = field(default_factory=dict)
+    others: dict[uuid.UUID, Tally] = field(default_factory=dict)
+
+    def used(self, licence_id: uuid.UUID) -> Tally:
+        own = self.mine.get(licence_id, Tally())
+        theirs = self.others.get(licence_id, Tally())
+        return Tally(own.records + theirs.records, own.bytes + theirs.bytes)
+
+    def count(self, licence_id: uuid.UUID, records: int, byte_count: int) -> None:
+        """Count (or, with negative figures, give back) this instance's deliveries. Synchronous on
+        purpose: a reservation made before the first await cannot be seen half-made by another request."""
+        self._roll_month()
+        tally = self.mine.setdefault(licence_id, Tally())
+        tally.records += records
+        tally.bytes += byte_count
+
+    def _roll_month(self) -> None:
+        month = month_start(jst_day(datetime.now(JST)))
+        if month != self.month:
+            self.month, self.mine, self.others = month, {}, {}
+
+    async def sync(self, conn: asyncpg.Connection, licence_ids: list[uuid.UUID]) -> None:
+        """Re-read the other writers' totals for the month."""
+        self._roll_month()
+        rows = await conn.fetch(
+            "SELECT licence_id, sum(records)::bigint AS records, sum(bytes)::bigint AS bytes FROM usage_daily "
+            "WHERE licence_id = ANY($1) AND day >= $2 AND day < $3 AND log_id <> $4 GROUP BY licence_id",
+            licence_ids, self.month, next_month(self.month), self.log_id)
+        self.others = {row["licence_id"]: Tally(row["records"], row["bytes"]) for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """How much one delivery may carry under the licence's quotas, and what to tell the member."""
+
+    records: int | None          # None: no hard records quota
+    bytes: int | None            # None: no hard bytes quota
+    headers: dict[str, str]
+    warning: str | None = None   # a soft quota already passed
+    exhausted: str | None = None  # a hard quota already reached: refuse
+
+
+def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
+    used = book.used(licence.id)
+    reset = int((datetime.combine(next_month(book.month), datetime.min.time(), JST) - now).total_seconds())
+    headers: dict[str, str] = {}
+    hard: dict[str, int | None] = {"records": None, "bytes": None}
+    warnings = []
+    exhausted = None
+    for unit, limit, is_hard, spent in (("records", licence.records_per_month, licence.records_quota_hard,
+                                         used.records),
+                                        ("bytes", licence.bytes_per_month, licence.bytes_quota_hard, used.bytes)):
+        if limit is None:
+            continue
+        left = max(limit - spent, 0)
+        headers[f"ratelimit-{unit}"] = f"limit={limit}, remaining={left}, reset={max(reset, 0)}"
+        if is_hard:
+            hard[unit] = left
+            if left == 0:
+                exhausted = f"monthly {unit} quota of {limit} reached; it resets at the start of next month (JST)"
+        elif spent >= limit:
+            warnings.append(f"monthly {unit} soft quota of {limit} exceeded ({spent} used)")
+    if exhausted:
+        headers["retry-after"] = str(max(reset, 1))
+    warning = "; ".join(warnings) or None
+    if warning:
+        headers["quota-warning"] = warning
+    return Allowance(hard["records"], hard["bytes"], headers, warning, exhausted)
+
+
+class RateLimiter:
+    """Per-credential token buckets (requests per second with a burst), per instance."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[uuid.UUID, list[float]] = {}
+
+    def take(self, credential_id: uuid.UUID, rate: float | None, burst: int | None) -> float:
+        """0 when the request may go ahead; otherwise the seconds until a token is available."""
+        if rate is None:
+            return 0.0
+        capacity = float(burst or max(1, int(rate)))
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(credential_id, [capacity, now])
+        bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / rate
+
+
+class UsageSync:
+    """Keeps a UsageBook current for every licence with a quota (a background task of a serving instance)."""
+
+    def __init__(self, book: UsageBook, pool: asyncpg.Pool, licences: dict[uuid.UUID, Licence]) -> None:
+        self.book, self.pool, self.licences = book, pool, licences
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.sync_once()
+        self._task = asyncio.create_task(self._run(), name="usage-sync")
+
+    async def sync_once(self) -> None:
+        ids = [lic.id for lic in self.licences.values()
+               if lic.records_per_month is not None or lic.bytes_per_month is not None]
+        async with self.pool.acquire() as conn:
+            await self.book.sync(conn, ids)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            try:
+                await self.sync_once()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # Keep deciding from the last figures plus local counts; they only grow until the next sync.
+                log.warning("usage sync failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID | None, start: date,
+                       end: date, *,
+                       member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None,
+                       licence_ids: list[uuid.UUID] | None = None, by: str = "month") -> list[dict[str, Any]]:
+    """Usage by member, dataset and period (JST `day` or `month`) in [start, end): the admin report and the CLI's."""
+    period = "day" if by == "day" else "date_trunc('month', u.day)::date"
+    rows = await conn.fetch(
+        f"SELECT {period} AS period, l.id AS licence_id, m.id AS member_id, m.name AS member, d.id AS dataset_id, "
+        "d.name AS dataset, sum(u.requests)::bigint AS requests, sum(u.records)::bigint AS records, "
+        "sum(u.bytes)::bigint AS bytes, bool_or(u.over_soft_quota) AS over_soft_quota "
+        "FROM usage_daily u JOIN licences l ON l.id = u.licence_id JOIN members m ON m.id = l.member_id "
+        "JOIN datasets d ON d.id = l.dataset_id WHERE ($1::uuid IS NULL OR l.vendor_id = $1) AND u.day >= $2 AND u.day < $3 "
+        "AND ($4::uuid IS NULL OR l.member_id = $4) AND ($5::uuid IS NULL OR l.dataset_id = $5) "
+        "AND ($6::uuid[] IS NULL OR l.id = ANY($6)) "
+        "GROUP BY 1, l.id, m.id, d.id ORDER BY 1, m.name, d.name", vendor_id, start, end, member_id, dataset_id,
+        licence_ids)
+    return [{"period": row["period"].isoformat(), "licence_id": str(row["licence_id"]),
+             "member_id": str(row["member_id"]), "member": row["member"], "dataset_id": str(row["dataset_id"]),
+             "dataset": row["dataset"], "requests": row["requests"], "records": row["records"],
+             "bytes": row["bytes"], "over_soft_quota": row["over_soft_quota"]} for row in rows]
+
+
+def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
+    """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint."""
+    today = jst_day(datetime.now(JST))
+    first = date.fromisoformat(start) if start else month_start(today)
+    last = date.fromisoformat(end) if end else next_month(today)
+    if last <= first:
+        raise ValueError("'to' must be after 'from'")
+    return first, last
+
+
+def quota_status(licence: Licence, book: UsageBook) -> dict[str, Any]:
+    """The licence's quotas and what is left of them this month, as the member sees it."""
+    used = book.used(licence.id)
+    return {"period": book.month.isoformat()[:7], "records_used": used.records, "bytes_used": used.bytes,
+            "records_per_month": licence.records_per_month, "records_quota_hard": licence.records_quota_hard,
+            "records_left": None if licence.records_per_month is None else max(0, licence.records_per_month - used.records),
+            "bytes_per_month": licence.bytes_per_month, "bytes_quota_hard": licence.bytes_quota_hard,
+            "bytes_left": None if licence.bytes_per_month is None else max(0, licence.bytes_per_month - used.bytes),
+            "requests_per_second": licence.requests_per_second, "burst": licence.burst}

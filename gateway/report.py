@@ -1,0 +1,311 @@
+"""The evidence report: one self-contained HTML page mapping a period's audit events to the statute.
+
+UCPA art. 2(7) protects data provided (1) to specific parties as a business (限定提供性), (2) in
+substantial accumulation (相当蓄積性) and (3) under electromagnetic management (電磁的管理性). The page
+summarises the bundle's events under each heading, in Japanese and English, with inline CSS and
+inline SVG only: no script, no external resource, a Content-Security-Policy that forbids loading any.
+Every text from an event is escaped. The page is a pure function of the manifest and the events, so
+the verifier renders it again and compares (schemas/audit-format.md).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+GENERATOR = "lpd-gateway report/1"
+DELIVERIES = ("member:records:deliver", "member:records:stream-end")
+LICENCE_KINDS = {"vendor:licence:grant": "grant", "vendor:licence:amend": "amend",
+                 "vendor:licence:suspend": "suspend", "vendor:licence:resume": "resume",
+                 "vendor:licence:revoke": "revoke"}
+_TOP = 40  # rows shown in long tables and charts; the rest are summed in one line
+_COLOURS = ("#1f6f8b", "#c2571a", "#3b8b3b", "#8b3b7a", "#6b6b1f", "#1f3b8b")
+
+
+@dataclass
+class MemberRow:
+    name: str | None = None
+    licences: Counter[str] = field(default_factory=Counter)
+    acceptances: list[tuple[str, str | None, int | None]] = field(default_factory=list)  # at, licence, version
+    deliveries: int = 0
+    records: int = 0
+    bytes: int = 0
+    denials: int = 0
+
+
+@dataclass
+class DatasetRow:
+    name: str | None = None
+    versions: list[tuple[str, int | None, int]] = field(default_factory=list)  # at, version, records
+
+
+@dataclass
+class Summary:
+    """Counts over the events whose time is in [start, end) (RFC 3339 texts compare as times)."""
+
+    start: str
+    end: str
+    events: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    deliveries_by_credential: Counter[str] = field(default_factory=Counter)
+    unauthenticated_deliveries: int = 0
+    records: int = 0
+    bytes: int = 0
+    denials_by_reason: Counter[str] = field(default_factory=Counter)
+    members: dict[str, MemberRow] = field(default_factory=dict)
+    datasets: dict[str, DatasetRow] = field(default_factory=dict)
+
+    def add(self, event: dict[str, Any]) -> None:
+        at = event.get("at") or ""
+        if not self.start <= at < self.end:
+            return
+        self.events += 1
+        kind, outcome = event.get("kind"), event.get("outcome")
+        self.kinds[str(kind)] += 1
+        member_id = event.get("member_id")
+        member = self._member(member_id) if member_id else None
+        delivery = event.get("delivery") or {}
+        if kind in DELIVERIES and outcome == "allow":
+            actor = event.get("actor") or {}
+            if kind == DELIVERIES[0]:
+                self.deliveries_by_credential[str(actor.get("kind"))] += 1
+                if actor.get("credential_id") is None:
+                    self.unauthenticated_deliveries += 1
+                if member is not None:
+                    member.deliveries += 1
+            records, size = _int(delivery.get("records")), _int(delivery.get("bytes"))
+            self.records += records
+            self.bytes += size
+            if member is not None:
+                member.records += records
+                member.bytes += size
+        elif outcome == "deny":
+            self.denials_by_reason[str(event.get("reason") or kind)] += 1
+            if member is not None:
+                member.denials += 1
+        if kind == "vendor:member:create" and member is not None:
+            member.name = str((event.get("detail") or {}).get("name") or "") or None
+        elif kind in LICENCE_KINDS and member is not None:
+            member.licences[LICENCE_KINDS[kind]] += 1
+        elif kind == "member:terms:accept" and member is not None and outcome == "change":
+            member.acceptances.append((at, event.get("licence_id"), event.get("terms_version")))
+        elif kind == "vendor:dataset:create" and event.get("dataset_id"):
+            self._dataset(event["dataset_id"]).name = str((event.get("detail") or {}).get("name") or "") or None
+        elif kind == "vendor:version:publish" and event.get("dataset_id"):
+            versions = event.get("versions") or [None]
+            self._dataset(event["dataset_id"]).versions.append((at, versions[0], _int(delivery.get("records"))))
+
+    def _member(self, member_id: str) -> MemberRow:
+        row = self.members.get(member_id)
+        if row is None:
+            row = self.members[member_id] = MemberRow()
+        return row
+
+    def _dataset(self, dataset_id: str) -> DatasetRow:
+        row = self.datasets.get(dataset_id)
+        if row is None:
+            row = self.datasets[dataset_id] = DatasetRow()
+        return row
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render(summary: Summary, manifest: dict[str, Any]) -> str:
+    """The page for `summary`, described by the bundle's `manifest` (scope, logs; not file hashes)."""
+    scope = manifest.get("scope") or {}
+    logs = manifest.get("logs") or []
+    parts = [_HEAD, "<h1>限定提供データ 証跡レポート<br><small>Limited provision data: evidence report</small></h1>",
+             _scope_table(summary, scope, manifest, logs),
+             _management(summary), _provision(summary), _accumulation(summary), _verification(manifest, logs),
+             "</main></body></html>\n"]
+    return "\n".join(parts)
+
+
+_HEAD = """<!DOCTYPE html>
+<html lang="ja"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>証跡レポート / Evidence report</title>
+<style>
+body{font-family:system-ui,"Hiragino Sans","Noto Sans JP",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+main{max-width:960px;margin:0 auto;padding:1.5rem}
+h1{font-size:1.5rem}h1 small{font-size:1rem;color:#555}
+h2{border-bottom:2px solid #1f6f8b;padding-bottom:.2rem;margin-top:2rem}
+h2 small,h3 small{color:#555;font-weight:normal}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#2a7a2a}.bad{color:#b00020;font-weight:bold}
+code{font-size:.85em;word-break:break-all}
+svg{max-width:100%;height:auto;background:#fff;border:1px solid #ddd}
+p.note{color:#555;font-size:.85rem}
+</style></head><body><main>"""
+
+
+def _row(*cells: Any, numeric: tuple[int, ...] = ()) -> str:
+    return "<tr>" + "".join(f'<td class="n">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
+                            for i, c in enumerate(cells)) + "</tr>"
+
+
+def _scope_table(summary: Summary, scope: dict[str, Any], manifest: dict[str, Any], logs: list[Any]) -> str:
+    rows = [("事業者 / Vendor", scope.get("vendor_id")), ("期間 / Period", f"{scope.get('from')} – {scope.get('to')}"),
+            ("会員 / Member filter", scope.get("member_id") or "—"),
+            ("データセット / Dataset filter", scope.get("dataset_id") or "—"),
+            ("作成 / Created", manifest.get("created_at")),
+            ("期間内のイベント / Events in the period", f"{summary.events:,}"),
+            ("監査ログ / Audit logs", f"{len(logs):,}")]
+    return "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _management(summary: Summary) -> str:
+    kinds = sorted(summary.deliveries_by_credential.items(), key=lambda kv: (-kv[1], kv[0]))
+    delivered = sum(summary.deliveries_by_credential.values())
+    verdict = (f'<p class="ok">全{delivered:,}件の提供が認証済み / all {delivered:,} deliveries were authenticated</p>'
+               if summary.unauthenticated_deliveries == 0 else
+               f'<p class="bad">{summary.unauthenticated_deliveries:,} deliveries without a credential</p>')
+    denials = summary.denials_by_reason.most_common()
+    shown, rest = denials[:_TOP], sum(n for _, n in denials[_TOP:])
+    return "".join([
+        "<h2>電磁的管理性 <small>Electromagnetic management</small></h2>",
+        "<p>データの提供はすべて認証を経て行われ、拒否は理由とともに記録される。<br>"
+        "Every delivery is authenticated; every refusal is recorded with its reason.</p>", verdict,
+        "<h3>認証方式別の提供 <small>Deliveries by credential kind</small></h3><table>"
+        "<tr><th>Credential</th><th>Deliveries</th></tr>",
+        "".join(_row(k, f"{n:,}", numeric=(1,)) for k, n in kinds) or _row("—", 0, numeric=(1,)),
+        f"</table><p>提供レコード数 / records delivered: <b>{summary.records:,}</b>; "
+        f"バイト数 / bytes: <b>{summary.bytes:,}</b></p>",
+        "<h3>拒否の理由 <small>Denials by reason</small></h3><table><tr><th>Reason</th><th>Count</th></tr>",
+        "".join(_row(r, f"{n:,}", numeric=(1,)) for r, n in shown) or _row("—", 0, numeric=(1,)),
+        _row(f"(other {len(denials) - _TOP} reasons)", f"{rest:,}", numeric=(1,)) if rest else "", "</table>"])
+
+
+def _provision(summary: Summary) -> str:
+    members = sorted(summary.members.items(), key=lambda kv: (-kv[1].records, -kv[1].deliveries, kv[0]))
+    rows = []
+    for member_id, m in members[:_TOP * 5]:
+        licences = ", ".join(f"{k} ×{n}" for k, n in sorted(m.licences.items())) or "—"
+        accepted = "; ".join(f"v{v} {at[:10]}" for at, _, v in m.acceptances) or "—"
+        rows.append(_row(m.name or "—", member_id, licences, accepted, f"{m.deliveries:,}", f"{m.records:,}",
+                         f"{m.denials:,}", numeric=(4, 5, 6)))
+    bars = [(m.name or member_id[:8], m.records) for member_id, m in members[:_TOP]]
+    return "".join([
+        "<h2>限定提供性 <small>Provision to specific parties as a business</small></h2>",
+        "<p>ライセンスを受け規約に同意した特定の会員にのみ提供される。<br>"
+        "Data goes only to specific members holding a licence whose terms they accepted.</p>",
+        f"<p>会員数 / members with activity: <b>{len(members):,}</b></p>",
+        "<table><tr><th>Member</th><th>Id</th><th>Licence changes</th><th>Terms accepted</th>"
+        "<th>Deliveries</th><th>Records</th><th>Denials</th></tr>", "".join(rows) or _row("—", "", "", "", 0, 0, 0),
+        "</table>", "<h3>会員別の提供レコード数 <small>Records delivered per member</small></h3>",
+        bar_chart(bars) if bars else "<p>—</p>"])
+
+
+def _accumulation(summary: Summary) -> str:
+    datasets = sorted(summary.datasets.items(), key=lambda kv: (kv[1].name or "", kv[0]))
+    rows, series = [], []
+    for dataset_id, d in datasets:
+        total = 0
+        points = []
+        for at, version, records in sorted(d.versions, key=lambda v: (v[0], v[1] or 0)):
+            total += records
+            points.append((at, total))
+            rows.append(_row(d.name or dataset_id, version if version is not None else "—", at, f"{records:,}",
+                             f"{total:,}", numeric=(3, 4)))
+        if points:
+            series.append((d.name or dataset_id[:8], points))
+    return "".join([
+        "<h2>相当蓄積性 <small>Substantial accumulation</small></h2>",
+        "<p>期間中に公開された版とレコード数の累積。<br>Versions published in the period and the records they "
+        "added, accumulated.</p>",
+        "<table><tr><th>Dataset</th><th>Version</th><th>Published</th><th>Records</th><th>Cumulative</th></tr>",
+        "".join(rows) or _row("—", "—", "—", 0, 0), "</table>",
+        step_chart(series, summary.start, summary.end) if series else ""])
+
+
+def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:
+    rows = "".join(_row(entry.get("log"), f"{entry.get('events', 0):,}", entry.get("first_seq"),
+                        entry.get("last_seq"), f"{entry.get('checkpoints', 0):,}", f"{entry.get('pending', 0):,}",
+                        numeric=(1, 2, 3, 4, 5)) for entry in logs)
+    return "".join([
+        "<h2>検証 <small>Verification</small></h2>",
+        "<p>この報告書は同梱の events.jsonl から生成された。署名付きチェックポイントと包含証明により、"
+        "データベースなしで検証できる。<br>This report was generated from the bundle's events.jsonl. The signed "
+        "checkpoints and inclusion proofs verify it without the gateway's database:</p>",
+        "<p><code>gateway audit verify bundle.zip</code> (or <code>python -m gateway.verify bundle.zip</code>)</p>",
+        f"<p class=\"note\">Series: {e(manifest.get('series') or 'none (filtered export)')}. "
+        "Specification: schemas/audit-format.md.</p>",
+        "<table><tr><th>Log</th><th>Events</th><th>First seq</th><th>Last seq</th><th>Checkpoints</th>"
+        "<th>Not yet checkpointed</th></tr>", rows, "</table>"])
+
+
+# -- charts -----------------------------------------------------------------------------------------
+
+def bar_chart(bars: list[tuple[str, int]], width: int = 640) -> str:
+    """Horizontal bars, one per label, scaled to the largest value."""
+    row, label_width, top = 22, 180, 10
+    height = top * 2 + row * len(bars)
+    largest = max((v for _, v in bars), default=0) or 1
+    span = width - label_width - 90
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="records per member">']
+    for i, (label, value) in enumerate(bars):
+        y = top + i * row
+        length = max(1, round(span * value / largest)) if value else 0
+        parts.append(f'<text x="{label_width - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
+                     f'{e(label[:28])}</text>'
+                     f'<rect x="{label_width}" y="{y + 3}" width="{length}" height="{row - 6}" fill="{_COLOURS[0]}"/>'
+                     f'<text x="{label_width + length + 4}" y="{y + 15}" font-size="12">{value:,}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end: str, width: int = 640,
+               height: int = 260) -> str:
+    """Cumulative records over the period, one step line per dataset."""
+    left, right, top, bottom = 70, 20, 20, 50
+    t0, t1 = _seconds(start), _seconds(end)
+    span = max(t1 - t0, 1.0)
+    largest = max((p[-1][1] for _, p in series), default=0) or 1
+
+    def x(at: str) -> float:
+        return round(left + (width - left - right) * min(max((_seconds(at) - t0) / span, 0.0), 1.0), 1)
+
+    def y(value: int) -> float:
+        return round(height - bottom - (height - top - bottom) * value / largest, 1)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="cumulative records">',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
+             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{largest:,}</text>',
+             f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end" font-size="11">0</text>',
+             f'<text x="{left}" y="{height - bottom + 16}" font-size="11">{e(start[:10])}</text>',
+             f'<text x="{width - right}" y="{height - bottom + 16}" text-anchor="end" font-size="11">{e(end[:10])}</text>']
+    for i, (label, points) in enumerate(series[:len(_COLOURS)]):
+        colour = _COLOURS[i % len(_COLOURS)]
+        coords = [f"{left},{y(0)}"]
+        previous = 0
+        for at, total in points:
+            coords += [f"{x(at)},{y(previous)}", f"{x(at)},{y(total)}"]
+            previous = total
+        coords.append(f"{width - right},{y(previous)}")
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(coords)}"/>'
+                     f'<text x="{left + 8 + 150 * i}" y="{height - 12}" font-size="12" fill="{colour}">'
+                     f'■ {e(label[:20])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

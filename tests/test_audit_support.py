@@ -1,0 +1,128 @@
+"""Helpers shared by the audit tests (tests/test_audit_*.py); no tests here."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway import evidence
+from gateway.audit import AuditWriter, new_log_id
+from gateway.events import AuditEvent, EventKind, Outcome
+from gateway.runtime import Runtime
+from tests.conftest import client_for, open_runtime
+from tests.factories import Licensed, auth, licensed_member
+
+PERIOD_START = datetime.now(UTC) - timedelta(days=1)
+PERIOD_END = datetime.now(UTC) + timedelta(days=1)
+
+
+async def audited_runtime(dsn: str, home: Path, instance: str = "test", **overrides: str) -> Runtime:
+    """A Runtime whose writer signs checkpoints.
+
+    Until gateway/runtime.py passes the master key to the writer, the writer it made is swapped for one
+    that has it (before any app or event uses it); afterwards this changes nothing but the instance.
+    """
+    rt = await open_runtime(dsn, home, GATEWAY_INSTANCE=instance, **overrides)
+    if rt.writer.signer is None:
+        await rt.writer.close()
+        rt.writer = AuditWriter(rt.pool, new_log_id(instance), instance, batch_max=rt.config.audit_batch_max,
+                                deadline=rt.config.audit_deadline_seconds, master=rt.master,
+                                checkpoint_events=rt.config.checkpoint_events,
+                                checkpoint_seconds=rt.config.checkpoint_seconds)
+        await rt.writer.start()
+    return rt
+
+
+@dataclass
+class Scenario:
+    """A vendor with two members: deliveries (paged and streamed), terms acceptance, denials."""
+
+    licensed: Licensed
+    other_member: dict[str, Any]
+    other_key: str
+
+    @property
+    def vendor_id(self) -> uuid.UUID:
+        return self.licensed.vendor.id
+
+    @property
+    def member_id(self) -> uuid.UUID:
+        return uuid.UUID(self.licensed.member["id"])
+
+
+async def scenario(runtime: Runtime, client: httpx.AsyncClient) -> Scenario:
+    licensed = await licensed_member(runtime, client)
+    path = f"/v1/datasets/{licensed.dataset['id']}/records"
+    for _ in range(3):
+        assert (await client.get(path, params={"limit": 10}, headers=licensed.headers)).status_code == 200
+    assert (await client.get(path, headers=licensed.headers)).status_code == 200  # streamed export
+    # A denial: a partition outside the licence.
+    assert (await client.get(path, params={"partition": "east"}, headers=licensed.headers)).status_code == 403
+    vendor = licensed.vendor
+    other = await vendor.member("member-b")
+    other_key = (await vendor.member_key(other["id"]))["api_key"]
+    assert (await client.get(path, headers=auth(other_key))).status_code in (403, 404)
+    await vendor.publish(licensed.dataset["id"], "north,2026-05-01,7,n\n")
+    return Scenario(licensed, other, other_key)
+
+
+async def export(runtime: Runtime, path: Path, vendor_id: uuid.UUID, **filters: Any) -> evidence.ExportResult:
+    """Checkpoint what this runtime wrote, then export the vendor's events of the test period."""
+    await runtime.writer.checkpoint()
+    return await evidence.export(runtime.pool, vendor_id, PERIOD_START, PERIOD_END, path=path, **filters)
+
+
+def synthetic(vendor_id: uuid.UUID, member_id: uuid.UUID | None = None, **fields: Any) -> AuditEvent:
+    return AuditEvent(kind=EventKind.RECORDS_DELIVER, outcome=Outcome.ALLOW, vendor_id=vendor_id,
+                      member_id=member_id, actor="member", credential_id=uuid.uuid4(), records=10, bytes=100,
+                      **fields)
+
+
+# -- taking bundles apart ----------------------------------------------------------------------------
+
+def read_bundle(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as bundle:
+        return {name: bundle.read(name) for name in bundle.namelist()}
+
+
+def write_bundle(path: Path, files: dict[str, bytes], *, rehash: bool = True) -> Path:
+    """Write `files` as a bundle; with `rehash` the manifest is recomputed, as a careful attacker would."""
+    if rehash:
+        import hashlib
+
+        manifest = orjson.loads(files["manifest.json"])
+        for name in manifest["files"]:
+            manifest["files"][name] = {"sha256": hashlib.sha256(files[name]).hexdigest(), "bytes": len(files[name])}
+        files = {**files, "manifest.json": orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def edit_jsonl(data: bytes, index: int, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """Parse line `index`, change it, and put it back (not canonical any more: its hash changes anyway)."""
+    rows = lines(data)
+    value = orjson.loads(rows[index])
+    change(value)
+    rows[index] = orjson.dumps(value, option=orjson.OPT_SORT_KEYS) + b"\n"
+    return b"".join(rows)
+
+
+async def client_of(runtime: Runtime) -> httpx.AsyncClient:
+    return client_for(runtime)

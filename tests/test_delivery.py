@@ -1,0 +1,179 @@
+"""Delivery under licences: incremental pulls, stable cursors, metering, quotas and rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import httpx
+import orjson
+import uvicorn
+
+from gateway.app import build_app
+from gateway.runtime import Runtime
+from tests.factories import Licensed, licensed_member, wait_for_snapshot
+
+
+def lines(response: httpx.Response) -> list[dict]:
+    return [orjson.loads(line) for line in response.content.splitlines()]
+
+
+def records_path(licensed: Licensed) -> str:
+    return f"/v1/datasets/{licensed.dataset['id']}/records"
+
+
+async def usage_rows(runtime: Runtime, licence_id: str) -> tuple[int, int, int]:
+    async with runtime.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT coalesce(sum(requests), 0) AS q, coalesce(sum(records), 0) AS r, "
+                                  "coalesce(sum(bytes), 0) AS b FROM usage_daily WHERE licence_id = $1",
+                                  uuid.UUID(licence_id))
+    return row["q"], row["r"], row["b"]
+
+
+async def test_incremental_pulls_return_exactly_the_new_version(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    await licensed.vendor.publish(licensed.dataset["id"], "north,2026-05-01,999,new\nsouth,2026-05-02,998,new\n"
+                                                          "east,2026-05-03,997,new\n")
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    response = await client.get(records_path(licensed), params={"since_version": 1}, headers=licensed.headers)
+    assert sorted(r["count"] for r in lines(response)) == [998, 999]
+
+
+async def test_a_cursor_stays_on_its_versions_while_new_ones_are_published(runtime: Runtime,
+                                                                           client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    first = await client.get(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    await licensed.vendor.publish(licensed.dataset["id"], "north,2026-05-01,999,new\n")
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    seen = lines(first)
+    response = first
+    while "link" in response.headers:
+        response = await client.get(response.headers["link"].split(">")[0].lstrip("<"), headers=licensed.headers)
+        seen.extend(lines(response))
+    assert len(seen) == 30 and 999 not in {r["count"] for r in seen}
+    assert len({(r["area"], r["day"], r["count"]) for r in seen}) == 30
+
+
+async def test_pages_are_metered_exactly(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    delivered = 0
+    for limit in (4, 9):
+        response = await client.get(records_path(licensed), params={"limit": limit}, headers=licensed.headers)
+        delivered += len(response.content)
+    response = await client.get(records_path(licensed), headers=licensed.headers)  # a full stream
+    delivered += len(response.content)
+    await runtime.writer.close()  # drain: the stream's completion event is queued without waiting
+    requests, records, byte_count = await usage_rows(runtime, licensed.licence["id"])
+    assert (requests, records, byte_count) == (3, 4 + 9 + 30, delivered)
+
+
+async def test_hard_records_quota_cuts_then_refuses_with_headers(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, records_per_month=12)
+    first = await client.get(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    assert len(lines(first)) == 10 and "remaining=12" in first.headers["ratelimit-records"]
+    second = await client.get(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    assert len(lines(second)) == 2 and "quota" in second.headers["quota-cut"] and "link" not in second.headers
+    third = await client.get(records_path(licensed), headers=licensed.headers)
+    assert third.status_code == 429 and "quota of 12 reached" in third.json()["detail"]
+    assert int(third.headers["retry-after"]) > 0 and "remaining=0" in third.headers["ratelimit-records"]
+
+
+async def test_a_stream_is_cut_at_the_hard_quota(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, records_per_month=7)
+    response = await client.get(records_path(licensed), headers=licensed.headers)
+    assert len(lines(response)) == 7
+    await runtime.writer.close()
+    async with runtime.pool.acquire() as conn:
+        entry = await conn.fetchval("SELECT entry FROM audit_events WHERE kind = 'member:records:stream-end'")
+    event = orjson.loads(entry)
+    assert event["delivery"]["records"] == 7 and event["delivery"]["complete"] is False
+    assert event["detail"]["quota_cut"] is True
+
+
+async def test_concurrent_pages_never_exceed_a_hard_quota(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, records_per_month=17)
+    responses = await asyncio.gather(*(client.get(records_path(licensed), params={"limit": 3},
+                                                  headers=licensed.headers) for _ in range(12)))
+    delivered = sum(len(lines(r)) for r in responses if r.status_code == 200)
+    assert delivered == 17
+    assert any(r.status_code == 429 for r in responses)
+
+
+async def test_soft_quota_delivers_warns_and_flags_usage(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, records_per_month=5, records_quota_hard=False)
+    first = await client.get(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    assert len(lines(first)) == 10 and "quota-warning" not in first.headers
+    second = await client.get(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    assert second.status_code == 200 and len(lines(second)) == 10
+    assert "soft quota of 5 exceeded" in second.headers["quota-warning"]
+    report = await licensed.vendor.ok("GET", "/v1/admin/usage")
+    [row] = report["items"]
+    assert row["records"] == 20 and row["over_soft_quota"] is True
+
+
+async def test_rate_limit_per_credential(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, requests_per_second=0.5, burst=2)
+    statuses = [(await client.get(records_path(licensed), params={"limit": 1}, headers=licensed.headers))
+                for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert int(statuses[2].headers["retry-after"]) >= 1
+
+
+async def test_usage_for_members_and_vendors(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, records_per_month=1000)
+    await client.get(records_path(licensed), params={"limit": 5}, headers=licensed.headers)
+    mine = (await client.get("/v1/usage", headers=licensed.headers)).json()
+    assert mine["periods"][0]["records"] == 5 and mine["current"][0]["records_left"] == 995
+    metadata = (await client.get(f"/v1/datasets/{licensed.dataset['id']}", headers=licensed.headers)).json()
+    assert metadata["quotas"]["records_used"] == 5
+    assert [c["name"] for c in metadata["columns"]] == ["area", "day", "count"]
+    report = await licensed.vendor.ok("GET", "/v1/admin/usage", params={"by": "day"})
+    assert report["items"][0]["member"] == "member-a" and report["items"][0]["records"] == 5
+    bad = await client.get("/v1/admin/usage", params={"from": "yesterday"}, headers=licensed.vendor.headers)
+    assert bad.status_code == 400
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_client_that_disconnects_midway_is_metered_for_what_was_sent(runtime: Runtime,
+                                                                             client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    big = "".join(f"north,2026-06-01,{i},{'x' * 200}\n" for i in range(60_000))
+    await licensed.vendor.publish(licensed.dataset["id"], big)
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        received = 0
+        async with httpx.AsyncClient() as http:
+            async with http.stream("GET", f"http://127.0.0.1:{port}{records_path(licensed)}",
+                                   headers=licensed.headers) as response:
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if received > 200_000:
+                        break
+        await asyncio.sleep(0.5)
+    finally:
+        server.should_exit = True
+        await serving
+    await runtime.writer.close()
+    async with runtime.pool.acquire() as conn:
+        entry = orjson.loads(await conn.fetchval(
+            "SELECT entry FROM audit_events WHERE kind = 'member:records:stream-end'"))
+    _, records, byte_count = await usage_rows(runtime, licensed.licence["id"])
+    delivery = entry["delivery"]
+    assert delivery["complete"] is False
+    assert received <= delivery["bytes"] < len(big)  # what the server handed over, not what was planned
+    assert (records, byte_count) == (delivery["records"], delivery["bytes"])
