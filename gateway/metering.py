@@ -6,10 +6,15 @@ months) and per writer. Quota decisions need no database round trip: each instan
 `UsageBook` of the month — its own deliveries, counted in memory the moment they are decided, and the
 other instances' deliveries as last read from PostgreSQL (every `SYNC_SECONDS`) — and decides from it.
 
-Bounds. Within one instance a delivery reserves its share of the quota before any await, so
-concurrent requests cannot overshoot a hard quota: the quota is exact. Across N instances, each
-learns of the others' deliveries at the next sync, so a hard quota can be exceeded by at most what
-the other N−1 instances deliver in one sync interval — the bound the scale-out tests check.
+Hard quotas across instances: leases. An instance may deliver under a hard quota only what it has
+leased from the licence's monthly grant in PostgreSQL (`quota_grants`, one row lock per lease); leases
+are taken in shares of 1/LEASE_SHARES of the quota, so a round trip happens once per share, not per
+request, and the sum of all leases never exceeds the quota: zero overshoot, on any number of
+instances. The price is undershoot: a share leased by one instance is not available to another until
+that instance gives it back (at shutdown, and at the end of every full export) — at most
+(N−1)/LEASE_SHARES of the quota, plus the share of an instance that crashed. Within an instance, a
+delivery reserves its part of the lease before its first await, so concurrent requests stay exact.
+If a lease cannot be taken (PostgreSQL unreachable), the delivery is refused: never unlimited.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 JST = timezone(timedelta(hours=9), "JST")
 SYNC_SECONDS = 1.0
+LEASE_SHARES = 20
 # Events that count as a member request, and those that carry delivered records and bytes.
 _REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER})
 _DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END})
@@ -90,6 +96,58 @@ class UsageBook:
     month: date = field(default_factory=lambda: month_start(jst_day(datetime.now(JST))))
     mine: dict[uuid.UUID, Tally] = field(default_factory=dict)
     others: dict[uuid.UUID, Tally] = field(default_factory=dict)
+    leased: dict[uuid.UUID, Tally] = field(default_factory=dict)
+    _leasing: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
+
+    def room(self, licence_id: uuid.UUID) -> Tally:
+        """What this instance may still deliver under the hard quotas: its leases less its deliveries."""
+        leased = self.leased.get(licence_id, Tally())
+        own = self.mine.get(licence_id, Tally())
+        return Tally(leased.records - own.records, leased.bytes - own.bytes)
+
+    async def lease(self, pool: asyncpg.Pool, licence: Licence, records: int, byte_count: int) -> None:
+        """Hold at least `records` and `byte_count` of unused hard quota if the month's grant allows,
+        leasing at least one share at a time. Raises the database's errors: the caller refuses."""
+        limits = _hard_limits(licence)
+        if limits == (None, None):
+            return
+        async with self._leasing.setdefault(licence.id, asyncio.Lock()):
+            self._roll_month()
+            room = self.room(licence.id)
+            asks = [0 if limit is None or room_now >= want else max(want - room_now, -(-limit // LEASE_SHARES))
+                    for limit, room_now, want in zip(limits, (room.records, room.bytes), (records, byte_count))]
+            if not any(asks):
+                return
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("INSERT INTO quota_grants (licence_id, month) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                   licence.id, self.month)
+                granted = await conn.fetchrow(
+                    "SELECT records_granted, bytes_granted FROM quota_grants WHERE licence_id = $1 AND month = $2 "
+                    "FOR UPDATE", licence.id, self.month)
+                gives = [0 if limit is None else max(0, min(ask, limit - already))
+                         for limit, ask, already in zip(limits, asks, (granted[0], granted[1]))]
+                await conn.execute(
+                    "UPDATE quota_grants SET records_granted = records_granted + $3, bytes_granted = bytes_granted + $4 "
+                    "WHERE licence_id = $1 AND month = $2", licence.id, self.month, *gives)
+            tally = self.leased.setdefault(licence.id, Tally())
+            tally.records += gives[0]
+            tally.bytes += gives[1]
+
+    async def give_back(self, pool: asyncpg.Pool, licence_ids: list[uuid.UUID] | None = None) -> None:
+        """Return unused leases to the month's grant, so that other instances can use them."""
+        returns = [(licence_id, max(room.records, 0), max(room.bytes, 0))
+                   for licence_id in (licence_ids if licence_ids is not None else list(self.leased))
+                   if (room := self.room(licence_id)).records > 0 or room.bytes > 0]
+        if not returns:
+            return
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                "UPDATE quota_grants SET records_granted = greatest(records_granted - $3, 0), "
+                "bytes_granted = greatest(bytes_granted - $4, 0) WHERE licence_id = $1 AND month = $2",
+                [(licence_id, self.month, records, byte_count) for licence_id, records, byte_count in returns])
+        for licence_id, records, byte_count in returns:
+            self.leased[licence_id].records -= records
+            self.leased[licence_id].bytes -= byte_count
 
     def used(self, licence_id: uuid.UUID) -> Tally:
         own = self.mine.get(licence_id, Tally())
@@ -107,7 +165,7 @@ class UsageBook:
     def _roll_month(self) -> None:
         month = month_start(jst_day(datetime.now(JST)))
         if month != self.month:
-            self.month, self.mine, self.others = month, {}, {}
+            self.month, self.mine, self.others, self.leased = month, {}, {}, {}
 
     async def sync(self, conn: asyncpg.Connection, licence_ids: list[uuid.UUID]) -> None:
         """Re-read the other writers' totals for the month."""
@@ -145,8 +203,10 @@ def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
         left = max(limit - spent, 0)
         headers[f"ratelimit-{unit}"] = f"limit={limit}, remaining={left}, reset={max(reset, 0)}"
         if is_hard:
-            hard[unit] = left
-            if left == 0:
+            # What this instance may deliver is what it holds leased (see the module docstring).
+            room = book.room(licence.id)
+            hard[unit] = max(room.records if unit == "records" else room.bytes, 0)
+            if hard[unit] == 0:
                 exhausted = f"monthly {unit} quota of {limit} reached; it resets at the start of next month (JST)"
         elif spent >= limit:
             warnings.append(f"monthly {unit} soft quota of {limit} exceeded ({spent} used)")
@@ -156,6 +216,11 @@ def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
     if warning:
         headers["quota-warning"] = warning
     return Allowance(hard["records"], hard["bytes"], headers, warning, exhausted)
+
+
+def _hard_limits(licence: Licence) -> tuple[int | None, int | None]:
+    return (licence.records_per_month if licence.records_quota_hard else None,
+            licence.bytes_per_month if licence.bytes_quota_hard else None)
 
 
 class RateLimiter:
@@ -206,6 +271,10 @@ class UsageSync:
                 log.warning("usage sync failed: %s", exc)
 
     async def close(self) -> None:
+        try:
+            await self.book.give_back(self.pool)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("unused quota leases could not be returned: %s", exc)
         if self._task is not None:
             self._task.cancel()
             try:

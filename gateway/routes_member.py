@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,7 +19,7 @@ from gateway import cursors, delivery, licences, metering
 from gateway.context import Principal, RequestContext, context
 from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
-from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
+from gateway.errors import BadRequest, NotAcceptable, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.events import EventKind, Outcome
 from gateway.http import NO_STORE, json_response, path_id, principal
 from gateway.licences import Licence
@@ -133,7 +134,7 @@ async def records(request: Request) -> Response:
         scope = delivery.delivery_scope(dataset, licence, request.query_params.getlist("partition"), since)
     ctx.fields.update(partitions=list(scope.partitions),
                       versions=list(range(scope.since_version + 1, scope.upto_version + 1)))
-    quota = _admit(runtime, caller, licence)
+    quota = await _admit(runtime, caller, licence, dataset, limit)
     headers = {**notice_headers(licence), **quota.headers, "content-type": delivery.MEDIA_TYPES[fmt]}
     if quota.warning:
         ctx.fields["detail"] = {"quota_warning": quota.warning}
@@ -141,7 +142,9 @@ async def records(request: Request) -> Response:
         return ExportResponse(runtime, ctx, scope, fmt, headers, quota)
     head = delivery.csv_header(scope) if fmt == "csv" and after is None else b""
     take = limit if quota.records is None else min(limit, quota.records)
-    budget = _page_byte_budget(quota, dataset, take)
+    # Bytes a page may reserve: an estimate of `take` records within what is left, so that concurrent
+    # pages of one licence do not each reserve the whole remainder.
+    budget = None if quota.bytes is None else min(quota.bytes, _estimated_bytes(dataset, take))
     # Reserve before the first await: concurrent requests of this licence see the reservation.
     runtime.usage.count(licence.id, take, budget or 0)
     try:
@@ -169,26 +172,34 @@ async def records(request: Request) -> Response:
     return Response(head + b"".join(line for line, _ in kept), headers=headers)
 
 
-def _admit(runtime: Runtime, caller: Principal, licence: Licence) -> metering.Allowance:
-    """Rate limit per credential, then the licence's monthly quotas."""
+async def _admit(runtime: Runtime, caller: Principal, licence: Licence, dataset: Any,
+                 want_records: int | None) -> metering.Allowance:
+    """Rate limit per credential, then the licence's monthly quotas (leasing quota for `want_records`
+    records, or for everything that is left when None: a full export)."""
     wait = runtime.rate_limiter.take(caller.credential.id, licence.requests_per_second, licence.burst)
     if wait:
         raise TooManyRequests(f"this key is limited to {licence.requests_per_second:g} requests per second "
                               f"(burst {licence.burst or 'none'}); retry after the Retry-After seconds",
                               headers={"retry-after": str(max(1, math.ceil(wait)))})
+    everything = max(licence.records_per_month or 0, licence.bytes_per_month or 0)
+    records = everything if want_records is None else want_records
+    byte_count = everything if want_records is None else _estimated_bytes(dataset, want_records)
+    try:
+        await runtime.usage.lease(runtime.pool, licence, records, byte_count)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        # A quota that cannot be checked is not unlimited: refuse.
+        raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
+                                 headers={"retry-after": "2"}) from None
     quota = metering.allowance(licence, runtime.usage, datetime.now(metering.JST))
     if quota.exhausted:
         raise TooManyRequests(quota.exhausted, headers=quota.headers)
     return quota
 
 
-def _page_byte_budget(quota: metering.Allowance, dataset: Any, take: int) -> int | None:
-    """Bytes a page may reserve: the quota's remainder, or less — an estimate of `take` records — so
-    that concurrent pages of one licence do not each reserve the whole remainder."""
-    if quota.bytes is None:
-        return None
+def _estimated_bytes(dataset: Any, records: int) -> int:
+    """Bytes `records` records may take: twice the stored average, plus room for a CSV header."""
     stored = sum(v.bytes for v in dataset.versions) / max(1, sum(v.records for v in dataset.versions))
-    return min(quota.bytes, int(take * stored * 2) + 4096)
+    return int(records * stored * 2) + 4096
 
 
 def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Position) -> dict[str, Any]:
@@ -265,6 +276,8 @@ class ExportResponse(Response):
             if not disconnected.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             book.count(licence_id, sent.records - (quota.records or 0), sent.bytes - (quota.bytes or 0))
+            # The export leased what was left of the quota; return what it did not use.
+            await book.give_back(self.runtime.pool, [licence_id])
             end = ctx.event(Outcome.ALLOW, 200)
             end.kind, end.event_id = EventKind.RECORDS_STREAM_END, uuid.uuid4()
             end.records, end.bytes, end.sha256, end.complete = sent.records, sent.bytes, digest.hexdigest(), complete

@@ -122,3 +122,7 @@ async def licensed_member(runtime: Runtime, client: httpx.AsyncClient, partition
         assert response.status_code == 200, response.text
         await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[uuid.UUID(licence["id"])].accepted_terms)
     return Licensed(vendor, dataset, member, key, licence)
+
+
+def records_path_of(licensed: Licensed) -> str:
+    return f"/v1/datasets/{licensed.dataset['id']}/records"
