@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schemas" / "migrations"
+def _migrations_dir() -> Path:
+    """schemas/migrations of a source checkout, or the copy a wheel installs under share/ (pyproject.toml)."""
+    checkout = Path(__file__).resolve().parent.parent / "schemas" / "migrations"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "lpd-gateway" / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 # Any fixed 64-bit number shared by every instance; this one spells "lpd-migr" in ASCII.
 ADVISORY_LOCK_ID = 0x6C70642D6D696772
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

@@ -1,4 +1,4 @@
--- 0004 quota grants: how much of each licence's hard monthly quota has been leased to instances.
+-- 0005 quota grants: how much of each licence's hard monthly quota has been leased to instances.
 -- Why: hard quotas must hold across several instances without a database round trip per request.
 -- Each instance leases a share of the month's quota here (a row lock serialises the leases), then
 -- spends it from memory; the sum of leases never exceeds the quota, so neither does delivery.
