@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from gateway import metrics
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.context import SCOPE_KEY, RequestContext
 from gateway.errors import GatewayError
@@ -77,6 +78,7 @@ class AuditMiddleware:
                 await self.writer.commit(event)
             except AuditUnavailable as exc:
                 start, message = problem_messages(exc, common)
+            metrics.RESPONSES.labels(f"{start['status'] // 100}xx", event.outcome.value).inc()
             await send(start)
             await send(message)
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import cursors, delivery, licences, metering
+from gateway import cursors, delivery, licences, metering, metrics
 from gateway.context import Principal, RequestContext, context
 from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
@@ -178,6 +178,7 @@ async def _admit(runtime: Runtime, caller: Principal, licence: Licence, dataset:
     records, or for everything that is left when None: a full export)."""
     wait = runtime.rate_limiter.take(caller.credential.id, licence.requests_per_second, licence.burst)
     if wait:
+        metrics.QUOTA_DENIALS.labels("rate").inc()
         raise TooManyRequests(f"this key is limited to {licence.requests_per_second:g} requests per second "
                               f"(burst {licence.burst or 'none'}); retry after the Retry-After seconds",
                               headers={"retry-after": str(max(1, math.ceil(wait)))})
@@ -192,6 +193,7 @@ async def _admit(runtime: Runtime, caller: Principal, licence: Licence, dataset:
                                  headers={"retry-after": "2"}) from None
     quota = metering.allowance(licence, runtime.usage, datetime.now(metering.JST))
     if quota.exhausted:
+        metrics.QUOTA_DENIALS.labels("quota").inc()
         raise TooManyRequests(quota.exhausted, headers=quota.headers)
     return quota
 
