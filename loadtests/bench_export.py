@@ -18,7 +18,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import re
+import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -131,9 +134,12 @@ async def set_up(runtime: Runtime, csv_path: Path, csv_bytes: int, rows: int, pa
     member = await members.create(runtime.writer, actor, vendor.id, "Bench Analytics")
     credential, api_key = await credentials.issue(runtime.writer, actor, runtime.hasher(), KeyKind.MEMBER,
                                                   vendor.id, member.id, label="bench member key")
+    # Hard monthly quotas, as the demo's licences have, so that metering is on the measured path, with
+    # room for every export of the run (at most 22 of N records of about 100 bytes).
     licence = await licences.grant(runtime.writer, actor, vendor.id, member.id, dataset.id, "bench terms v1",
                                    {"partitions": [partition], "columns": [c.name for c in DEMO_COLUMNS],
-                                    "valid_from": datetime(2020, 4, 1, tzinfo=UTC)})
+                                    "valid_from": datetime(2020, 4, 1, tzinfo=UTC),
+                                    "records_per_month": 100 * rows, "bytes_per_month": 100_000 * rows})
     member_actor = Actor(kind="member", vendor_id=vendor.id, member_id=member.id, credential_id=credential.id)
     await licences.accept_terms(runtime.writer, member_actor, licence)
     return Fixture(dataset.id, api_key, seconds)
@@ -163,8 +169,6 @@ class SubprocessGateway:
         self.exit_report: dict[str, Any] = {}
 
     async def start(self) -> None:
-        import os
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | self.env
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loadtests.gateway_process", env=env, stdin=subprocess.PIPE,
@@ -213,10 +217,6 @@ class InProcessGateway:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        import os
-        import resource
-        import socket
-
         import uvicorn
 
         from gateway import config as config_module
@@ -230,7 +230,6 @@ class InProcessGateway:
             server_header=False, proxy_headers=False))
         self.task = asyncio.create_task(self.server.serve(sockets=[listener]))
         self.url, self.pid = f"http://127.0.0.1:{listener.getsockname()[1]}", os.getpid()
-        self._resource = resource
 
     async def stop(self) -> None:
         if self.server is not None and self.task is not None:
@@ -238,7 +237,7 @@ class InProcessGateway:
             await asyncio.wait_for(self.task, 30)
         if self.runtime is not None:
             await self.runtime.close()
-        usage = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         self.exit_report = {"ru_maxrss_kib": usage.ru_maxrss, "note": "the whole benchmark process"}
 
     def memory(self) -> dict[str, int]:

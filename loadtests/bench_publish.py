@@ -1,10 +1,11 @@
-"""Publish benchmark: a vendor's CSV upload through datasets.publish, against a plain COPY of the same file.
+"""Publish benchmark: a vendor's CSV upload through datasets.publish, against plain COPYs of the same data.
 
 The gateway's publish streams the upload through gateway/uploads.py (every value checked against the
-declared columns, each row turned into JSON) into the `records` table with COPY. The baseline is the
-least PostgreSQL can do with the same bytes: psql's \\copy of the file into a table of four text
-columns with no index. A second baseline, asyncpg's copy_to_table of the file, shows what the Python
-driver alone costs. The figure to watch is publish's rows/s as a share of psql's.
+declared columns, each row turned into JSON) into the `records` table with COPY. The baseline of the
+ratio is the least PostgreSQL can do with the same upload: psql's \\copy of the CSV file into a table
+of four text columns with no index (asyncpg's copy_to_table of the file is shown too). Two more
+figures split publish's time: uploads.parse_upload alone (the Python share), and psql's \\copy of the
+very records publish stores, made beforehand, into a table shaped like `records` (PostgreSQL's share).
 """
 
 from __future__ import annotations

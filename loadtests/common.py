@@ -347,7 +347,7 @@ class CpuMeter:
             # A backend reaped while we looked would be missed or counted twice: look again.
             if (first.children_user, first.children_system) == (last.children_user, last.children_system):
                 break
-        return total + last.user + last.system + last.children_user + last.children_system
+        return float(total + last.user + last.system + last.children_user + last.children_system)
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -364,10 +364,24 @@ def throughput(seconds: list[float], rows: int, size: int) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine, and how busy it was when the benchmark started (other work skews the figures)."""
+    """The machine, the code measured, and how busy the machine was when the benchmark started (other
+    work skews the figures)."""
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": platform.processor() or platform.machine(), "gateway_code": code_version(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def code_version() -> str:
+    """The commit measured, and whether gateway/ had uncommitted changes ("unknown" outside a checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "schemas"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" with uncommitted changes in gateway/ or schemas/" if dirty else "")
 
 
 def write_results(path: Path, data: dict[str, Any]) -> None:
