@@ -75,6 +75,8 @@ def test_a_vendor_administers_through_the_cli(cli_env: dict[str, str], tmp_path:
     assert key["api_key"].startswith("lpdm_")
     listed = run(["key", "list", "--vendor", "Cli Vendor"], cli_env).stdout
     assert key["api_key"] not in listed and key["key_id"] in listed
+    report = run(["usage", "report", "--vendor", "Cli Vendor", "--format", "csv"], cli_env)
+    assert report.stdout.splitlines()[0].startswith("period")  # nothing delivered yet: the header only
     # Same rules as the API: another vendor's name does not resolve.
     other = run(["member", "list", "--vendor", "Nobody"], cli_env, check=False)
     assert other.returncode == 1 and "no such vendor" in other.stderr

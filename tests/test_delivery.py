@@ -177,3 +177,13 @@ async def test_a_client_that_disconnects_midway_is_metered_for_what_was_sent(run
     assert delivery["complete"] is False
     assert received <= delivery["bytes"] < len(big)  # what the server handed over, not what was planned
     assert (records, byte_count) == (delivery["records"], delivery["bytes"])
+
+
+async def test_the_accept_header_chooses_the_format(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    csv_page = await client.get(records_path(licensed), params={"limit": 2},
+                                headers={**licensed.headers, "Accept": "text/csv"})
+    assert csv_page.headers["content-type"].startswith("text/csv")
+    assert csv_page.text.splitlines()[0] == "area,day,count"
+    unknown = await client.get(records_path(licensed), params={"format": "xml"}, headers=licensed.headers)
+    assert unknown.status_code == 406
