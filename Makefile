@@ -27,7 +27,8 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check gateway keys tests
 	$(BIN)/mypy keys
 
-bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures)
+bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures): hot path vs bare Starlette, then publish
+	$(BIN)/python -m loadtests.bench
 	$(BIN)/python -m loadtests.bench_publish
 
 clean: ## remove the venv and the local gateway home

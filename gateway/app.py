@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import routes_admin, routes_member, routes_ops
+from gateway import oauth, routes_admin, routes_member, routes_oauth, routes_ops, routes_sharing
 from gateway.audit_middleware import AuditMiddleware
-from gateway.authentication import ApiKeyAuthenticator, AuthenticationMiddleware
+from gateway.authentication import ApiKeyAuthenticator, AuthenticationMiddleware, JwtAuthenticator
 from gateway.config import Config
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
 from gateway.forwarding import Forwarding
 from gateway.problems import handle_gateway_error, problem_response
 from gateway.runtime import Runtime
@@ -34,6 +36,17 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return response
 
 
+# A database that went away mid-request is the deployment failing, not the gateway: 503, never data.
+DATABASE_UNREACHABLE = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        asyncpg.OperatorInterventionError, OSError, TimeoutError)
+
+
+async def _database_unreachable(request: Request, exc: Exception) -> Response:
+    log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return await handle_gateway_error(request, ServiceUnavailable(
+        "the database is unreachable; nothing was delivered. Retry in a few seconds.", headers={"Retry-After": "2"}))
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """Last resort: a problem body, never a stack trace (the exception is logged, not sent)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -41,18 +54,27 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(runtime: Runtime) -> Starlette:
-    forwarding = Forwarding(runtime.config.trusted_proxies)
+    config = runtime.config
+    forwarding = Forwarding(config.trusted_proxies)
+    jwt_authenticator = JwtAuthenticator(runtime.snapshot, oauth.issuer(config), oauth.audience(config),
+                                         config.token_ttl_seconds)
     app = Starlette(
-        routes=[*routes_ops.routes, *routes_member.routes, *routes_admin.routes],
+        routes=[*routes_ops.routes, *routes_member.routes, *routes_admin.routes, *routes_oauth.routes,
+                *routes_sharing.routes],
         middleware=[
+            # Outermost: Delta Sharing paths answer errors in the protocol's format (after the audit).
+            Middleware(routes_sharing.ProtocolErrors),
             Middleware(AuditMiddleware, writer=runtime.writer, forwarding=forwarding),
             Middleware(AuthenticationMiddleware, snapshot=runtime.snapshot,
-                       authenticators=[ApiKeyAuthenticator(runtime.snapshot, forwarding)]),
+                       authenticators=[ApiKeyAuthenticator(runtime.snapshot, forwarding), jwt_authenticator],
+                       backoff=runtime.backoff),
         ],
         exception_handlers={GatewayError: handle_gateway_error, HTTPException: _http_exception,
+                            **{error: _database_unreachable for error in DATABASE_UNREACHABLE},
                             Exception: _internal_error},
     )
     app.state.runtime = runtime
+    app.state.token_server = oauth.TokenServer(runtime.snapshot, config)
     return app
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 from gateway import metrics
 from gateway.audit import AuditUnavailable, AuditWriter
-from gateway.context import SCOPE_KEY, RequestContext
+from gateway.context import SCOPE_KEY, RequestContext, peer_address
 from gateway.errors import GatewayError
 from gateway.events import Outcome
 from gateway.forwarding import Forwarding
@@ -43,15 +44,21 @@ class AuditMiddleware:
         self.app = app
         self.writer = writer
         self.forwarding = forwarding
+        # gateway_responses_total's children by (status, outcome): labels() costs more than inc().
+        self._counters: dict[tuple[int, Outcome], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNAUDITED_PATHS:
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext.from_scope(scope, self.forwarding.client_address(scope))
+        # Without trusted proxies the client is the peer (Forwarding.client_address's answer), parsed once
+        # per peer address instead of on every request.
+        ctx = RequestContext.from_scope(scope, self.forwarding.client_address(scope)
+                                        if self.forwarding.trusted_proxies else peer_address(scope))
         scope[SCOPE_KEY] = ctx
         held: Message | None = None
-        common = [(b"x-request-id", ctx.request_id.encode()), (b"audit-event", str(ctx.event_id).encode())]
+        common = [(b"x-request-id", ctx.request_id.encode()), (b"audit-event", str(ctx.event_id).encode()),
+                  (b"x-content-type-options", b"nosniff")]
 
         async def send_after_commit(message: Message) -> None:
             nonlocal held
@@ -78,7 +85,7 @@ class AuditMiddleware:
                 await self.writer.commit(event)
             except AuditUnavailable as exc:
                 start, message = problem_messages(exc, common)
-            metrics.RESPONSES.labels(f"{start['status'] // 100}xx", event.outcome.value).inc()
+            self._count(start["status"], event.outcome)
             await send(start)
             await send(message)
 
@@ -89,6 +96,13 @@ class AuditMiddleware:
                 ctx.reason = f"internal error: {type(exc).__name__}"
                 await self._commit_quietly(ctx, 500)
             raise
+
+    def _count(self, status: int, outcome: Outcome) -> None:
+        counter = self._counters.get((status, outcome))
+        if counter is None:
+            counter = metrics.RESPONSES.labels(f"{status // 100}xx", outcome.value)
+            self._counters[(status, outcome)] = counter
+        counter.inc()
 
     async def _commit_quietly(self, ctx: RequestContext, status: int) -> None:
         try:

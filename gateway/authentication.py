@@ -7,12 +7,14 @@ Everything is answered from the in-memory snapshot: no database round trip.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gateway import credentials
+from gateway import credentials, oauth
+from gateway.backoff import FailureBackoff
 from gateway.context import Principal, RequestContext, context
-from gateway.errors import BadRequest, GatewayError, ServiceUnavailable, Unauthenticated
+from gateway.errors import BadRequest, GatewayError, ServiceUnavailable, TooManyRequests, Unauthenticated
 from gateway.events import EventKind
 from gateway.forwarding import Forwarding
 from gateway.problems import problem_messages
@@ -23,7 +25,9 @@ from keys import apikeys
 Authenticator = Callable[[str, Scope, RequestContext], Principal | None]
 
 # Secrets in URLs end up in proxy logs, browser history and Referer headers.
-_SECRET_QUERY_NAMES = (b"api_key=", b"apikey=", b"access_token=", b"token=", b"key=")
+_SECRET_QUERY_NAMES = (b"api_key=", b"apikey=", b"access_token=", b"token=", b"key=", b"client_secret=")
+# The token endpoint authenticates OAuth clients itself (HTTP Basic or form fields, RFC 6749 §2.3.1).
+_CLIENT_AUTHENTICATED_PATHS = frozenset({oauth.TOKEN_PATH})
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -58,15 +62,60 @@ class ApiKeyAuthenticator:
         refusal = credentials.check(credential, token, self.snapshot.hasher, datetime.now(UTC), ctx.client,
                                     self.forwarding.client_cert_sha256(scope))
         if refusal is not None:
+            if refusal != credentials.NOT_RECOGNISED:
+                # The secret was right: the audit event names the key that was refused (expired, wrong
+                # network, missing certificate), which is evidence of its use. Never the secret itself.
+                ctx.fields.update(credential_id=credential.id, vendor_id=credential.vendor_id,
+                                  member_id=credential.member_id)
             raise Unauthenticated(refusal)
         return Principal(credential)
 
 
+class JwtAuthenticator:
+    """OAuth access tokens (RFC 9068 JWTs from /oauth/token), checked against the snapshot only.
+
+    The token's signature and claims are checked by `oauth.verify` (pinned EdDSA, typ, iss, aud, exp,
+    nbf, jti, client_id; kid looked up in memory only). Then the client and its member must be active
+    in the snapshot now: revoking either ends every token at once, not at its expiry. What the member
+    may receive is decided per request by its licences, as for an API key.
+    """
+
+    def __init__(self, snapshot: Snapshot, issuer: str, audience: str, max_lifetime: float) -> None:
+        self.snapshot = snapshot
+        self.issuer = issuer
+        self.audience = audience
+        self.max_lifetime = max_lifetime
+
+    def __call__(self, token: str, scope: Scope, ctx: RequestContext) -> Principal | None:
+        if token.count(".") != 2:  # not a compact JWS: an API key or something else
+            return None
+        try:
+            claims = oauth.verify(token, self.snapshot.jwt, issuer=self.issuer, audience=self.audience,
+                                  max_lifetime=self.max_lifetime, now=time.time())
+        except oauth.InvalidToken as exc:
+            raise Unauthenticated(exc.reason) from None
+        client = self.snapshot.oauth_clients_by_client_id.get(claims["client_id"])
+        if client is None:
+            raise Unauthenticated("access token's client not recognised")
+        member = self.snapshot.members.get(client.member_id)
+        refusal = ("OAuth client revoked" if client.revoked_at is not None
+                   else "access token subject is not its client's member" if claims["sub"] != str(client.member_id)
+                   else "member access revoked by the vendor" if member is None or member.status != "active"
+                   else None)
+        if refusal is not None:
+            # The token is genuine (signature checked): the audit event names the client it was issued to.
+            ctx.fields.update(credential_id=client.id, vendor_id=client.vendor_id, member_id=client.member_id)
+            raise Unauthenticated(refusal)
+        return Principal(client.credential)
+
+
 class AuthenticationMiddleware:
-    def __init__(self, app: ASGIApp, snapshot: Snapshot, authenticators: list[Authenticator]) -> None:
+    def __init__(self, app: ASGIApp, snapshot: Snapshot, authenticators: list[Authenticator],
+                 backoff: FailureBackoff | None = None) -> None:
         self.app = app
         self.snapshot = snapshot
         self.authenticators = authenticators
+        self.backoff = backoff
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or "gateway.context" not in scope:
@@ -76,6 +125,8 @@ class AuthenticationMiddleware:
         try:
             self._authenticate(scope, ctx)
         except GatewayError as exc:
+            if isinstance(exc, Unauthenticated) and self.backoff is not None:
+                self.backoff.failure(ctx.client)
             ctx.kind = EventKind.AUTH_REJECT
             ctx.reason = exc.detail
             start, body = problem_messages(exc)
@@ -88,9 +139,16 @@ class AuthenticationMiddleware:
         query = scope.get("query_string", b"").lower()
         if any(query.startswith(name) or b"&" + name in query for name in _SECRET_QUERY_NAMES):
             raise BadRequest("credentials are never accepted in the URL; send 'Authorization: Bearer <key>'")
+        if scope["path"] in _CLIENT_AUTHENTICATED_PATHS:
+            return
         token = bearer_token(scope)
         if token is None:
             return
+        wait = self.backoff.retry_after(ctx.client) if self.backoff is not None else 0
+        if wait:
+            # Refused before the credential is even looked at: repeated failures cost nothing more.
+            raise TooManyRequests(f"too many failed authentications from this address; retry in {wait} s",
+                                  headers={"Retry-After": str(wait)})
         if not self.snapshot.ready:
             # Changes may have been missed (lost LISTEN connection): refuse rather than honour a revoked key.
             raise ServiceUnavailable("credentials are being reloaded; retry in a second", headers={"Retry-After": "1"})

@@ -17,6 +17,7 @@ import base64
 import bisect
 import hashlib
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,8 @@ import orjson
 
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.events import utc_text
-from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key, public_keys
+from gateway import signing_keys
+from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key
 from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
 from keys.notes import NoteError, NoteVerifier, format_checkpoint, open_note, parse_checkpoint, parse_note
 from keys.sealing import MasterKey
@@ -195,7 +197,7 @@ class PackedTree(MerkleTree):
 
     __slots__ = ()
 
-    def __init__(self, leaves: bytes) -> None:  # noqa: D107 - no call to super(): the levels are built here
+    def __init__(self, leaves: bytes) -> None:
         if len(leaves) % HASH_BYTES:
             raise ValueError("leaf hashes must be a multiple of 32 bytes")
         levels = [_PackedLevel(leaves)]
@@ -249,20 +251,24 @@ async def latest_checkpoints(conn: asyncpg.Connection | asyncpg.Pool) -> list[di
     return [checkpoint_json(row) for row in rows]
 
 
-async def audit_public_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
+async def public_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
     """Every audit key with its validity and C2SP verifier key (for the public keys endpoint)."""
-    return [key.to_json() for key in await public_keys(conn, AUDIT)]
+    return [key.to_json() for key in await signing_keys.public_keys(conn, AUDIT)]
 
 
-async def receipt(conn: asyncpg.Connection, event_id: Any) -> dict[str, Any]:
+async def receipt(conn: asyncpg.Connection, event_id: uuid.UUID, *, vendor_id: uuid.UUID | None = None,
+                  member_id: uuid.UUID | None = None) -> dict[str, Any]:
     """An event's entry, its covering checkpoint and the RFC 9162 inclusion proof: verifiable offline.
 
     The covering checkpoint is the first one whose tree contains the event, the closest signed bound
-    on when the event was committed. Raises NotFound, or ServiceUnavailable (with Retry-After) while
-    no checkpoint covers the event yet.
+    on when the event was committed. `vendor_id` / `member_id` restrict the answer to the caller's own
+    events (an entry names who did what): another's event is NotFound, as a missing one is.
+    Raises ServiceUnavailable (with Retry-After) while no checkpoint covers the event yet.
     """
-    event = await conn.fetchrow("SELECT log_id, seq, entry FROM audit_events WHERE event_id = $1", event_id)
-    if event is None:
+    event = await conn.fetchrow("SELECT log_id, seq, entry, vendor_id, member_id FROM audit_events "
+                                "WHERE event_id = $1", event_id)
+    if (event is None or (vendor_id is not None and event["vendor_id"] != vendor_id)
+            or (member_id is not None and event["member_id"] != member_id)):
         raise NotFound("audit event")
     covering = await conn.fetchrow("SELECT * FROM audit_checkpoints WHERE log_id = $1 AND tree_size > $2 "
                                    "ORDER BY tree_size LIMIT 1", event["log_id"], event["seq"])
@@ -275,7 +281,7 @@ async def receipt(conn: asyncpg.Connection, event_id: Any) -> dict[str, Any]:
         # The receipt will not verify, which is the truth about this database: say so in the log too.
         log.error("audit log %s: the events no longer hash to checkpoint %d; run `gateway audit check`",
                   event["log_id"], size)
-    key = next(k for k in await public_keys(conn, AUDIT) if k.key_id == covering["key_id"])
+    key = next(k for k in await signing_keys.public_keys(conn, AUDIT) if k.key_id == covering["key_id"])
     entry = bytes(event["entry"])
     return {"event_id": str(event_id), "log": event["log_id"], "seq": event["seq"], "entry": entry.decode("utf-8"),
             "leaf_hash": b64(leaf_hash(entry)), "checkpoint": checkpoint_json(covering),
@@ -316,7 +322,7 @@ _CHECKED_COLUMNS = ("event_id", "kind", "outcome", "vendor_id", "member_id", "da
 async def check(conn: asyncpg.Connection, progress: Any = None) -> CheckResult:
     """Re-verify every log in PostgreSQL: numbering, entries against their columns, and each checkpoint's
     signature and root recomputed from the entries. Reads everything; for a batch job, not a request."""
-    keys = await public_keys(conn, AUDIT)
+    keys = await signing_keys.public_keys(conn, AUDIT)
     log_ids = [r["log_id"] for r in await conn.fetch(
         "SELECT log_id FROM audit_logs UNION SELECT DISTINCT log_id FROM audit_events ORDER BY 1")]
     result = CheckResult()

@@ -13,16 +13,18 @@ import csv
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from gateway import config as config_module
-from gateway import credentials, datasets, licences, members, metering, vendors
+from gateway import credentials, datasets, licences, members, metering, oauth, oauth_clients, server_secrets, \
+    signing_keys, vendors
 from gateway.actors import cli_actor
 from gateway.errors import GatewayError
+from gateway.events import EventKind, Outcome
 from gateway.runtime import Runtime
 from keys.apikeys import KeyKind
 
@@ -176,7 +178,8 @@ async def cmd_key_issue(runtime: Runtime, args: argparse.Namespace) -> Any:
     credential, token = await credentials.issue(
         runtime.writer, cli_actor(vendor.id), runtime.hasher(), kind, vendor.id, member_id, label=args.label,
         expires_at=datetime.fromisoformat(args.expires_at) if args.expires_at else None,
-        allowed_networks=credentials.parse_networks(args.allowed_networks.split(",") if args.allowed_networks else []))
+        allowed_networks=credentials.parse_networks(args.allowed_networks.split(",") if args.allowed_networks else []),
+        client_cert_sha256=args.client_cert_sha256)
     return {**credential.to_json(), "api_key": token}
 
 
@@ -188,6 +191,79 @@ async def cmd_key_list(runtime: Runtime, args: argparse.Namespace) -> Any:
 async def cmd_key_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
     return (await credentials.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.key))).to_json()
+
+
+async def cmd_oauth_client_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member = await members.find(runtime.pool, vendor.id, args.member)
+    client, secret = await oauth_clients.create(runtime.writer, cli_actor(vendor.id), runtime.hasher(), vendor.id,
+                                                member.id, label=args.label)
+    return {**client.to_json(), "client_secret": secret,
+            "token_endpoint": oauth.issuer(runtime.config) + oauth.TOKEN_PATH,
+            "note": "the client secret is shown this once; store it in a secret manager"}
+
+
+async def cmd_oauth_client_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member_id = (await members.find(runtime.pool, vendor.id, args.member)).id if args.member else None
+    return {"items": [c.to_json() for c in await oauth_clients.list_for_vendor(runtime.pool, vendor.id, member_id)]}
+
+
+async def cmd_oauth_client_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    client = await oauth_clients.find(runtime.pool, vendor.id, args.client)
+    return (await oauth_clients.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, client.id)).to_json()
+
+
+KEYRING_PURPOSES = (signing_keys.JWT, signing_keys.AUDIT, server_secrets.API_KEY_HASH)
+
+
+async def cmd_keys_rotate(runtime: Runtime, args: argparse.Namespace) -> Any:
+    """A new key or secret version for one purpose; what it made before keeps verifying (see --help)."""
+    actor = cli_actor()
+    if args.purpose == signing_keys.JWT:
+        default_overlap = runtime.config.token_ttl_seconds + oauth.LEEWAY_SECONDS
+        overlap = timedelta(seconds=default_overlap if args.overlap_seconds is None else args.overlap_seconds)
+        return await oauth.rotate_key(runtime.writer, actor, runtime.master, overlap)
+    if args.purpose == server_secrets.API_KEY_HASH:
+        # New keys are hashed with the new version; issued keys name their version and keep verifying.
+        async with runtime.writer.change() as change:
+            version = await server_secrets.rotate(change.conn, runtime.master, server_secrets.API_KEY_HASH)
+            detail = {"purpose": server_secrets.API_KEY_HASH, "version": version}
+            change.record(actor.event(EventKind.KEYRING_ROTATE, Outcome.CHANGE, detail=detail))
+        return detail
+    # Audit keys: rotated by signing_keys.rotate in its own transaction, which waits for any checkpoint
+    # being signed (see its docstring); the event follows in a change of its own.
+    async with runtime.pool.acquire() as conn:
+        new = await signing_keys.rotate(conn, runtime.master, signing_keys.AUDIT)
+    detail = {"purpose": signing_keys.AUDIT, "key_id": new.key_id}
+    async with runtime.writer.change() as change:
+        change.record(actor.event(EventKind.KEYRING_ROTATE, Outcome.CHANGE, detail=detail))
+    return detail
+
+
+async def cmd_keys_retire(runtime: Runtime, args: argparse.Namespace) -> Any:
+    retired = await oauth.retire_key(runtime.writer, cli_actor(), args.key_id)
+    return _key_json(retired, datetime.now().astimezone())
+
+
+def _key_json(key: signing_keys.PublicKey, now: datetime) -> dict[str, Any]:
+    status = ("retired" if key.retired_at is not None and key.retired_at <= now
+              else "current" if key.not_after is None else "verifying")
+    return {"key_id": key.key_id, "purpose": key.purpose, "algorithm": "Ed25519", "status": status,
+            "not_before": key.not_before.isoformat(),
+            "not_after": key.not_after.isoformat() if key.not_after else None,
+            "retired_at": key.retired_at.isoformat() if key.retired_at else None}
+
+
+async def cmd_keys_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    """Ids, purposes and validity of the keyring; never a private key or a secret."""
+    now = datetime.now().astimezone()
+    signing = [_key_json(key, now) for purpose in (signing_keys.JWT, signing_keys.AUDIT)
+               for key in await signing_keys.public_keys(runtime.pool, purpose)]
+    secrets = [{"purpose": purpose, "version": version, "current": version == max(versions)}
+               for purpose, versions in sorted(runtime.secrets.by_purpose.items()) for version in sorted(versions)]
+    return {"signing_keys": signing, "server_secrets": secrets}
 
 
 async def cmd_usage_report(runtime: Runtime, args: argparse.Namespace) -> Any:
@@ -344,12 +420,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="")
     p.add_argument("--expires-at", help="RFC 3339 date-time")
     p.add_argument("--allowed-networks", help="comma-separated CIDR blocks")
+    p.add_argument("--client-cert-sha256", help="SHA-256 fingerprint of the client certificate the key is bound to "
+                                                "(sent by a trusted proxy as X-Client-Cert-SHA256)")
     p = _command(key, "list", cmd_key_list, "list keys (never their secrets)", "gateway key list --vendor 'Example Mobile'")
     _vendor_arg(p)
     p = _command(key, "revoke", cmd_key_revoke, "revoke a key on every instance within a second",
                  "gateway key revoke --vendor 'Example Mobile' KEY_ID")
     _vendor_arg(p)
     p.add_argument("key", help="the key's id (from 'gateway key list')")
+
+    client = sub.add_parser("oauth-client", help="OAuth clients of members (client credentials)").add_subparsers(
+        dest="action", required=True)
+    p = _command(client, "create", cmd_oauth_client_create, "create an OAuth client for a member (secret shown once)",
+                 "gateway oauth-client create --vendor 'Example Mobile' --member 'Shibuya Analytics' --label etl")
+    _vendor_arg(p)
+    p.add_argument("--member", required=True, help="member name or id")
+    p.add_argument("--label", default="")
+    p = _command(client, "list", cmd_oauth_client_list, "list OAuth clients (never their secrets)",
+                 "gateway oauth-client list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+    p.add_argument("--member", help="member name or id")
+    p = _command(client, "revoke", cmd_oauth_client_revoke,
+                 "revoke an OAuth client: its secret and tokens stop working on every instance within a second",
+                 "gateway oauth-client revoke --vendor 'Example Mobile' lpdi_0123456789abcdef")
+    _vendor_arg(p)
+    p.add_argument("client", help="the client's id or client_id (from 'gateway oauth-client list')")
+
+    keyring = sub.add_parser("keys", help="operator: the keyring (JWT and audit signing keys, API key hashing)"
+                             ).add_subparsers(dest="action", required=True)
+    p = _command(keyring, "rotate", cmd_keys_rotate,
+                 "make a new current key or secret version; the previous one keeps verifying "
+                 "(a JWT key until it is retired, by default after one token lifetime)",
+                 "gateway keys rotate --purpose jwt")
+    p.add_argument("--purpose", choices=KEYRING_PURPOSES, required=True)
+    p.add_argument("--overlap-seconds", type=float,
+                   help="jwt only: how long the previous key keeps verifying (default: the token lifetime + 30 s)")
+    p = _command(keyring, "list", cmd_keys_list, "list keys and secret versions with their validity (never secrets)",
+                 "gateway keys list")
+    p = _command(keyring, "retire", cmd_keys_retire,
+                 "withdraw a rotated-out JWT key now (e.g. suspected compromise): its tokens stop verifying at once",
+                 "gateway keys retire 0123456789abcdef")
+    p.add_argument("key_id", help="the key's id (from 'gateway keys list')")
     usage = sub.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
     p = _command(usage, "report", cmd_usage_report, "usage by member, dataset and period (JST)",
                  "gateway usage report --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 --format csv")
@@ -363,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(config: config_module.Config) -> None:
+def serve(config: config_module.Config, app: Any = None) -> None:
+    """Serve the gateway (or, for loadtests/bench.py's baseline, `app`) with the shipped server settings."""
     import signal
 
     import uvicorn
@@ -374,7 +486,12 @@ def serve(config: config_module.Config) -> None:
     # Finding this one, the process exits normally, so exit handlers run and the embedded PostgreSQL
     # is stopped when this process was its last user.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(GatewayApp(config), host=config.host, port=config.port, log_level=config.log_level.lower(),
+    # No access log: every request is in the audit log already, and a log line per request costs
+    # a sixth of a request's CPU (loadtests/README.md). uvloop and httptools come with
+    # uvicorn[standard]; naming them makes a missing one an error instead of a silent fall-back to
+    # the pure-Python loop and parser.
+    uvicorn.run(GatewayApp(config) if app is None else app, host=config.host, port=config.port,
+                log_level=config.log_level.lower(), access_log=False, loop="uvloop", http="httptools",
                 server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
 
 

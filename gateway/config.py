@@ -60,6 +60,13 @@ def _database_url(text: str) -> str | None:
     return text
 
 
+def _token_ttl(text: str) -> int:
+    value = int(text)
+    if not 10 <= value <= 86400:
+        raise ValueError("expected a number of seconds between 10 and 86400")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -93,6 +100,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_TRUSTED_PROXIES", "", "Comma-separated CIDRs of proxies whose forwarding headers are trusted.",
             _networks),
     Setting("GATEWAY_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", _log_level),
+    Setting("GATEWAY_TOKEN_TTL_SECONDS", "300", "Lifetime of OAuth access tokens (JWT) from /oauth/token.",
+            _token_ttl),
+    Setting("GATEWAY_AUTH_BACKOFF_FAILURES", "10",
+            "Failed authentications from one client address within the window before it gets 429.", _positive_int),
+    Setting("GATEWAY_AUTH_BACKOFF_WINDOW_SECONDS", "60",
+            "Window in which failed authentications from one address are counted.", _positive_float),
+    Setting("GATEWAY_AUTH_BACKOFF_MAX_SECONDS", "300",
+            "Longest Retry-After a failing address is made to wait (the wait doubles up to it).", _positive_float),
 )
 
 
@@ -114,6 +129,10 @@ class Config:
     checkpoint_seconds: float
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
     log_level: str = "INFO"
+    token_ttl_seconds: int = 300
+    auth_backoff_failures: int = 10
+    auth_backoff_window_seconds: float = 60.0
+    auth_backoff_max_seconds: float = 300.0
 
     @property
     def base_url(self) -> str:

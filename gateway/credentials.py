@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -63,13 +63,16 @@ class Credential:
                 "created_at": self.created_at.isoformat()}
 
 
+NOT_RECOGNISED = "API key not recognised"
+
+
 def check(credential: Credential, token: str, hasher: KeyHasher, now: datetime, client: IPAddress | None,
           client_cert_sha256: str | None) -> str | None:
     """None when the presented token may act as this credential now; otherwise the reason it may not."""
     # The hash comparison comes first and is constant-time, so that the other answers never tell a
     # caller without the secret anything about the key (revoked, expired, network...).
     if not hasher.verify(token, credential.hash_version, credential.hash):
-        return "API key not recognised"
+        return NOT_RECOGNISED
     if credential.revoked_at is not None:
         return "API key revoked"
     if credential.expires_at is not None and now >= credential.expires_at:
@@ -79,6 +82,20 @@ def check(credential: Credential, token: str, hasher: KeyHasher, now: datetime, 
     if credential.client_cert_sha256 is not None and client_cert_sha256 != credential.client_cert_sha256:
         return "API key requires the client certificate it is bound to"
     return None
+
+
+def parse_cert_fingerprint(text: str | None) -> str | None:
+    """A client certificate's SHA-256 as the proxy sends it (X-Client-Cert-SHA256): 64 lowercase hex digits.
+
+    Accepts upper case and the colon-separated form (AB:CD:...) that openssl prints.
+    """
+    if text is None:
+        return None
+    fingerprint = text.strip().lower().replace(":", "")
+    if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+        raise InvalidInput("client_cert_sha256 must be the certificate's SHA-256 as 64 hex digits, e.g. from "
+                           "'openssl x509 -in client.pem -noout -fingerprint -sha256'", field="client_cert_sha256")
+    return fingerprint
 
 
 def parse_networks(raw: list[str]) -> list[IPNetwork]:
@@ -94,6 +111,10 @@ async def issue(writer: AuditWriter, actor: Actor, hasher: KeyHasher, kind: KeyK
                 allowed_networks: list[IPNetwork] | None = None,
                 client_cert_sha256: str | None = None) -> tuple[Credential, str]:
     """Create a key; returns it with its token, which is never available again."""
+    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= datetime.now(UTC)):
+        raise InvalidInput("expires_at must be a future date-time with a time zone, e.g. 2027-04-01T00:00:00+09:00",
+                           field="expires_at")
+    client_cert_sha256 = parse_cert_fingerprint(client_cert_sha256)
     key = apikeys.generate(kind)
     version, digest = hasher.hash(key.token)
     credential_id = uuid.uuid4()

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway import credentials, datasets, licences, members, vendors
+from gateway import credentials, datasets, licences, members, oauth_clients, vendors
 from gateway.actors import Actor, cli_actor
 from gateway.columns import to_json
 from gateway.demo_data import DEMO_COLUMNS, DEMO_PARTITIONS_BY_MEMBER, demo_csv_chunks
@@ -82,8 +82,14 @@ async def seed(runtime: Runtime, *, records: int = DEMO_RECORDS) -> tuple[dict[s
         # The demo member accepts the terms with its own key, as a real member would before its first pull.
         member_actor = Actor(kind="member", vendor_id=vendor.id, member_id=member.id, credential_id=credential.id)
         await licences.accept_terms(writer, member_actor, licence)
-        entries.append({"name": name, "member_id": str(member.id), "api_key": key, "licence_id": str(licence.id),
-                        "partitions": list(partitions)})
+        entry = {"name": name, "member_id": str(member.id), "api_key": key, "licence_id": str(licence.id),
+                 "partitions": list(partitions)}
+        if not entries:
+            # The first member's software may also use OAuth client credentials (POST /oauth/token).
+            client, secret = await oauth_clients.create(writer, actor, hasher, vendor.id, member.id,
+                                                        label="demo OAuth client")
+            entry["oauth_client"] = {"client_id": client.client_id, "client_secret": secret}
+        entries.append(entry)
     content = {"base_url": runtime.config.base_url, "dataset": str(dataset.id), "vendor_id": str(vendor.id),
                "vendor_admin_key": admin_key, "compliance_key": compliance_key, "members": entries}
     _write_private(path, orjson.dumps(content, option=orjson.OPT_INDENT_2))

@@ -52,6 +52,20 @@ class EventKind(enum.StrEnum):
     AUDIT_READ = "compliance:audit:read"
     # Anything else that reached the gateway (unknown paths, methods): still evidence of access.
     REQUEST_OTHER = "request:other:reject"
+    # OAuth 2.0 client credentials and the keyring (issue 5).
+    OAUTH_TOKEN_ISSUE = "oauth:token:issue"
+    OAUTH_METADATA_READ = "oauth:metadata:read"
+    OAUTH_CLIENT_CREATE = "vendor:oauth-client:create"
+    OAUTH_CLIENT_REVOKE = "vendor:oauth-client:revoke"
+    KEYRING_ROTATE = "operator:keyring:rotate"
+    KEYRING_RETIRE = "operator:keyring:retire"
+    # Delta Sharing (issue 9): catalogue, table reads and queries, file deliveries, profiles.
+    SHARING_LIST = "member:sharing:list"
+    SHARING_TABLE_READ = "member:sharing-table:read"
+    SHARING_QUERY = "member:sharing-table:query"
+    SHARING_FILE_DELIVER = "member:sharing-file:deliver"
+    SHARING_FILE_STREAM_END = "member:sharing-file:stream-end"
+    SHARING_PROFILE_ISSUE = "member:sharing-profile:issue"
 
 
 class Outcome(enum.StrEnum):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -18,11 +19,60 @@ from gateway.events import EventKind
 
 MAX_JSON_DEPTH = 16
 NO_STORE = {"cache-control": "no-store"}
+T = TypeVar("T")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json",
                     headers={**NO_STORE, **(headers or {})})
+
+
+class RawResponse(Response):
+    """A response whose headers are encoded already (e.g. cached per licence): nothing is re-encoded
+    or copied per request but the content length."""
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]], status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        self.raw_headers = [*raw_headers, (b"content-length", str(len(body)).encode())]
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+class DerivedCache:
+    """Values derived from snapshot objects (licences, datasets), reused while those very objects are current.
+
+    The snapshot replaces an object whenever its row changes (an amended or suspended licence, a new
+    version), so comparing identity is the invalidation: a changed licence or dataset always gets freshly
+    derived values, and nothing derived from the old object outlives it. The cache only saves work on the
+    request path; every decision is still taken per request from the snapshot.
+    """
+
+    __slots__ = ("_items", "_limit")
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._items: dict[Hashable, tuple[tuple[object, ...], Any]] = {}
+        self._limit = limit
+
+    def get(self, key: Hashable, sources: tuple[object, ...], derive: Callable[[], T]) -> T:
+        item = self._items.get(key)
+        if item is not None:
+            held = item[0]
+            if len(held) == len(sources) and all(a is b for a, b in zip(held, sources, strict=True)):
+                value: T = item[1]
+                return value
+        value = derive()
+        if len(self._items) >= self._limit:
+            self._items.clear()  # bounded; rebuilt from the snapshot on the next requests
+        self._items[key] = (sources, value)
+        return value
+
+
+# One per process: keys are (purpose, id) tuples.
+derived = DerivedCache()
 
 
 def principal(request: Request, kind: EventKind, *roles: str) -> Principal:

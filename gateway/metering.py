@@ -41,8 +41,10 @@ JST = timezone(timedelta(hours=9), "JST")
 SYNC_SECONDS = 1.0
 LEASE_SHARES = 20
 # Events that count as a member request, and those that carry delivered records and bytes.
-_REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER})
-_DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END})
+_REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER, EventKind.SHARING_TABLE_READ,
+                            EventKind.SHARING_QUERY, EventKind.SHARING_FILE_DELIVER})
+_DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END,
+                             EventKind.SHARING_FILE_DELIVER, EventKind.SHARING_FILE_STREAM_END})
 
 
 def jst_day(moment: datetime) -> date:

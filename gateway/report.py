@@ -59,44 +59,69 @@ class Summary:
     datasets: dict[str, DatasetRow] = field(default_factory=dict)
 
     def add(self, event: dict[str, Any]) -> None:
-        at = event.get("at") or ""
-        if not self.start <= at < self.end:
+        at = event.get("at")
+        if type(at) is not str or not self.start <= at < self.end:
             return
         self.events += 1
         kind, outcome = event.get("kind"), event.get("outcome")
-        self.kinds[str(kind)] += 1
+        if type(kind) is not str:
+            kind = str(kind)
+        self.kinds[kind] += 1
         member_id = event.get("member_id")
-        member = self._member(member_id) if member_id else None
-        delivery = event.get("delivery") or {}
-        if kind in DELIVERIES and outcome == "allow":
-            actor = event.get("actor") or {}
-            if kind == DELIVERIES[0]:
-                self.deliveries_by_credential[str(actor.get("kind"))] += 1
-                if actor.get("credential_id") is None:
-                    self.unauthenticated_deliveries += 1
-                if member is not None:
-                    member.deliveries += 1
-            records, size = _int(delivery.get("records")), _int(delivery.get("bytes"))
-            self.records += records
-            self.bytes += size
-            if member is not None:
-                member.records += records
-                member.bytes += size
+        member = None
+        if type(member_id) is str:
+            member = self.members.get(member_id)
+            if member is None:
+                member = self.members[member_id] = MemberRow()
+        delivery = event.get("delivery")
+        if type(delivery) is not dict:
+            delivery = {}
+        if outcome == "allow":
+            if kind in DELIVERIES:
+                self._delivery(event, kind, member, delivery)
         elif outcome == "deny":
             self.denials_by_reason[str(event.get("reason") or kind)] += 1
             if member is not None:
                 member.denials += 1
+        elif outcome == "change":
+            self._change(event, kind, at, member, delivery)
+
+    def _delivery(self, event: dict[str, Any], kind: str, member: MemberRow | None, delivery: dict[str, Any]) -> None:
+        if kind == DELIVERIES[0]:  # the authorised request; a stream's records come with its stream-end
+            actor = event.get("actor")
+            actor = actor if type(actor) is dict else {}
+            self.deliveries_by_credential[str(actor.get("kind"))] += 1
+            if actor.get("credential_id") is None:
+                self.unauthenticated_deliveries += 1
+            if member is not None:
+                member.deliveries += 1
+        records, size = delivery.get("records"), delivery.get("bytes")
+        records = records if type(records) is int else 0
+        size = size if type(size) is int else 0
+        self.records += records
+        self.bytes += size
+        if member is not None:
+            member.records += records
+            member.bytes += size
+
+    def _change(self, event: dict[str, Any], kind: str, at: str, member: MemberRow | None,
+                delivery: dict[str, Any]) -> None:
+        detail = event.get("detail")
+        name = detail.get("name") if type(detail) is dict else None
+        dataset_id = event.get("dataset_id")
         if kind == "vendor:member:create" and member is not None:
-            member.name = str((event.get("detail") or {}).get("name") or "") or None
+            member.name = str(name) if name else None
         elif kind in LICENCE_KINDS and member is not None:
             member.licences[LICENCE_KINDS[kind]] += 1
-        elif kind == "member:terms:accept" and member is not None and outcome == "change":
+        elif kind == "member:terms:accept" and member is not None:
             member.acceptances.append((at, event.get("licence_id"), event.get("terms_version")))
-        elif kind == "vendor:dataset:create" and event.get("dataset_id"):
-            self._dataset(event["dataset_id"]).name = str((event.get("detail") or {}).get("name") or "") or None
-        elif kind == "vendor:version:publish" and event.get("dataset_id"):
-            versions = event.get("versions") or [None]
-            self._dataset(event["dataset_id"]).versions.append((at, versions[0], _int(delivery.get("records"))))
+        elif kind == "vendor:dataset:create" and type(dataset_id) is str:
+            self._dataset(dataset_id).name = str(name) if name else None
+        elif kind == "vendor:version:publish" and type(dataset_id) is str:
+            versions = event.get("versions")
+            version = versions[0] if type(versions) is list and versions else None
+            self._dataset(dataset_id).versions.append((at, version if type(version) is int else None,
+                                                       _int(delivery.get("records"))))
 
     def _member(self, member_id: str) -> MemberRow:
         row = self.members.get(member_id)
@@ -176,13 +201,13 @@ def _management(summary: Summary) -> str:
     shown, rest = denials[:_TOP], sum(n for _, n in denials[_TOP:])
     return "".join([
         "<h2>電磁的管理性 <small>Electromagnetic management</small></h2>",
-        "<p>データの提供はすべて認証を経て行われ、拒否は理由とともに記録される。<br>"
-        "Every delivery is authenticated; every refusal is recorded with its reason.</p>", verdict,
-        "<h3>認証方式別の提供 <small>Deliveries by credential kind</small></h3><table>"
-        "<tr><th>Credential</th><th>Deliveries</th></tr>",
+        ("<p>データの提供はすべて認証を経て行われ、拒否は理由とともに記録される。<br>"
+        "Every delivery is authenticated; every refusal is recorded with its reason.</p>"), verdict,
+        ("<h3>認証方式別の提供 <small>Deliveries by credential kind</small></h3><table>"
+        "<tr><th>Credential</th><th>Deliveries</th></tr>"),
         "".join(_row(k, f"{n:,}", numeric=(1,)) for k, n in kinds) or _row("—", 0, numeric=(1,)),
-        f"</table><p>提供レコード数 / records delivered: <b>{summary.records:,}</b>; "
-        f"バイト数 / bytes: <b>{summary.bytes:,}</b></p>",
+        (f"</table><p>提供レコード数 / records delivered: <b>{summary.records:,}</b>; "
+        f"バイト数 / bytes: <b>{summary.bytes:,}</b></p>"),
         "<h3>拒否の理由 <small>Denials by reason</small></h3><table><tr><th>Reason</th><th>Count</th></tr>",
         "".join(_row(r, f"{n:,}", numeric=(1,)) for r, n in shown) or _row("—", 0, numeric=(1,)),
         _row(f"(other {len(denials) - _TOP} reasons)", f"{rest:,}", numeric=(1,)) if rest else "", "</table>"])
@@ -199,11 +224,11 @@ def _provision(summary: Summary) -> str:
     bars = [(m.name or member_id[:8], m.records) for member_id, m in members[:_TOP]]
     return "".join([
         "<h2>限定提供性 <small>Provision to specific parties as a business</small></h2>",
-        "<p>ライセンスを受け規約に同意した特定の会員にのみ提供される。<br>"
-        "Data goes only to specific members holding a licence whose terms they accepted.</p>",
+        ("<p>ライセンスを受け規約に同意した特定の会員にのみ提供される。<br>"
+        "Data goes only to specific members holding a licence whose terms they accepted.</p>"),
         f"<p>会員数 / members with activity: <b>{len(members):,}</b></p>",
-        "<table><tr><th>Member</th><th>Id</th><th>Licence changes</th><th>Terms accepted</th>"
-        "<th>Deliveries</th><th>Records</th><th>Denials</th></tr>", "".join(rows) or _row("—", "", "", "", 0, 0, 0),
+        ("<table><tr><th>Member</th><th>Id</th><th>Licence changes</th><th>Terms accepted</th>"
+        "<th>Deliveries</th><th>Records</th><th>Denials</th></tr>"), "".join(rows) or _row("—", "", "", "", 0, 0, 0),
         "</table>", "<h3>会員別の提供レコード数 <small>Records delivered per member</small></h3>",
         bar_chart(bars) if bars else "<p>—</p>"])
 
@@ -223,8 +248,8 @@ def _accumulation(summary: Summary) -> str:
             series.append((d.name or dataset_id[:8], points))
     return "".join([
         "<h2>相当蓄積性 <small>Substantial accumulation</small></h2>",
-        "<p>期間中に公開された版とレコード数の累積。<br>Versions published in the period and the records they "
-        "added, accumulated.</p>",
+        ("<p>期間中に公開された版とレコード数の累積。<br>Versions published in the period and the records they "
+        "added, accumulated.</p>"),
         "<table><tr><th>Dataset</th><th>Version</th><th>Published</th><th>Records</th><th>Cumulative</th></tr>",
         "".join(rows) or _row("—", "—", "—", 0, 0), "</table>",
         step_chart(series, summary.start, summary.end) if series else ""])
@@ -236,14 +261,14 @@ def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:
                         numeric=(1, 2, 3, 4, 5)) for entry in logs)
     return "".join([
         "<h2>検証 <small>Verification</small></h2>",
-        "<p>この報告書は同梱の events.jsonl から生成された。署名付きチェックポイントと包含証明により、"
+        ("<p>この報告書は同梱の events.jsonl から生成された。署名付きチェックポイントと包含証明により、"
         "データベースなしで検証できる。<br>This report was generated from the bundle's events.jsonl. The signed "
-        "checkpoints and inclusion proofs verify it without the gateway's database:</p>",
+        "checkpoints and inclusion proofs verify it without the gateway's database:</p>"),
         "<p><code>gateway audit verify bundle.zip</code> (or <code>python -m gateway.verify bundle.zip</code>)</p>",
-        f"<p class=\"note\">Series: {e(manifest.get('series') or 'none (filtered export)')}. "
-        "Specification: schemas/audit-format.md.</p>",
-        "<table><tr><th>Log</th><th>Events</th><th>First seq</th><th>Last seq</th><th>Checkpoints</th>"
-        "<th>Not yet checkpointed</th></tr>", rows, "</table>"])
+        (f"<p class=\"note\">Series: {e(manifest.get('series') or 'none (filtered export)')}. "
+        "Specification: schemas/audit-format.md.</p>"),
+        ("<table><tr><th>Log</th><th>Events</th><th>First seq</th><th>Last seq</th><th>Checkpoints</th>"
+        "<th>Not yet checkpointed</th></tr>"), rows, "</table>"])
 
 
 # -- charts -----------------------------------------------------------------------------------------
@@ -254,8 +279,8 @@ def bar_chart(bars: list[tuple[str, int]], width: int = 640) -> str:
     height = top * 2 + row * len(bars)
     largest = max((v for _, v in bars), default=0) or 1
     span = width - label_width - 90
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="records per member">']
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="records per member">')]
     for i, (label, value) in enumerate(bars):
         y = top + i * row
         length = max(1, round(span * value / largest)) if value else 0
@@ -281,8 +306,8 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
     def y(value: int) -> float:
         return round(height - bottom - (height - top - bottom) * value / largest, 1)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="cumulative records">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="cumulative records">'),
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
              f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{largest:,}</text>',
@@ -306,6 +331,6 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
 
 def _seconds(text: str) -> float:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return 0.0

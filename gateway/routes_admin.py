@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import credentials, datasets, licences, members, metering
+from gateway import credentials, datasets, licences, members, metering, oauth, oauth_clients
 from gateway.context import context
 from gateway.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from gateway.events import EventKind
@@ -61,8 +61,9 @@ KEY_FIELDS = {
     "label": Field("text", max_length=200),
     "expires_at": Field("datetime", nullable=True),
     "allowed_networks": Field("text_list"),
-    "client_cert_sha256": Field("text", nullable=True, max_length=64),
+    "client_cert_sha256": Field("text", nullable=True, max_length=95),  # 64 hex digits, or with colons
 }
+OAUTH_CLIENT_FIELDS = {"member_id": Field("uuid", required=True), "label": Field("text", max_length=200)}
 
 
 def _runtime(request: Request) -> Runtime:
@@ -234,6 +235,37 @@ async def revoke_key(request: Request) -> Response:
     return json_response(credential.to_json())
 
 
+# -- OAuth clients --------------------------------------------------------------------------------
+
+async def list_oauth_clients(request: Request) -> Response:
+    caller = principal(request, EventKind.ADMIN_READ, *ADMIN)
+    try:
+        member_id = uuid.UUID(request.query_params["member"]) if "member" in request.query_params else None
+    except ValueError:
+        raise BadRequest("member must be a member id") from None
+    found = await oauth_clients.list_for_vendor(_runtime(request).pool, vendor_of(caller), member_id)
+    return json_response({"items": [c.to_json() for c in found]})
+
+
+async def create_oauth_client(request: Request) -> Response:
+    caller = principal(request, EventKind.OAUTH_CLIENT_CREATE, *ADMIN)
+    body = await _body(request, OAUTH_CLIENT_FIELDS)
+    runtime = _runtime(request)
+    client, secret = await oauth_clients.create(runtime.writer, context(request.scope).actor, runtime.hasher(),
+                                                vendor_of(caller), body["member_id"], label=body.get("label", ""))
+    _changed(request)
+    return json_response({**client.to_json(), "client_secret": secret,
+                          "token_endpoint": oauth.issuer(runtime.config) + oauth.TOKEN_PATH}, status=201)
+
+
+async def revoke_oauth_client(request: Request) -> Response:
+    caller = principal(request, EventKind.OAUTH_CLIENT_REVOKE, *ADMIN)
+    client = await oauth_clients.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+                                        path_id(request, "client", "OAuth client"))
+    _changed(request)
+    return json_response(client.to_json())
+
+
 async def usage_report(request: Request) -> Response:
     """Usage by member, dataset and period, for vendor admins and compliance officers."""
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
@@ -272,4 +304,7 @@ routes = [
     Route("/v1/admin/keys", list_keys, methods=["GET"]),
     Route("/v1/admin/keys", issue_key, methods=["POST"]),
     Route("/v1/admin/keys/{key}/revoke", revoke_key, methods=["POST"]),
+    Route("/v1/admin/oauth-clients", list_oauth_clients, methods=["GET"]),
+    Route("/v1/admin/oauth-clients", create_oauth_client, methods=["POST"]),
+    Route("/v1/admin/oauth-clients/{client}/revoke", revoke_oauth_client, methods=["POST"]),
 ]

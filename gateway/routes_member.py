@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,7 @@ from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
 from gateway.errors import BadRequest, NotAcceptable, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.events import EventKind, Outcome
-from gateway.http import NO_STORE, json_response, path_id, principal
+from gateway.http import NO_STORE, RawResponse, derived, encode_headers, json_response, path_id, principal
 from gateway.licences import Licence
 from gateway.runtime import Runtime
 from gateway.server_secrets import CURSOR
@@ -44,15 +45,21 @@ def _runtime(request: Request) -> Runtime:
 
 
 def notice_headers(licence: Licence) -> dict[str, str]:
-    """The notice every delivery carries: the statute protects data whose restriction is made visible."""
-    values = {"licence": str(licence.id), "terms": licence.terms_version}
-    return {
-        "licence": f'{licence.id}; terms-version={licence.terms_version}',
-        "data-notice": NOTICE_EN.format(**values),
-        # Header values are ASCII: the Japanese notice travels percent-encoded UTF-8 (RFC 3986).
-        "data-notice-ja": urllib.parse.quote(NOTICE_JA.format(**values), safe=" ()、。"),
-        **NO_STORE,
-    }
+    """The notice every delivery carries: the statute protects data whose restriction is made visible.
+
+    Rendered once per licence object (an amended licence is a new object) and shared: callers copy it."""
+
+    def render() -> dict[str, str]:
+        values = {"licence": str(licence.id), "terms": licence.terms_version}
+        return {
+            "licence": f'{licence.id}; terms-version={licence.terms_version}',
+            "data-notice": NOTICE_EN.format(**values),
+            # Header values are ASCII: the Japanese notice travels percent-encoded UTF-8 (RFC 3986).
+            "data-notice-ja": urllib.parse.quote(NOTICE_JA.format(**values), safe=" ()、。"),
+            **NO_STORE,
+        }
+
+    return derived.get(("notice", licence.id), (licence,), render)
 
 
 def terms_url(request: Request) -> Any:
@@ -84,13 +91,22 @@ async def get_dataset(request: Request) -> Response:
     runtime = _runtime(request)
     dataset, licence = delivery.licensed(runtime.snapshot, caller, path_id(request, "dataset", "dataset"))
     _note_subject(context(request.scope), licence)
-    columns = [{"name": c.name, "type": c.type, "description": c.description}
-               for c in dataset.columns if c.name in licence.columns]
-    body = {**_licence_summary(runtime, licence), "columns": columns, "partition_column": dataset.partition_column,
-            "accumulation": accumulation(dataset.versions, licence.partition_set),
-            "quotas": metering.quota_status(licence, runtime.usage),
-            "versions": [v.to_json(licence.partition_set) for v in dataset.versions]}
-    return json_response(body, headers=notice_headers(licence))
+
+    def render() -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+        """The body around its quotas, and the headers: they depend on this licence and dataset only."""
+        columns = [{"name": c.name, "type": c.type, "description": c.description}
+                   for c in dataset.columns if c.name in licence.columns]
+        head = {**_licence_summary(runtime, licence), "columns": columns,
+                "partition_column": dataset.partition_column,
+                "accumulation": accumulation(dataset.versions, licence.partition_set)}
+        tail = {"versions": [v.to_json(licence.partition_set) for v in dataset.versions]}
+        return (orjson.dumps(head)[:-1] + b',"quotas":', b"," + orjson.dumps(tail)[1:],
+                [(b"content-type", b"application/json"), *encode_headers(notice_headers(licence))])
+
+    # Rendered once per pair of snapshot objects (an amended licence or a new version is a new object);
+    # only the quotas change from one request to the next. The bytes are those of one orjson.dumps.
+    head, tail, headers = derived.get(("dataset", licence.id), (licence, dataset), render)
+    return RawResponse(head + orjson.dumps(metering.quota_status(licence, runtime.usage)) + tail, headers)
 
 
 def _note_subject(ctx: RequestContext, licence: Licence) -> None:
@@ -152,13 +168,17 @@ async def records(request: Request) -> Response:
             found, more = await delivery.page(conn, scope, fmt, after, take)
     finally:
         runtime.usage.count(licence.id, -take, -(budget or 0))
-    kept, size = [], len(head)
-    for line, position in found:
-        if budget is not None and size + len(line) > budget:
-            more = True
-            break
-        kept.append((line, position))
-        size += len(line)
+    size = len(head) + sum(len(line) for line, _ in found)
+    if budget is None or size <= budget:
+        kept = found  # the usual case: the whole page fits, no record-by-record check needed
+    else:
+        kept, size = [], len(head)
+        for line, position in found:
+            if size + len(line) > budget:
+                more = True
+                break
+            kept.append((line, position))
+            size += len(line)
     runtime.usage.count(licence.id, len(kept), size)
     ctx.fields["records"] = len(kept)
     cut = more and (len(kept) < limit) and (budget == quota.bytes or take == quota.records)

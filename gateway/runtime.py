@@ -12,6 +12,7 @@ import asyncpg
 
 from gateway import database, migrations, server_secrets
 from gateway.audit import AuditWriter, new_log_id
+from gateway.backoff import FailureBackoff
 from gateway.config import Config
 from gateway.metering import RateLimiter, UsageBook, UsageSync
 from gateway.server_secrets import ServerSecrets
@@ -33,6 +34,8 @@ class Runtime:
     refresher: SnapshotRefresher | None = None
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     usage_sync: UsageSync | None = None
+    # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
+    backoff: FailureBackoff = field(default_factory=FailureBackoff)
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
@@ -54,7 +57,9 @@ class Runtime:
                              deadline=config.audit_deadline_seconds)
         await writer.start()
         snapshot = Snapshot()
-        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id))
+        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id),
+                      backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
+                                             config.auth_backoff_max_seconds))
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()

@@ -17,8 +17,8 @@ import asyncpg
 
 from gateway.events import utc_text
 from keys.notes import NoteSigner, NoteVerifier
-from keys.signing import SigningKey
 from keys.sealing import MasterKey
+from keys.signing import SigningKey
 
 AUDIT = "audit"
 JWT = "jwt"
@@ -114,6 +114,19 @@ async def public_keys(conn: asyncpg.Connection | asyncpg.Pool, purpose: str = AU
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM signing_keys WHERE purpose = $1 ORDER BY not_before, key_id",
                             purpose)
     return [PublicKey.from_row(row) for row in rows]
+
+
+async def retire(conn: asyncpg.Connection, key_id: str, at: datetime | None = None) -> PublicKey | None:
+    """Withdraw a rotated-out key from `at` (default: now, by the database clock); None if no such key.
+
+    The current key is never retired (rotate first), and a retirement is only ever brought forward:
+    asking for a later time than one already set changes nothing. Used for JWT keys (gateway/oauth.py):
+    a retired JWT key verifies no token any more and leaves the published JWKS.
+    """
+    row = await conn.fetchrow(
+        "UPDATE signing_keys SET retired_at = least(coalesce(retired_at, 'infinity'), coalesce($2, clock_timestamp())) "
+        f"WHERE key_id = $1 AND not_after IS NOT NULL RETURNING {_COLUMNS}", key_id, at)
+    return None if row is None else PublicKey.from_row(row)
 
 
 def open_key(master: MasterKey, key_id: str, sealed: bytes) -> SigningKey:

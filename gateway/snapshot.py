@@ -20,11 +20,13 @@ from typing import Any
 
 import asyncpg
 
-from gateway import credentials, datasets, licences, members, server_secrets, vendors
+from gateway import credentials, datasets, licences, members, oauth, oauth_clients, server_secrets, vendors
 from gateway.credentials import Credential
 from gateway.datasets import Dataset
 from gateway.licences import Licence
 from gateway.members import Member
+from gateway.oauth import JwtKeyring
+from gateway.oauth_clients import OAuthClient
 from gateway.server_secrets import ServerSecrets
 from gateway.vendors import Vendor
 from keys.hashing import KeyHasher
@@ -43,6 +45,10 @@ class Snapshot:
     licences: dict[uuid.UUID, Licence] = field(default_factory=dict)
     credentials: dict[uuid.UUID, Credential] = field(default_factory=dict)
     credentials_by_key_id: dict[str, Credential] = field(default_factory=dict)
+    oauth_clients: dict[uuid.UUID, OAuthClient] = field(default_factory=dict)
+    oauth_clients_by_client_id: dict[str, OAuthClient] = field(default_factory=dict)
+    # The JWT keys that verify access tokens (looked up by kid only here) and the current one that signs.
+    jwt: JwtKeyring = field(default_factory=JwtKeyring)
     # member id -> dataset id -> the licence that governs it (the live one, else the latest revoked)
     licences_by_member: dict[uuid.UUID, dict[uuid.UUID, Licence]] = field(default_factory=dict)
     _licences_of_member: dict[uuid.UUID, dict[uuid.UUID, Licence]] = field(default_factory=dict)
@@ -79,6 +85,15 @@ class Snapshot:
         _replace(self.credentials, rows, ids)
         for credential in rows:
             self.credentials_by_key_id[credential.key_id] = credential
+
+    def put_oauth_clients(self, rows: list[OAuthClient], ids: list[uuid.UUID] | None) -> None:
+        stale = self.oauth_clients.values() if ids is None else [
+            self.oauth_clients[i] for i in ids if i in self.oauth_clients]
+        for old in list(stale):
+            self.oauth_clients_by_client_id.pop(old.client_id, None)
+        _replace(self.oauth_clients, rows, ids)
+        for client in rows:
+            self.oauth_clients_by_client_id[client.client_id] = client
 
     def put_licences(self, rows: list[Licence], ids: list[uuid.UUID] | None) -> None:
         if ids is None:
@@ -124,6 +139,7 @@ _SECTIONS: dict[str, tuple[Callable[..., Any], str]] = {
     "members": (members.load, "put_members"),
     "licences": (licences.load, "put_licences"),
     "credentials": (credentials.load, "put_credentials"),
+    "oauth_clients": (oauth_clients.load, "put_oauth_clients"),
 }
 
 
@@ -137,6 +153,7 @@ class SnapshotRefresher:
         self._conn: asyncpg.Connection | None = None
         self._changed: dict[str, set[uuid.UUID]] = {}
         self._secrets_changed = False
+        self._signing_keys_changed = False
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -165,6 +182,7 @@ class SnapshotRefresher:
         self._changed.clear()
         snapshot = self.snapshot
         snapshot.put_secrets(await server_secrets.load(conn, self.master))
+        snapshot.jwt = await oauth.load_keyring(conn, self.master)
         for loader, put in _SECTIONS.values():
             getattr(snapshot, put)(await loader(conn), None)
         snapshot.generation += 1
@@ -174,6 +192,8 @@ class SnapshotRefresher:
         section, _, row_id = payload.partition(":")
         if section == "server_secrets":
             self._secrets_changed = True
+        elif section == "signing_keys":  # named by a text key id, not a uuid: the (small) keyring reloads whole
+            self._signing_keys_changed = True
         elif section in _SECTIONS:
             self._changed.setdefault(section, set()).add(uuid.UUID(row_id))
         self._wakeup.set()
@@ -202,6 +222,9 @@ class SnapshotRefresher:
         if self._secrets_changed:
             self._secrets_changed = False
             self.snapshot.put_secrets(await server_secrets.load(self._conn, self.master))
+        if self._signing_keys_changed:
+            self._signing_keys_changed = False
+            self.snapshot.jwt = await oauth.load_keyring(self._conn, self.master)
         for section, ids in changed.items():
             loader, put = _SECTIONS[section]
             id_list = list(ids)

@@ -16,13 +16,13 @@ match either, "manifest-mismatch" is the problem reported, since it explains the
 from __future__ import annotations
 
 import argparse
-import base64
 import binascii
 import bisect
 import hashlib
+import itertools
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,7 +40,7 @@ from gateway.checkpoints import (
 )
 from gateway.evidence import FILES, FORMAT
 from gateway.signing_keys import PublicKey
-from keys.merkle import HASH_BYTES, ProofError, node_hash, verify_consistency
+from keys.merkle import HASH_BYTES, ProofError, verify_consistency
 from keys.notes import NoteError
 
 _CHUNK = 1 << 20
@@ -95,6 +95,9 @@ def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
         return Verdict(False, e.code, e.message)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as e:
         return Verdict(False, "bundle-format", f"not a readable ZIP file: {e}")
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        # A bundle is untrusted input: content of an unexpected shape is a verdict, never a crash.
+        return Verdict(False, "bundle-format", f"malformed content: {type(e).__name__}: {e}")
 
 
 @dataclass
@@ -104,9 +107,8 @@ class _Log:
     events: int = 0
     first_seq: int | None = None
     last_seq: int = -1
-    number: int | None = None       # series number of the previous event
     first_inside: bool = False      # whether the first event is in the period
-    first_number: int | None = None
+    first_number: int | None = None  # its series number
     last_inside: bool = False
 
 
@@ -201,9 +203,9 @@ class _Verifier:
         if not isinstance(claimed, dict) or (claimed.get("sha256"), claimed.get("bytes")) != found:
             raise BundleError("manifest-mismatch", f"{name} does not match its SHA-256 in manifest.json")
 
-    def _lines(self, name: str) -> Iterator[tuple[int, bytes]]:
-        """(line number, line without its newline), hashing the file as it is read."""
-        digest, size, number, rest = hashlib.sha256(), 0, 0, b""
+    def _lines(self, name: str) -> Iterator[bytes]:
+        """Each line without its newline, hashing the file as it is read."""
+        digest, size, rest = hashlib.sha256(), 0, b""
         with self.bundle.open(name) as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
@@ -212,15 +214,13 @@ class _Verifier:
                 rest = lines.pop()
                 if len(rest) > _MAX_LINE:
                     raise BundleError("bundle-format", f"{name}: a line is longer than {_MAX_LINE} bytes")
-                for line in lines:
-                    number += 1
-                    yield number, line
+                yield from lines
         if rest:
             raise BundleError("bundle-format", f"{name}: the last line has no newline")
         self.hashed[name] = (digest.hexdigest(), size)
 
     def _jsonl(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-        for number, line in self._lines(name):
+        for number, line in enumerate(self._lines(name), 1):
             value = _json(line, f"{name} line {number}")
             if not isinstance(value, dict):
                 raise BundleError("bundle-format", f"{name} line {number} is not a JSON object")
@@ -260,7 +260,8 @@ class _Verifier:
         self.roots = {(c.log_id, c.size): c.root for cps in self.checkpoints.values() for c in cps}
 
     def _consistency(self) -> None:
-        pairs = iter([(log_id, old, new) for log_id, cps in self.checkpoints.items() for old, new in zip(cps, cps[1:])])
+        pairs = iter([(log_id, old, new) for log_id, cps in self.checkpoints.items()
+                      for old, new in itertools.pairwise(cps)])
         for number, line in self._jsonl("consistency.jsonl"):
             where = f"consistency.jsonl line {number}"
             expected = next(pairs, None)
@@ -307,77 +308,94 @@ class _Verifier:
     # -- events -----------------------------------------------------------------------------------
 
     def _events(self) -> None:
+        """Every event against its proof line, in one pass.
+
+        The cost per event is what bounds verification, so the loop keeps the current log's state in
+        local variables and stores it in self.logs when the log changes.
+        """
         scope, series = self.scope, self.series
-        number_field = f"{series}_seq" if series else None
-        subject_field, subject = (f"{series}_id", scope[f"{series}_id"]) if series else (None, None)
-        start, end = scope["from"], scope["to"]
-        cache: _ProofCache | None = None
-        previous: tuple[str, int] = ("", -1)
-        proofs = self._jsonl("proofs.jsonl")
-        for number, line in self._lines("events.jsonl"):
-            where = f"events.jsonl line {number}"
-            found = next(proofs, None)
-            if found is None:
-                raise BundleError("bundle-format", f"{where} has no proof line (proofs.jsonl is shorter)")
-            proof = found[1]
-            event = _json(line, where)
-            if not isinstance(event, dict):
-                raise BundleError("bundle-format", f"{where} is not a JSON object")
-            log_id, seq, size = proof.get("log"), proof.get("seq"), proof.get("tree_size")
-            if not isinstance(log_id, str) or not _is_int(seq) or not _is_int(size):
-                raise BundleError("bundle-format", f"proofs.jsonl line {number}: needs log, seq and tree_size")
-            if event.get("log") != log_id or event.get("seq") != seq:
-                raise BundleError("log-mismatch", f"{where}: the event names log {event.get('log')} seq "
-                                                  f"{event.get('seq')}, its proof log {log_id} seq {seq}")
-            if (log_id, seq) <= previous:
-                raise BundleError("order", f"{where}: log {log_id} seq {seq} after log {previous[0]} seq "
-                                           f"{previous[1]}: events must be in (log, seq) order, each once")
-            previous = (log_id, seq)
-            sizes = self.sizes.get(log_id)
-            if sizes is None:
-                raise BundleError("log-mismatch", f"{where}: log {log_id} has no checkpoint in the bundle")
-            covering = _first_above(sizes, seq)
-            if covering is None or covering != size:
-                raise BundleError("inclusion", f"{where}: the proof must be against checkpoint "
-                                               f"{covering} of log {log_id}, the first covering seq {seq}")
-            if cache is None or cache.key != (log_id, size):
-                cache = _ProofCache((log_id, size), size, self.roots[(log_id, size)])
-            leaf = hashlib.sha256(b"\x00" + line).digest()
-            try:
-                cache.verify(leaf, seq, proof.get("proof"), where)
-            except ProofError as e:
-                raise BundleError("inclusion", f"{where} (log {log_id} seq {seq}) is not in checkpoint {size}: "
-                                               f"{e.reason} (the event was altered or inserted)") from None
-            if event.get("vendor_id") != scope["vendor_id"]:
-                raise BundleError("scope", f"{where}: an event of another vendor")
-            at = event.get("at")
-            inside = isinstance(at, str) and start <= at < end
-            state = self.logs.get(log_id)
-            if state is None:
-                state = self.logs[log_id] = _Log(first_seq=seq, first_inside=inside)
-            if series is None:
-                for name in ("member_id", "dataset_id"):
-                    if scope.get(name) and event.get(name) != scope[name]:
-                        raise BundleError("scope", f"{where}: outside the export's {name} filter")
-                if not inside:
-                    raise BundleError("scope", f"{where}: the event's time {at} is outside the period")
-            else:
-                assert subject_field is not None and number_field is not None
-                if event.get(subject_field) != subject:
-                    raise BundleError("scope", f"{where}: not an event of {series} {subject}")
-                value = event.get(number_field)
-                if not _is_int(value):
-                    raise BundleError("gap", f"{where}: the event has no {number_field}")
-                if state.number is not None and value != state.number + 1:
-                    raise BundleError("gap", f"{where}: log {log_id} {number_field} {value} follows {state.number}: "
-                                             f"{'events are missing' if value > state.number + 1 else 'out of order'}")
-                if state.number is None:
-                    state.first_number = value
-                state.number = value
-            state.events += 1
-            state.last_seq = seq
-            state.last_inside = inside
-            self.summary.add(event)
+        number_field = f"{series}_seq" if series else ""
+        subject_field, subject = (f"{series}_id", scope[f"{series}_id"]) if series else ("", None)
+        vendor_id, start, end = scope["vendor_id"], scope["from"], scope["to"]
+        filters = [(name, scope[name]) for name in ("member_id", "dataset_id") if scope.get(name)]
+        loads, sha256, add = orjson.loads, hashlib.sha256, self.summary.add
+        cache = _ProofCache(0, b"")
+        low = high = 0  # the covering checkpoint of the previous event covers seq in [low, high)
+        state = _Log()
+        log_id, seq, count, previous, inside = "", -1, 0, -1, False
+        proofs = self._lines("proofs.jsonl")
+        number = 0
+        try:
+            for number, line in enumerate(self._lines("events.jsonl"), 1):
+                found = next(proofs, None)
+                if found is None:
+                    raise BundleError("bundle-format", f"{_at(number)} has no proof line (proofs.jsonl is shorter)")
+                proof, event = loads(found), loads(line)
+                if type(proof) is not dict or type(event) is not dict:
+                    raise BundleError("bundle-format", f"{_at(number)} or its proof line is not a JSON object")
+                claimed_log, claimed_seq = proof.get("log"), proof.get("seq")
+                if type(claimed_log) is not str or type(claimed_seq) is not int or claimed_seq < 0:
+                    raise BundleError("bundle-format", f"proofs.jsonl line {number}: needs log, seq and tree_size")
+                if event.get("log") != claimed_log or event.get("seq") != claimed_seq:
+                    raise BundleError("log-mismatch", f"{_at(number)}: the event names log {event.get('log')} seq "
+                                                      f"{event.get('seq')}, its proof log {claimed_log} seq "
+                                                      f"{claimed_seq}")
+                at = event.get("at")
+                inside = type(at) is str and start <= at < end
+                if claimed_log != log_id:
+                    if claimed_log < log_id or claimed_log in self.logs:
+                        raise BundleError("order", f"{_at(number)}: log {claimed_log} after log {log_id}: events must "
+                                                   "be in (log, seq) order")
+                    if claimed_log not in self.sizes:
+                        raise BundleError("log-mismatch", f"{_at(number)}: log {claimed_log} has no checkpoint in the "
+                                                          "bundle")
+                    state.events, state.last_seq = count, seq  # the log before
+                    state = self.logs[claimed_log] = _Log(first_seq=claimed_seq, first_inside=inside)
+                    log_id, seq, count, low, high = claimed_log, -1, 0, 0, 0
+                elif claimed_seq <= seq:
+                    raise BundleError("order", f"{_at(number)}: log {log_id} seq {claimed_seq} after seq {seq}: events "
+                                               "must be in (log, seq) order, each once")
+                seq = claimed_seq
+                if not low <= seq < high:
+                    sizes = self.sizes[log_id]
+                    index = bisect.bisect_right(sizes, seq)
+                    if index == len(sizes):
+                        raise BundleError("inclusion", f"{_at(number)}: no checkpoint of log {log_id} covers seq {seq}")
+                    low, high = (sizes[index - 1] if index else 0), sizes[index]
+                    cache = _ProofCache(high, self.roots[(log_id, high)])
+                if proof.get("tree_size") != high:
+                    raise BundleError("inclusion", f"{_at(number)}: the proof must be against checkpoint {high} of "
+                                                   f"log {log_id}, the first covering seq {seq}")
+                try:
+                    cache.verify(sha256(b"\x00" + line).digest(), seq, proof.get("proof"))
+                except ProofError as e:
+                    raise BundleError("inclusion", f"{_at(number)} (log {log_id} seq {seq}) is not in checkpoint "
+                                                   f"{high}: {e.reason} (the event was altered or inserted)") from None
+                if event.get("vendor_id") != vendor_id:
+                    raise BundleError("scope", f"{_at(number)}: an event of another vendor")
+                if series is None:
+                    for name, value in filters:
+                        if event.get(name) != value:
+                            raise BundleError("scope", f"{_at(number)}: outside the export's {name} filter")
+                    if not inside:
+                        raise BundleError("scope", f"{_at(number)}: the event's time {at} is outside the period")
+                else:
+                    if event.get(subject_field) != subject:
+                        raise BundleError("scope", f"{_at(number)}: not an event of {series} {subject}")
+                    value = event.get(number_field)
+                    if type(value) is not int:
+                        raise BundleError("gap", f"{_at(number)}: the event has no {number_field}")
+                    if count == 0:
+                        state.first_number = value
+                    elif value != previous + 1:
+                        raise BundleError("gap", f"{_at(number)}: log {log_id} {number_field} {value} follows "
+                                                 f"{previous}: events are missing or out of order")
+                    previous = value
+                count += 1
+                add(event)
+        except orjson.JSONDecodeError:
+            raise BundleError("bundle-format", f"{_at(number)} or its proof line is not valid JSON") from None
+        state.events, state.last_seq, state.last_inside = count, seq, inside
         if next(proofs, None) is not None:
             raise BundleError("bundle-format", "proofs.jsonl has more lines than events.jsonl")
 
@@ -429,23 +447,26 @@ class _Verifier:
 class _ProofCache:
     """RFC 9162 inclusion verification against one root, remembering the nodes it has authenticated.
 
-    A node on a verified path is the root of its subtree: a later proof reaching the same node with the
-    same value and the same remaining path is verified there. Neighbouring events share all but the
-    lowest nodes, so a run of events costs about two hashes each instead of log2(size).
+    Every node on a verified path, and every sibling used on it, is a proven subtree root of this tree.
+    A later proof that reaches a proven node with the same value, and whose remaining nodes are the
+    ones the earlier proof had from there, is verified there. Neighbouring events share all but their
+    lowest nodes, so a run of events costs one or two hashes each instead of log2(size).
     """
 
-    def __init__(self, key: tuple[str, int], size: int, root: bytes) -> None:
-        self.key, self.size, self.root = key, size, root
-        # (level, index) -> (node hash, the proof it came from, where the path above it starts there)
-        self.known: dict[tuple[int, int], tuple[bytes, list[Any], int]] = {}
+    def __init__(self, size: int, root: bytes) -> None:
+        self.size, self.root = size, root
+        # (level, index) -> (hash, the proof that proved it, where the path above it continues in that
+        # proof, and for a sibling the node it was paired with, which comes first on its path).
+        self.known: dict[tuple[int, int], tuple[bytes, list[Any], int, bytes | None]] = {}
 
-    def verify(self, leaf: bytes, index: int, proof: Any, where: str) -> None:
-        if not isinstance(proof, list):
-            raise BundleError("bundle-format", f"{where}: the proof must be a list of base64 hashes")
+    def verify(self, leaf: bytes, index: int, proof: Any) -> None:
+        if type(proof) is not list:
+            raise ProofError("the proof is not a list of base64 hashes")
         if not 0 <= index < self.size:
             raise ProofError("leaf index is not below the tree size")
+        known, sha256 = self.known, hashlib.sha256
         fn, sn, level, node = index, self.size - 1, 0, leaf
-        new: list[tuple[tuple[int, int], bytes, int]] = []
+        new: list[tuple[tuple[int, int], bytes, int, bytes | None]] = []
         for i, text in enumerate(proof):
             if sn == 0:
                 raise ProofError("proof has too many nodes")
@@ -453,33 +474,37 @@ class _ProofCache:
                 # The tree's right edge: a node without a right sibling moves up unchanged.
                 while not fn & 1:
                     fn, sn, level = fn >> 1, sn >> 1, level + 1
-            seen = self.known.get((level, fn))
+            seen = known.get((level, fn))
+            try:
+                sibling = binascii.a2b_base64(text, strict_mode=True)
+            except (ValueError, TypeError):
+                sibling = b""
+            if len(sibling) != HASH_BYTES:
+                raise ProofError(f"a proof node is not the base64 of {HASH_BYTES} bytes")
             if seen is not None:
-                value, earlier, at = seen
+                value, earlier, at, paired = seen
                 if value != node:
                     raise ProofError("computed root does not match")
-                if proof[i:] != earlier[at:]:
+                if (paired is not None and paired != sibling) or proof[i + (paired is not None):] != earlier[at:]:
                     raise ProofError("the proof's upper nodes are not the tree's")
-                self._remember(new, proof)
-                return
-            new.append(((level, fn), node, i))
-            sibling = _hash(text, where)
-            node = node_hash(sibling, node) if fn & 1 else node_hash(node, sibling)
+                break
+            new.append(((level, fn), node, i, None))
+            new.append(((level, fn ^ 1), sibling, i + 1, node))
+            # RFC 9162 node hash, inline: this loop is the verifier's innermost.
+            node = sha256(b"\x01" + sibling + node if fn & 1 else b"\x01" + node + sibling).digest()
             fn, sn, level = fn >> 1, sn >> 1, level + 1
-        if sn != 0:
-            raise ProofError("proof has too few nodes")
-        if node != self.root:
-            raise ProofError("computed root does not match")
-        self._remember(new, proof)
+        else:
+            if sn != 0:
+                raise ProofError("proof has too few nodes")
+            if node != self.root:
+                raise ProofError("computed root does not match")
+        # Only now, the path proven: its nodes vouch for later proofs.
+        for position, value, at, paired in new:
+            known[position] = (value, proof, at, paired)
 
-    def _remember(self, new: list[tuple[tuple[int, int], bytes, int]], proof: list[Any]) -> None:
-        for position, value, at in new:
-            self.known[position] = (value, proof, at)
 
-
-def _first_above(sizes: Sequence[int], seq: int) -> int | None:
-    index = bisect.bisect_right(sizes, seq)
-    return sizes[index] if index < len(sizes) else None
+def _at(number: int) -> str:
+    return f"events.jsonl line {number}"
 
 
 def _json(data: bytes, where: str) -> Any:
@@ -491,7 +516,7 @@ def _json(data: bytes, where: str) -> Any:
 
 def _hash(text: Any, where: str) -> bytes:
     try:
-        value = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+        value = binascii.a2b_base64(text, strict_mode=True) if type(text) is str else b""
     except binascii.Error:
         value = b""
     if len(value) != HASH_BYTES:

@@ -75,14 +75,64 @@ def parse(token: str) -> ApiKey:
     kind = _KINDS.get(token[:_PREFIX_LENGTH])
     if kind is None:
         raise MalformedKey("unknown API key prefix")
+    return ApiKey(kind, _checked_key_id(token, "API key"), token)
+
+
+# OAuth client credentials (RFC 6749 §2.3.1) share the token format, under their own prefixes. They are
+# not a KeyKind on purpose: a client secret is accepted only by the token endpoint, never as a bearer
+# credential, so `parse()` must refuse it ("unknown API key prefix"), and a client id is public.
+#     client id      lpdi_<key id: 16 base62>
+#     client secret  lpda_<key id: 16 base62>_<secret: 43 base62><checksum: 6 base62>
+# The secret repeats the client's key id, so a secret presented with the wrong client id is refused
+# before any lookup, as is a secret with a bad checksum.
+CLIENT_ID_PREFIX = "lpdi_"
+CLIENT_SECRET_PREFIX = "lpda_"
+CLIENT_ID_LENGTH = len(CLIENT_ID_PREFIX) + KEY_ID_LENGTH
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    client_id: str
+    key_id: str
+    secret: str = field(repr=False)
+
+
+def generate_client() -> ClientCredentials:
+    """A new OAuth client id and secret; show the secret once and store only its hash."""
+    key_id = _random_base62(KEY_ID_LENGTH)
+    body = f"{CLIENT_SECRET_PREFIX}{key_id}_{_random_base62(SECRET_LENGTH)}"
+    return ClientCredentials(CLIENT_ID_PREFIX + key_id, key_id, body + _checksum(body))
+
+
+def parse_client_id(client_id: str) -> str:
+    """The key id of a well-formed client id."""
+    if len(client_id) != CLIENT_ID_LENGTH or not client_id.startswith(CLIENT_ID_PREFIX):
+        raise MalformedKey(f"a client id is {CLIENT_ID_PREFIX} and {KEY_ID_LENGTH} base62 characters")
+    key_id = client_id[len(CLIENT_ID_PREFIX):]
+    if not _BASE62_SET.issuperset(key_id):
+        raise MalformedKey("client id has characters outside base62")
+    return key_id
+
+
+def parse_client_secret(secret: str) -> str:
+    """The key id of a well-formed client secret (checksum checked)."""
+    if len(secret) != TOKEN_LENGTH:
+        raise MalformedKey(f"a client secret has {TOKEN_LENGTH} characters")
+    if not secret.startswith(CLIENT_SECRET_PREFIX):
+        raise MalformedKey(f"a client secret starts with {CLIENT_SECRET_PREFIX}")
+    return _checked_key_id(secret, "client secret")
+
+
+def _checked_key_id(token: str, noun: str) -> str:
+    """Separator, alphabet and checksum of a token of the right length and prefix; returns its key id."""
     if token[_KEY_ID_END] != "_":
-        raise MalformedKey("API key separator missing")
+        raise MalformedKey(f"{noun} separator missing")
     key_id, secret_and_checksum = token[_PREFIX_LENGTH:_KEY_ID_END], token[_KEY_ID_END + 1 :]
     if not _BASE62_SET.issuperset(key_id + secret_and_checksum):
-        raise MalformedKey("API key has characters outside base62")
+        raise MalformedKey(f"{noun} has characters outside base62")
     if token[_CHECKSUM_START:] != _checksum(token[:_CHECKSUM_START]):
-        raise MalformedKey("API key checksum does not match")
-    return ApiKey(kind, key_id, token)
+        raise MalformedKey(f"{noun} checksum does not match")
+    return key_id
 
 
 def _random_base62(length: int) -> str:

@@ -39,6 +39,7 @@ async def audited_runtime(dsn: str, home: Path, instance: str = "test", **overri
                                 checkpoint_events=rt.config.checkpoint_events,
                                 checkpoint_seconds=rt.config.checkpoint_seconds)
         await rt.writer.start()
+        rt.usage.log_id = rt.writer.log_id  # the usage book counts this writer's deliveries as its own
     return rt
 
 

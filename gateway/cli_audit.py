@@ -1,0 +1,131 @@
+"""`gateway audit ...`: export an evidence bundle, verify one offline, re-check the logs in PostgreSQL.
+
+`register(sub)` adds the commands to the `gateway` parser (gateway/cli.py). `verify` needs no database:
+it sets `offline`, a plain function of the arguments, which the CLI calls without opening a Runtime;
+its `handler` does the same for a CLI that always opens one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway import checkpoints, datasets, evidence, members, vendors
+from gateway.actors import cli_actor
+from gateway.events import EventKind, Outcome
+from gateway.runtime import Runtime
+from gateway.verify import verify_bundle
+
+
+class _Progress:
+    """Events exported so far, on one line of a terminal; nothing when stderr is not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.enabled, self.last = label, sys.stderr.isatty(), 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.2:
+            self.last = now
+            sys.stderr.write(f"\r{self.label}: {done:,} events")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\n")
+
+
+def _moment(text: str) -> datetime:
+    """RFC 3339 date-time or a date (midnight); without an offset it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or RFC 3339 date-time, e.g. 2026-04-01 or "
+                                         "2026-04-01T09:00:00+09:00") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def cmd_export(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await vendors.find(runtime.pool, args.vendor)
+    member = await members.find(runtime.pool, vendor.id, args.member) if args.member else None
+    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset) if args.dataset else None
+    # Reading a vendor's audit trail is itself evidence of access: recorded, and signed before the
+    # export starts so that the bundle can hold it.
+    await runtime.writer.commit(cli_actor(vendor.id).event(
+        EventKind.AUDIT_READ, Outcome.ALLOW, member_id=member.id if member else None,
+        dataset_id=dataset.id if dataset else None,
+        detail={"export": {"from": args.start.isoformat(), "to": args.end.isoformat(), "file": Path(args.output).name}}))
+    await runtime.writer.checkpoint()
+    progress = _Progress(f"exporting {Path(args.output).name}")
+    try:
+        result = await evidence.export(runtime.pool, vendor.id, args.start, args.end, member.id if member else None,
+                                       dataset.id if dataset else None, path=args.output, progress=progress)
+    finally:
+        progress.finish()
+    return result.to_json()
+
+
+async def cmd_check(runtime: Runtime, args: argparse.Namespace) -> Any:
+    progress = _Progress("checking")
+    async with runtime.pool.acquire() as conn:
+        try:
+            result = await checkpoints.check(conn, progress)
+        finally:
+            progress.finish()
+    if not result.ok:
+        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        failed = next(entry for entry in result.logs if entry.problem)
+        sys.stderr.write(f"gateway: audit log {failed.log_id} fails: {failed.problem}\n")
+        raise SystemExit(1)
+    return result.to_json()
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Offline: one verdict line on stdout; exit status 0 when the bundle verifies, 1 when not."""
+    trusted = Path(args.trusted_checkpoint).read_text(encoding="utf-8") if args.trusted_checkpoint else None
+    verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key)
+    sys.stdout.write(verdict.line() + "\n")
+    return 0 if verdict.ok else 1
+
+
+async def cmd_verify(runtime: Runtime, args: argparse.Namespace) -> Any:
+    raise SystemExit(await asyncio.to_thread(run_verify, args))
+
+
+def _command(sub: Any, name: str, handler: Any, help_text: str, example: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text,
+                                                     epilog=f"example:\n  {example}",
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def register(sub: Any) -> None:
+    """Add `gateway audit export|verify|check` to the CLI's subparsers."""
+    audit = sub.add_parser("audit", help="audit evidence: export, verify offline, check the logs")
+    actions = audit.add_subparsers(dest="action", required=True)
+    p = _command(actions, "export", cmd_export, "write an evidence bundle (ZIP) of a vendor's audit events",
+                 "gateway audit export --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 -o april.zip")
+    p.add_argument("--vendor", required=True, help="vendor name or id")
+    p.add_argument("--from", dest="start", required=True, type=_moment, help="start (inclusive), RFC 3339 or date")
+    p.add_argument("--to", dest="end", required=True, type=_moment, help="end (exclusive), RFC 3339 or date")
+    p.add_argument("--member", help="only this member's events (name or id)")
+    p.add_argument("--dataset", help="only this dataset's events (name or id)")
+    p.add_argument("-o", "--output", required=True, help="the bundle to write, e.g. april.zip")
+    p = _command(actions, "verify", cmd_verify, "verify an evidence bundle offline (no database needed)",
+                 "gateway audit verify april.zip --trusted-checkpoint checkpoint.txt")
+    p.set_defaults(offline=run_verify)
+    p.add_argument("bundle")
+    p.add_argument("--trusted-checkpoint", metavar="FILE", help="a checkpoint note kept from earlier (e.g. from "
+                                                                "GET /v1/audit/checkpoint)")
+    p.add_argument("--trusted-key", metavar="VKEY", action="append",
+                   help="accept only checkpoints signed by this C2SP verifier key (repeatable)")
+    _command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
+             "gateway audit check")

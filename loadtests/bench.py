@@ -1,0 +1,812 @@
+"""Hot-path benchmark (issue 6): the gateway against a bare Starlette app serving the same bytes.
+
+In one run, on a throwaway database (loadtests/common.py: an embedded PostgreSQL in a temporary folder,
+or a fresh database on the local server named by GATEWAY_DATABASE_URL):
+
+1. `gateway demo` seeds the demo (METI's mobile-location example, 120,000 records) into a temporary
+   GATEWAY_HOME; the demo licences' rate limit (50 requests/s) and monthly quotas are then raised with
+   `gateway licence amend` so that a benchmark does not measure 429s — the quotas stay hard, so the
+   lease and metering path is measured as it runs for any licence.
+2. The gateway runs as shipped: `gateway serve` (its own process), pinned to one core; PostgreSQL
+   (when embedded) and wrk share the other core. The two workloads, with the first demo member's key:
+   - core: `GET /v1/datasets/{dataset}` (authenticated, licensed, metered, durably audited; no record read);
+   - page: `GET /v1/datasets/{dataset}/records?limit=100` (a 100-record NDJSON page; adds the record read).
+   The page is also measured "cold": the first pass on a freshly started gateway, before any warm-up.
+3. The bare baseline: a Starlette app with the same two routes returning the bytes the gateway returned
+   (captured from it), served by `gateway.cli.serve` itself, so with exactly the server and settings the
+   gateway ships with (loadtests/bench_server.py); the same app as raw ASGI for reference; nginx serving
+   the same bytes with the key checked by a `map` (the physical limit), when nginx is installed or
+   installable.
+4. Variants of the gateway: 1,000 more members with a licence each and 10,000 more credentials in the
+   snapshot; and the Prometheus instrumentation switched off, to price it.
+
+Every figure is the median of --repeat runs of --seconds each (wrk, one thread), at 64 and 16 connections:
+requests/s, latency p50/p99/p99.9 (a Lua reporter, loadtests/wrk_report.lua), CPU µs per request of the
+server process (from /proc/PID/stat) and of PostgreSQL, and for the gateway the audit batch sizes (from
+/metrics). Written to loadtests/results/hotpath.json.
+
+    .venv/bin/python -m loadtests.bench [--quick] [--profile] [--repeat 3] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+from keys import apikeys
+from keys.sealing import MasterKey
+from loadtests.common import (
+    RESULTS_DIR,
+    BenchDatabase,
+    bench_database,
+    check_database_url,
+    machine_info,
+    new_master_key,
+    run,
+    say,
+    write_results,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LUA = HERE / "wrk_report.lua"
+CORE_ROUTE, PAGE_ROUTE = "/v1/datasets/{dataset}", "/v1/datasets/{dataset}/records"
+PAGE_QUERY = "?limit=100"
+WORKLOADS = ("core", "page")
+CONNECTIONS = (64, 16)
+TARGETS = {"core_ratio_64": 0.80, "core_p50_extra_ms_16": 1.0, "core_p99_extra_ms_16": 3.0,
+           "page_ratio_64": 0.50, "metrics_cost": 0.03}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one wrk run (default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is kept (default 3)")
+    parser.add_argument("--quick", action="store_true", help="one 3-second run per figure (a smoke test)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record py-spy profiles of the gateway at 64 connections (extra runs, "
+                             "not counted) into loadtests/results/profile-*.{svg,txt}")
+    parser.add_argument("--only", choices=("gateway", "all"), default="all",
+                        help="'gateway': the gateway's own figures only (for tuning steps)")
+    parser.add_argument("--server-cpu", type=int, default=1, help="core the servers are pinned to (default 1)")
+    parser.add_argument("--load-cpu", type=int, default=0,
+                        help="core of wrk and of the embedded PostgreSQL (default 0)")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk or nginx")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "hotpath.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeat = 3.0, 1
+    return args
+
+
+# -- tools ------------------------------------------------------------------------------------------
+
+def ensure_tool(command: str, package: str, allow_install: bool) -> str | None:
+    """The tool's path, installing the Debian package when missing and allowed (as root only)."""
+    found = shutil.which(command) or (f"/usr/sbin/{command}" if Path(f"/usr/sbin/{command}").exists() else None)
+    if found or not allow_install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    say(f"installing {package} (apt-get install -y {package})")
+    done = subprocess.run(["apt-get", "install", "-y", "-q", package], capture_output=True, timeout=600, check=False)
+    if done.returncode != 0:
+        say(f"  could not install {package}: {done.stderr.decode(errors='replace').strip()[-300:]}")
+    return shutil.which(command) or (f"/usr/sbin/{command}" if Path(f"/usr/sbin/{command}").exists() else None)
+
+
+def pinned(cpu: int | None, command: list[str]) -> list[str]:
+    return command if cpu is None else ["taskset", "-c", str(cpu), *command]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of one process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Postgres:
+    """The server's processes: pinned to the load core when embedded, and their CPU, for the figures."""
+
+    def __init__(self, postmaster: int | None) -> None:
+        self.postmaster = postmaster
+
+    @classmethod
+    async def find(cls, dsn: str) -> Postgres:
+        try:
+            import psutil
+
+            conn = await asyncpg.connect(dsn)
+            try:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+            finally:
+                await conn.close()
+            return cls(psutil.Process(backend).parent().pid)
+        except Exception:  # noqa: BLE001 - another user's or another machine's server: no figures
+            return cls(None)
+
+    def pin(self, cpu: int) -> None:
+        """Pin the postmaster (new backends inherit it) and every live backend."""
+        if self.postmaster is None:
+            return
+        import psutil
+
+        root = psutil.Process(self.postmaster)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                os.sched_setaffinity(proc.pid, {cpu})
+            except OSError:
+                pass
+
+    def cpu(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        import psutil
+
+        root = psutil.Process(self.postmaster)
+        total = 0.0
+        for child in root.children(recursive=True):
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        times = root.cpu_times()
+        return total + times.user + times.system + times.children_user + times.children_system
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    pid: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def start_server(name: str, command: list[str], env: dict[str, str], port: int, cpu: int, logs: Path) -> Server:
+    log = logs / f"{name}.log"
+    # taskset execs the command: the pid we get is the server's own.
+    process = subprocess.Popen(pinned(cpu, command), env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, cwd=ROOT)
+    return Server(name, process, port, log, process.pid)
+
+
+async def wait_ready(server: Server, path: str, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited ({server.process.returncode}); see its log:\n"
+                                   + server.log.read_text(errors="replace")[-3000:])
+            try:
+                response = await client.get(server.url(path), headers=headers, timeout=2)
+                if response.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{server.name} not ready after {timeout} s; see {server.log}")
+
+
+@contextmanager
+def running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- wrk --------------------------------------------------------------------------------------------
+
+@dataclass
+class Driver:
+    wrk: str
+    load_cpu: int
+    seconds: float
+    repeat: int
+    postgres: Postgres
+    dsn: str
+
+    def wrk_once(self, url: str, key: str | None, connections: int, seconds: float) -> dict[str, Any]:
+        command = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "-s", str(LUA)]
+        if key:
+            command += ["-H", f"Authorization: Bearer {key}"]
+        done = subprocess.run(pinned(self.load_cpu, [*command, url]), capture_output=True, text=True,
+                              timeout=seconds + 60, check=False)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+        return dict(orjson.loads(line[len("WRK_JSON "):]))
+
+    async def measure(self, server: Server, url: str, key: str | None, connections: int, *,
+                      repeat: int | None = None, metrics: bool = False) -> dict[str, Any]:
+        """`repeat` wrk runs; each with the server's and PostgreSQL's CPU and (gateway) the audit batches."""
+        runs = []
+        for _ in range(self.repeat if repeat is None else repeat):
+            before = await scrape(server) if metrics else None
+            started = time_now()
+            cpu0, pg0 = process_cpu(server.pid), self.postgres.cpu()
+            result = await asyncio.to_thread(self.wrk_once, url, key, connections, self.seconds)
+            cpu1, pg1 = process_cpu(server.pid), self.postgres.cpu()
+            ended = time_now()
+            after = await scrape(server) if metrics else None
+            seconds = result["duration_us"] / 1e6
+            requests = max(result["requests"], 1)
+            one = {"requests_per_s": round(result["requests"] / seconds, 1),
+                   "latency_ms": {k: round(v / 1000, 3) for k, v in result["latency_us"].items()},
+                   "cpu_us_per_request": round((cpu1 - cpu0) * 1e6 / requests, 1),
+                   "server_cpu_share": round((cpu1 - cpu0) / seconds, 3),
+                   "postgres_cpu_us_per_request": None if pg0 is None or pg1 is None
+                   else round((pg1 - pg0) * 1e6 / requests, 1),
+                   "requests": result["requests"], "bytes_per_response": round(result["bytes"] / requests),
+                   "errors": {k: v for k, v in result["errors"].items() if v}}
+            if before is not None and after is not None:
+                one["audit"] = {**await commits(self.dsn, started, ended), **histogram(before, after)}
+            runs.append(one)
+        return summarise(runs)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+
+    summary: dict[str, Any] = {
+        "requests_per_s": med([r["requests_per_s"] for r in runs]),
+        "latency_ms": {k: med([r["latency_ms"][k] for r in runs]) for k in ("p50", "p90", "p99", "p999", "max")},
+        "cpu_us_per_request": med([r["cpu_us_per_request"] for r in runs]),
+        "postgres_cpu_us_per_request": med([r["postgres_cpu_us_per_request"] for r in runs]),
+        "bytes_per_response": runs[0]["bytes_per_response"],
+        "errors": sum(sum(r["errors"].values()) for r in runs),
+        "spread": round((max(r["requests_per_s"] for r in runs) - min(r["requests_per_s"] for r in runs))
+                        / max(statistics.median(r["requests_per_s"] for r in runs), 1), 3),
+        "runs": runs,
+    }
+    audits = [r["audit"] for r in runs if "audit" in r]
+    if audits:
+        summary["audit"] = {name: med([a.get(name) for a in audits])
+                            for name in ("events_per_commit_mean", "events_per_commit_p50", "events_per_commit_p90",
+                                         "events_per_commit_max", "histogram_mean")}
+        summary["audit"]["histogram_observed"] = all(a["histogram_observed"] for a in audits)
+    return summary
+
+
+# -- /metrics ---------------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+async def scrape(server: Server) -> dict[str, float]:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(server.url("/metrics"), timeout=10)).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return values
+
+
+def histogram(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """gateway_audit_batch_events over one run, if the audit writer observes it."""
+    count = after.get("gateway_audit_batch_events_count", 0.0) - before.get("gateway_audit_batch_events_count", 0.0)
+    if count <= 0:
+        return {"histogram_observed": False}
+    total = after.get("gateway_audit_batch_events_sum", 0.0) - before.get("gateway_audit_batch_events_sum", 0.0)
+    return {"histogram_observed": True, "histogram_mean": round(total / count, 1)}
+
+
+async def commits(dsn: str, started: Any, ended: Any) -> dict[str, Any]:
+    """Audit batch sizes over one run, exactly, from the audit log itself: the events of one group commit
+    are rows written by one transaction, so they share their xmin."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        sizes = [row[0] for row in await conn.fetch(
+            "SELECT count(*) FROM audit_events WHERE at >= $1 AND at < $2 GROUP BY xmin::text ORDER BY 1",
+            started, ended)]
+    finally:
+        await conn.close()
+    if not sizes:
+        return {"commits": 0}
+    return {"commits": len(sizes), "events": sum(sizes),
+            "events_per_commit_mean": round(sum(sizes) / len(sizes), 1),
+            "events_per_commit_p50": sizes[len(sizes) // 2], "events_per_commit_p90": sizes[int(len(sizes) * 0.9)],
+            "events_per_commit_max": sizes[-1]}
+
+
+# -- the demo ---------------------------------------------------------------------------------------
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args] if not (ROOT / ".venv/bin/gateway").exists() \
+        else [str(ROOT / ".venv/bin/gateway"), *args]
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    done = subprocess.run(gateway_command(*args), env=env, capture_output=True, timeout=900, check=False, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"gateway {' '.join(args)} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return orjson.loads(done.stdout) if done.stdout.strip() else None
+
+
+def server_env(db: BenchDatabase, master: str, port: int) -> dict[str, str]:
+    """The machine's environment without GATEWAY_* settings, plus those of this benchmark's gateway.
+
+    The log level is the shipped default (INFO): the baseline runs with the same."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_DATABASE_URL": db.dsn, "GATEWAY_HOME": str(db.home / "gateway"),
+                "GATEWAY_MASTER_KEY": master, "GATEWAY_INSTANCE": "bench", "GATEWAY_HOST": "127.0.0.1",
+                "GATEWAY_PORT": str(port), "GATEWAY_LOG_LEVEL": "INFO"})
+    return env
+
+
+async def seed_demo(db: BenchDatabase, env: dict[str, str]) -> dict[str, Any]:
+    say("seeding the demo (gateway demo)")
+    cli(env, "demo")
+    demo = dict(orjson.loads((db.home / "gateway" / "demo.json").read_bytes()))
+    for member in demo["members"]:
+        # A benchmark is not a member's traffic: raise the demo's 50 requests/s and monthly quotas (still
+        # hard quotas, so leases and metering stay on the measured path).
+        cli(env, "licence", "amend", "--vendor", demo["vendor_id"], member["licence_id"],
+            "--requests-per-second", "1000000", "--burst", "1000000",
+            "--records-per-month", str(10**12), "--bytes-per-month", str(10**15))
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        await conn.execute("VACUUM (ANALYZE) records")  # as autovacuum would after the bulk load
+    finally:
+        await conn.close()
+    return demo
+
+
+async def add_population(db: BenchDatabase, master: str, demo: dict[str, Any], members: int,
+                         keys_per_member: int) -> dict[str, int]:
+    """`members` more members of the demo vendor, each licensed for Tokyo with `keys_per_member` API keys
+    (valid keyed hashes, as `credentials.issue` makes them), written with COPY."""
+    from gateway import server_secrets
+
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        hasher = (await server_secrets.load(conn, MasterKey.from_text(master))).hasher()
+        vendor, dataset = uuid.UUID(demo["vendor_id"]), uuid.UUID(demo["dataset"])
+        member_rows, licence_rows, credential_rows = [], [], []
+        for i in range(members):
+            member = uuid.uuid4()
+            member_rows.append((member, vendor, f"Bench Member {i:05d}"))
+            licence_rows.append((uuid.uuid4(), vendor, member, dataset, ["13"], ["prefecture", "hour", "population"],
+                                 time_now(), 1_000_000, 1_000_000_000))
+            for _ in range(keys_per_member):
+                key = apikeys.generate(apikeys.KeyKind.MEMBER)
+                version, digest = hasher.hash(key.token)
+                credential_rows.append((uuid.uuid4(), key.key_id, "member", vendor, member, version, digest,
+                                        "bench population"))
+        async with conn.transaction():
+            await conn.copy_records_to_table("members", records=member_rows, columns=("id", "vendor_id", "name"))
+            await conn.copy_records_to_table(
+                "licences", records=licence_rows,
+                columns=("id", "vendor_id", "member_id", "dataset_id", "partitions", "columns", "valid_from",
+                         "records_per_month", "bytes_per_month"))
+            await conn.copy_records_to_table(
+                "credentials", records=credential_rows,
+                columns=("id", "key_id", "kind", "vendor_id", "member_id", "hash_version", "hash", "label"))
+        counts = {name: int(await conn.fetchval(f"SELECT count(*) FROM {name}"))
+                  for name in ("members", "licences", "credentials")}
+    finally:
+        await conn.close()
+    return counts
+
+
+def time_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+# -- captured answers, nginx ------------------------------------------------------------------------
+
+async def capture(server: Server, key: str, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The gateway's response (status, headers, body) to each workload, for the baselines to replay."""
+    answers = {}
+    async with httpx.AsyncClient() as client:
+        for route, path in paths.items():
+            response = await client.get(server.url(path), headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            if response.status_code != 200:
+                raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:500]}")
+            answers[route] = {"status": response.status_code, "body": response.content.decode("latin-1"),
+                              "headers": [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                                          for k, v in response.headers.raw]}
+    return answers
+
+
+def nginx_config(folder: Path, port: int, key: str, paths: dict[str, str],
+                 answers: dict[str, dict[str, Any]]) -> Path:
+    """One worker (master_process off: the one process serves), access log on, the key checked by a map."""
+    locations = []
+    for route, path in paths.items():
+        answer = answers[route]
+        body = folder / f"{route.strip('/').replace('/', '_').replace('{', '').replace('}', '')}.body"
+        body.write_bytes(answer["body"].encode("latin-1"))
+        headers = dict(answer["headers"])
+        adds = "\n".join(f'            add_header {name} "{_nginx_quote(value)}" always;'
+                         for name, value in answer["headers"]
+                         if name not in ("content-type", "content-length", "date", "server"))
+        locations.append(f"""
+        location = {path.split('?')[0]} {{
+            if ($key_ok = 0) {{ return 401; }}
+            default_type "{headers.get('content-type', 'application/octet-stream')}";
+{adds}
+            alias {body};
+        }}""")
+    conf = folder / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {folder}/access.log combined buffer=64k;
+    server_tokens off;
+    etag off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    keepalive_requests 1000000;
+    map_hash_bucket_size 256;  # the key is longer than the default bucket
+    map $http_authorization $key_ok {{
+        "Bearer {key}" 1;
+        default 0;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        {''.join(locations)}
+    }}
+}}
+""")
+    return conf
+
+
+def _nginx_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "${dollar}")
+
+
+# -- the instrumentation's price, measured in-process -----------------------------------------------
+
+def instrumentation_cost_us() -> dict[str, float]:
+    """µs per request spent in Prometheus client calls on the request path (counter per response)."""
+    from gateway import metrics
+
+    number = 200_000
+    counter = timeit.timeit(lambda: metrics.RESPONSES.labels("2xx", "allow").inc(), number=number) / number * 1e6
+    observe = timeit.timeit(lambda: metrics.AUDIT_BATCH_EVENTS.observe(17), number=number) / number * 1e6
+    return {"responses_counter_us": round(counter, 3), "batch_histogram_observe_us": round(observe, 3)}
+
+
+# -- profiles ---------------------------------------------------------------------------------------
+
+def profile(driver: Driver, server: Server, url: str, key: str, name: str, seconds: float) -> dict[str, str]:
+    """py-spy (sampling from outside, on the load core) while wrk drives the server at 64 connections."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        say("  py-spy not installed (.venv/bin/pip install py-spy): no profile")
+        return {}
+    outputs = {}
+    for fmt, suffix in (("flamegraph", "svg"), ("raw", "raw")):
+        out = RESULTS_DIR / f"profile-{name}.{suffix}"
+        spy_process = subprocess.Popen(pinned(driver.load_cpu, [spy, "record", "--pid", str(server.pid), "--rate", "200",
+                                                                "--duration", f"{seconds:g}", "--nonblocking",
+                                                                "--format", fmt, "--output", str(out)]),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        driver.wrk_once(url, key, 64, seconds)
+        spy_process.wait(60)
+        outputs[fmt] = str(out)
+    raw = RESULTS_DIR / f"profile-{name}.raw"
+    if raw.exists():
+        (RESULTS_DIR / f"profile-{name}.txt").write_text(summarise_profile(raw.read_text(), name))
+        raw.unlink()
+        outputs["raw"] = str(RESULTS_DIR / f"profile-{name}.txt")
+    return outputs
+
+
+def summarise_profile(collapsed: str, name: str) -> str:
+    """Self and inclusive shares per function, and per module, from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    modules: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f for f in stack.split(";") if f]
+        names = []
+        for frame in frames:
+            # "function (file.py:line)" → "function (file.py)"
+            names.append(re.sub(r":\d+\)$", ")", frame.strip()))
+        if names:
+            own[names[-1]] = own.get(names[-1], 0) + count
+            module = names[-1].split("(")[-1].rstrip(")")
+            modules[module] = modules.get(module, 0) + count
+        for frame in set(names):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    lines = [f"py-spy profile of the gateway, workload {name}, 64 connections ({total} samples)", "",
+             "self time by file:"]
+    lines += [f"  {100 * n / total:5.1f}%  {m}" for m, n in sorted(modules.items(), key=lambda x: -x[1])[:30]]
+    lines += ["", "self time by function:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:40]]
+    lines += ["", "inclusive time by function:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:60]]
+    return "\n".join(lines) + "\n"
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+async def measure_gateway(driver: Driver, server: Server, key: str, urls: dict[str, str], *, cold: bool,
+                          connections: tuple[int, ...] = CONNECTIONS,
+                          workloads: tuple[str, ...] = WORKLOADS) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for workload in workloads:
+        url = urls[workload]
+        if workload == "page" and cold:
+            say("  page, cold: the first pass on this gateway process")
+            figures["page_cold_64"] = await driver.measure(server, url, key, 64, repeat=1, metrics=True)
+        await asyncio.to_thread(driver.wrk_once, url, key, 64, 2)  # warm-up, not counted
+        for conns in connections:
+            say(f"  {workload} at {conns} connections")
+            figures[f"{workload}_{conns}"] = await driver.measure(server, url, key, conns, metrics=True)
+    return figures
+
+
+async def measure_plain(driver: Driver, server: Server, key: str | None, urls: dict[str, str],
+                        connections: tuple[int, ...] = CONNECTIONS) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for workload in WORKLOADS:
+        await asyncio.to_thread(driver.wrk_once, urls[workload], key, 64, 2)
+        for conns in connections:
+            say(f"  {workload} at {conns} connections")
+            figures[f"{workload}_{conns}"] = await driver.measure(server, urls[workload], key, conns)
+    return figures
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_database_url()
+    allow = not args.no_install
+    wrk = ensure_tool("wrk", "wrk", allow)
+    if wrk is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        say("one core only: nothing is pinned, and the figures mix the server with the load generator")
+        args.server_cpu = args.load_cpu = None
+    results: dict[str, Any] = {"benchmark": "hotpath", "machine": machine_info(),
+                               "settings": {"seconds": args.seconds, "repeat": args.repeat,
+                                            "server_cpu": args.server_cpu, "load_cpu": args.load_cpu,
+                                            "wrk": "1 thread, --latency via loadtests/wrk_report.lua"}}
+    logs = Path(tempfile.mkdtemp(prefix="lpd-hotpath-"))
+    async with bench_database() as db:
+        results["database"] = db.describe()
+        postgres = await Postgres.find(db.dsn)
+        if db.server == "embedded" and args.load_cpu is not None:
+            postgres.pin(args.load_cpu)
+        driver = Driver(wrk, args.load_cpu, args.seconds, args.repeat, postgres, db.dsn)
+        master = new_master_key()
+        port = free_port()
+        env = server_env(db, master, port)
+        demo = await seed_demo(db, env)
+        key, dataset = demo["members"][0]["api_key"], demo["dataset"]
+        paths = {CORE_ROUTE: f"/v1/datasets/{dataset}", PAGE_ROUTE: f"/v1/datasets/{dataset}/records{PAGE_QUERY}"}
+
+        def urls_of(server: Server) -> dict[str, str]:
+            return {"core": server.url(paths[CORE_ROUTE]), "page": server.url(paths[PAGE_ROUTE])}
+
+        # -- the gateway, as shipped
+        say(f"gateway (gateway serve, pinned to core {args.server_cpu})")
+        gateway = start_server("gateway", gateway_command("serve"), env, port, args.server_cpu, logs)
+        with running(gateway):
+            await wait_ready(gateway, "/readyz")
+            if db.server == "embedded" and args.load_cpu is not None:
+                postgres.pin(args.load_cpu)  # the gateway's pool connections are new backends
+            answers = await capture(gateway, key, paths)
+            results["gateway"] = await measure_gateway(driver, gateway, key, urls_of(gateway), cold=True)
+            if args.profile:
+                say("  profiles (py-spy)")
+                results["profiles"] = {w: await asyncio.to_thread(profile, driver, gateway, urls_of(gateway)[w], key,
+                                                                  w, max(args.seconds, 10))
+                                       for w in WORKLOADS}
+        answers_file = logs / "answers.json"
+        answers_file.write_bytes(orjson.dumps(answers))
+        results["responses"] = {route: {"bytes": len(a["body"]), "headers": len(a["headers"])}
+                                for route, a in answers.items()}
+
+        if args.only == "all":
+            # -- the gateway without its Prometheus instrumentation (loadtests/bench_server.py gateway-nometrics)
+            say("gateway without Prometheus instrumentation")
+            quiet = start_server("gateway-nometrics", [sys.executable, "-m", "loadtests.bench_server",
+                                                       "gateway-nometrics", str(answers_file)],
+                                 env, port, args.server_cpu, logs)
+            with running(quiet):
+                await wait_ready(quiet, "/readyz")
+                await asyncio.to_thread(driver.wrk_once, urls_of(quiet)["core"], key, 64, 2)
+                say("  core at 64 connections")
+                results["gateway_nometrics"] = {"core_64": await driver.measure(quiet, urls_of(quiet)["core"], key, 64)}
+            results["instrumentation_in_process"] = instrumentation_cost_us()
+
+            # -- 1,000 more members and 10,000 more credentials in the snapshot
+            say("adding 1,000 members (a licence each) and 10,000 credentials")
+            results["population"] = await add_population(db, master, demo, 1000, 10)
+            big = start_server("gateway-population", gateway_command("serve"), env, port, args.server_cpu, logs)
+            with running(big):
+                await wait_ready(big, "/readyz")
+                say("gateway with the larger snapshot")
+                results["gateway_population"] = await measure_gateway(
+                    driver, big, key, urls_of(big), cold=False)
+
+            # -- baselines
+            for kind in ("bare", "raw"):
+                say(f"{kind} {'Starlette' if kind == 'bare' else 'ASGI'} app (gateway.cli.serve), same bytes")
+                bare = start_server(kind, [sys.executable, "-m", "loadtests.bench_server", kind, str(answers_file)],
+                                    env, port, args.server_cpu, logs)
+                with running(bare):
+                    await wait_ready(bare, paths[CORE_ROUTE])
+                    results[kind] = await measure_plain(driver, bare, None, urls_of(bare),
+                                                        CONNECTIONS if kind == "bare" else (64,))
+            nginx = ensure_tool("nginx", "nginx", allow)
+            if nginx is None:
+                results["nginx"] = None
+                say("nginx not installed: no physical limit measured")
+            else:
+                say("nginx, one process, key checked by a map, access log on")
+                folder = logs / "nginx"
+                folder.mkdir()
+                conf = nginx_config(folder, port, key, paths, answers)
+                server = start_server("nginx", [nginx, "-p", str(folder), "-c", str(conf)], env, port,
+                                      args.server_cpu, logs)
+                with running(server):
+                    await wait_ready(server, paths[CORE_ROUTE], headers={"Authorization": f"Bearer {key}"})
+                    results["nginx"] = await measure_plain(driver, server, key, urls_of(server))
+    shutil.rmtree(logs, ignore_errors=True)
+    results["summary"] = summary(results)
+    return results
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    gateway, bare = results["gateway"], results.get("bare")
+    out: dict[str, Any] = {}
+    if bare:
+        for workload in WORKLOADS:
+            for conns in CONNECTIONS:
+                name = f"{workload}_{conns}"
+                out[f"{name}_ratio"] = round(gateway[name]["requests_per_s"] / bare[name]["requests_per_s"], 3)
+                # What the ratio would be if both servers were CPU-bound on their core: robust to other
+                # load on the machine, which stretches latencies far more than CPU per request.
+                out[f"{name}_cpu_ratio"] = round(bare[name]["cpu_us_per_request"] / gateway[name]["cpu_us_per_request"], 3)
+        core16, bare16 = gateway["core_16"]["latency_ms"], bare["core_16"]["latency_ms"]
+        out["core_16_p50_extra_ms"] = round(core16["p50"] - bare16["p50"], 3)
+        out["core_16_p99_extra_ms"] = round(core16["p99"] - bare16["p99"], 3)
+        out["page_cold_64_ratio"] = round(gateway["page_cold_64"]["requests_per_s"]
+                                          / bare["page_64"]["requests_per_s"], 3)
+        out["targets"] = {
+            "core >= 0.80 x bare at 64": out["core_64_ratio"] >= TARGETS["core_ratio_64"],
+            "core p50 <= bare p50 + 1 ms at 16": out["core_16_p50_extra_ms"] <= TARGETS["core_p50_extra_ms_16"],
+            "core p99 <= bare p99 + 3 ms at 16": out["core_16_p99_extra_ms"] <= TARGETS["core_p99_extra_ms_16"],
+            "page >= 0.50 x bare at 64": out["page_64_ratio"] >= TARGETS["page_ratio_64"],
+        }
+    if results.get("nginx"):
+        out["nginx_core_64_requests_per_s"] = results["nginx"]["core_64"]["requests_per_s"]
+    if results.get("gateway_population"):
+        big = results["gateway_population"]
+        out["population_change"] = {name: round(big[name]["requests_per_s"] / gateway[name]["requests_per_s"] - 1, 3)
+                                    for name in big if name in gateway}
+        noise = max(gateway["core_64"]["spread"], big["core_64"]["spread"], 0.03)
+        out["population_noise"] = noise
+        out.setdefault("targets", {})["no measurable change with 1,000 members / 10,000 keys"] = all(
+            abs(change) <= noise for change in out["population_change"].values())
+    if results.get("gateway_nometrics"):
+        with_metrics = gateway["core_64"]
+        without = results["gateway_nometrics"]["core_64"]
+        out["metrics_cost_ab"] = round(1 - with_metrics["requests_per_s"] / without["requests_per_s"], 3)
+        per_request = results["instrumentation_in_process"]["responses_counter_us"]
+        batch = (gateway["core_64"].get("audit") or {}).get("events_per_commit_mean") or 1
+        in_process = (per_request + results["instrumentation_in_process"]["batch_histogram_observe_us"] / batch)
+        out["metrics_cost_in_process"] = round(in_process / with_metrics["cpu_us_per_request"], 4)
+        out.setdefault("targets", {})["/metrics instrumentation <= 3 %"] = \
+            out["metrics_cost_in_process"] <= TARGETS["metrics_cost"]
+    return out
+
+
+def row(label: str, fig: dict[str, Any], base: dict[str, Any] | None) -> str:
+    lat = fig["latency_ms"]
+    ratio = f"{fig['requests_per_s'] / base['requests_per_s']:.2f}" if base else ""
+    pg = fig.get("postgres_cpu_us_per_request")
+    batch = (fig.get("audit") or {}).get("events_per_commit_mean")
+    return (f"| {label} | {fig['requests_per_s']:,.0f} | {lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | "
+            f"{fig['cpu_us_per_request']:.0f} | {'' if pg is None else f'{pg:.0f}'} | "
+            f"{'' if batch is None else f'{batch:.1f}'} | {ratio} | {fig['errors'] or ''} |")
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["| server, workload, connections | requests/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | "
+             "PostgreSQL CPU µs/req | audit events/commit | ÷ bare | errors |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    bare = results.get("bare") or {}
+    for workload in WORKLOADS:
+        for conns in CONNECTIONS:
+            name = f"{workload}_{conns}"
+            for label, source in (("nginx (map, access log)", results.get("nginx")), ("raw ASGI", results.get("raw")),
+                                  ("bare Starlette", bare), ("gateway", results["gateway"]),
+                                  ("gateway, 1,000 members / 10,000 keys", results.get("gateway_population")),
+                                  ("gateway, no Prometheus", results.get("gateway_nometrics"))):
+                if source and name in source:
+                    lines.append(row(f"{label}, {workload}, {conns}", source[name], bare.get(name)))
+            if workload == "page" and conns == 64 and "page_cold_64" in results["gateway"]:
+                lines.append(row("gateway, page, 64, cold (first pass)", results["gateway"]["page_cold_64"],
+                                 bare.get("page_64")))
+    out = results["summary"]
+    lines.append("")
+    for name, value in out.items():
+        if name != "targets":
+            lines.append(f"{name}: {value}")
+    for name, met in out.get("targets", {}).items():
+        lines.append(f"target {name}: {'met' if met else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def entry(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run(main(args))
+    write_results(args.output, results)
+    print(report(results))
+    say(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
