@@ -129,7 +129,6 @@ class AuditWriter:
         self._unresolved: _Numbered | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._changes_waiting = 0
         self._checkpoint_due = asyncio.Event()
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -202,59 +201,25 @@ class AuditWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._groups:
-                async with self._append:
-                    await self._flush_groups()
+                # Taken off the queue before any await: later events start a new group.
+                group = self._groups.popleft()
+                try:
+                    async with self.pool.acquire() as conn, self._append:
+                        transaction = conn.transaction()
+                        await transaction.start()
+                        try:
+                            await self._resolve(conn)
+                            await self._write(conn, group.events, self._number(group.events), transaction)
+                        except BaseException:
+                            await _rollback_if_open(transaction)
+                            raise
+                except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
+                    log.warning("audit batch of %d events failed: %s", len(group.events), exc)
+                    group.settle(AuditUnavailable())
+                else:
+                    group.settle(None)
             if self._closing:
                 return
-
-    async def _flush_groups(self) -> None:
-        """Commit the queued groups back to back, numbering each while the one ahead of it commits.
-
-        Numbering (canonical JSON, hashing) is most of the writer's work and commits are mostly waiting
-        for PostgreSQL, so the two overlap. The numbering is speculative: a group is numbered as if the
-        group ahead commits, and numbered again from what did commit if it does not. A change() waiting
-        for its turn ends the run, so administrative changes are not starved by request traffic.
-        """
-        ahead: tuple[_Numbered, asyncio.Task[bool]] | None = None
-        while True:
-            group = self._groups.popleft() if self._groups and not self._changes_waiting else None
-            numbered = None if group is None else await self._prepare(group, ahead[0] if ahead else None)
-            if ahead is not None:
-                committed = await ahead[1]
-                if not committed and group is not None and numbered is not None:
-                    numbered = await self._prepare(group, None)  # renumbered after what did commit
-            if group is None:
-                return
-            ahead = None if numbered is None else (numbered, asyncio.create_task(self._commit_group(group, numbered)))
-
-    async def _prepare(self, group: _Group, ahead: _Numbered | None) -> _Numbered | None:
-        """Number `group` after `ahead` (or after what is committed); None, with the group failed, if it cannot be."""
-        try:
-            if ahead is None and self._unresolved is not None:
-                async with self.pool.acquire() as conn:
-                    await self._resolve(conn)
-            return await self._number(group.events, ahead)
-        except Exception as exc:  # noqa: BLE001 - e.g. the database is unreachable: fail closed
-            log.warning("audit batch of %d events failed: %s", len(group.events), exc)
-            group.settle(AuditUnavailable())
-            return None
-
-    async def _commit_group(self, group: _Group, numbered: _Numbered) -> bool:
-        try:
-            async with self.pool.acquire() as conn:
-                transaction = conn.transaction()
-                await transaction.start()
-                try:
-                    await self._write(conn, group.events, numbered, transaction)
-                except BaseException:
-                    await _rollback_if_open(transaction)
-                    raise
-        except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
-            log.warning("audit batch of %d events failed: %s", len(group.events), exc)
-            group.settle(AuditUnavailable())
-            return False
-        group.settle(None)
-        return True
 
     @asynccontextmanager
     async def change(self) -> AsyncIterator[Change]:
@@ -267,27 +232,19 @@ class AuditWriter:
                 yield change
                 if not change.events:
                     raise RuntimeError("an administrative change must record its audit event")
-                self._changes_waiting += 1  # asks a running flush to pause after its current group
-                try:
-                    await self._append.acquire()
-                finally:
-                    self._changes_waiting -= 1
-                try:
+                async with self._append:
                     await self._resolve(conn)
-                    await self._write(conn, change.events, await self._number(change.events, None), transaction)
-                finally:
-                    self._append.release()
+                    await self._write(conn, change.events, self._number(change.events), transaction)
             except BaseException:
                 await _rollback_if_open(transaction)
                 raise
 
-    async def _number(self, events: Sequence[AuditEvent], ahead: _Numbered | None) -> _Numbered:
-        """Give `events` their seq and series numbers after `ahead` (or what is committed); serialise and hash."""
-        first = self.tree.size if ahead is None else ahead.first + len(ahead.leaves)
-        numbered = _Numbered(first, [], {}, {})
-        log_id, instance, rows, leaves = self.log_id, self.instance, numbered.rows, numbered.leaves
-        vendors = (numbered.vendors, *(() if ahead is None else (ahead.vendors,)), self._vendors)
-        members = (numbered.members, *(() if ahead is None else (ahead.members,)), self._members)
+    def _number(self, events: Sequence[AuditEvent]) -> _Numbered:
+        """Give `events` their seq and series numbers after what is committed; serialise and hash them."""
+        numbered = _Numbered(self.tree.size, [], {}, {})
+        log_id, instance, first = self.log_id, self.instance, numbered.first
+        rows, leaves = numbered.rows, numbered.leaves
+        vendors, members = (numbered.vendors, self._vendors), (numbered.members, self._members)
         for offset, event in enumerate(events):
             body = event.body(log_id, first + offset, instance)
             body["vendor_seq"] = _next(vendors, event.vendor_id)
@@ -297,8 +254,6 @@ class AuditWriter:
             rows.append((event.at, log_id, first + offset, event.event_id, event.kind.value, event.outcome.value,
                          event.vendor_id, event.member_id, event.dataset_id, event.licence_id, event.credential_id,
                          entry))
-            if ahead is not None and offset & 255 == 255:
-                await asyncio.sleep(0)  # let the group ahead exchange with PostgreSQL meanwhile
         return numbered
 
     async def _write(self, conn: asyncpg.Connection, events: Sequence[AuditEvent], numbered: _Numbered,
@@ -386,19 +341,17 @@ class AuditWriter:
         self._month = (now.year, now.month)
 
 
-def _next(series: tuple[Series, ...], subject: uuid.UUID | None) -> int | None:
-    """The next number in `subject`'s series: the first of `series` (this batch, the batch ahead, what is
-    committed) that knows the subject has its next number; the result is recorded in the first."""
+def _next(series: tuple[Series, Series], subject: uuid.UUID | None) -> int | None:
+    """The next number in `subject`'s series (this batch's counts first, then what is committed); the
+    count is recorded in this batch's, applied to the committed ones after COMMIT."""
     if subject is None:
         return None
     key = subject.int  # hashing the int is native; hashing a UUID runs Python code
-    for counts in series:
-        number = counts.get(key)
-        if number is not None:
-            break
-    else:
-        number = 0
-    series[0][key] = number + 1
+    batch, committed = series
+    number = batch.get(key)
+    if number is None:
+        number = committed.get(key, 0)
+    batch[key] = number + 1
     return number
 
 

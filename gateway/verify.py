@@ -134,7 +134,7 @@ class _Verifier:
         self.summary = report.Summary(self.scope["from"], self.scope["to"])
         try:
             self._events()
-        except BundleError:
+        except Exception:
             # Content failed a check; if the file also fails the manifest, that is the first problem.
             for name in ("events.jsonl", "proofs.jsonl"):
                 self._check_hash(name)
@@ -168,12 +168,9 @@ class _Verifier:
         if not isinstance(files, dict) or set(files) != set(FILES):
             raise BundleError("bundle-format", "manifest.json must list the hash of every other file")
         scope = manifest.get("scope")
-        try:
-            assert isinstance(scope, dict)
-            parse_time(scope["from"]), parse_time(scope["to"])
-            assert isinstance(scope.get("vendor_id"), str) and scope["from"] < scope["to"]
-        except (AssertionError, KeyError, TypeError, ValueError):
-            raise BundleError("bundle-format", "manifest.json has no valid scope (vendor_id, from, to)") from None
+        if not (isinstance(scope, dict) and isinstance(scope.get("vendor_id"), str) and _time(scope.get("from"))
+                and _time(scope.get("to")) and scope["from"] < scope["to"]):
+            raise BundleError("bundle-format", "manifest.json has no valid scope (vendor_id, from, to)")
         self.scope: dict[str, Any] = scope
         # The series follows from the scope, so a manifest cannot switch the gap check off on its own.
         self.series = None if scope.get("dataset_id") else ("member" if scope.get("member_id") else "vendor")
@@ -501,6 +498,13 @@ class _ProofCache:
         # Only now, the path proven: its nodes vouch for later proofs.
         for position, value, at, paired in new:
             known[position] = (value, proof, at, paired)
+
+
+def _time(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_time(value) is not None
+    except ValueError:
+        return False
 
 
 def _at(number: int) -> str:

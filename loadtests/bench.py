@@ -209,7 +209,7 @@ def start_server(name: str, command: list[str], env: dict[str, str], port: int, 
     log = logs / f"{name}.log"
     # taskset execs the command: the pid we get is the server's own.
     process = subprocess.Popen(pinned(cpu, command), env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, cwd=ROOT)
+                               stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
     return Server(name, process, port, log, process.pid)
 
 

@@ -346,7 +346,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 async def test_a_failed_batch_leaves_no_gap_in_the_batches_numbered_behind_it(dsn: str) -> None:
-    """Groups behind a failing one were numbered as if it would commit: they are numbered again."""
+    """Numbers are given only to what commits: the groups behind a failed one take its numbers."""
     vendor = uuid.uuid4()
     async with writer_on(dsn, batch_max=5, checkpoint_seconds=60) as writer:
         events = [synthetic(vendor) for _ in range(40)]

@@ -64,7 +64,8 @@ BEGIN
 END $$;
 
 -- Events written before this migration sit in the DEFAULT partition: move them into monthly ones.
--- The old DEFAULT is detached and dropped (DROP fires no row trigger); its rows are re-inserted.
+-- The old DEFAULT is detached and dropped (DROP fires no row trigger); its rows are re-inserted, so
+-- on a database with a long log this migration copies every event once.
 ALTER TABLE audit_events DETACH PARTITION audit_events_default;
 ALTER TABLE audit_events_default RENAME TO audit_events_before_0002;
 CREATE TABLE audit_events_default PARTITION OF audit_events DEFAULT;
