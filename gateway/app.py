@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import oauth, routes_admin, routes_member, routes_oauth, routes_ops, routes_sharing
+from gateway import oauth, routes_admin, routes_audit, routes_member, routes_oauth, routes_ops, routes_sharing
 from gateway.audit_middleware import AuditMiddleware
 from gateway.authentication import ApiKeyAuthenticator, AuthenticationMiddleware, JwtAuthenticator
 from gateway.config import Config
@@ -60,7 +60,7 @@ def build_app(runtime: Runtime) -> Starlette:
                                          config.token_ttl_seconds)
     app = Starlette(
         routes=[*routes_ops.routes, *routes_member.routes, *routes_admin.routes, *routes_oauth.routes,
-                *routes_sharing.routes],
+                *routes_sharing.routes, *routes_audit.routes],
         middleware=[
             # Outermost: Delta Sharing paths answer errors in the protocol's format (after the audit).
             Middleware(routes_sharing.ProtocolErrors),

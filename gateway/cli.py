@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway import cli_audit
 from gateway import config as config_module
 from gateway import credentials, datasets, licences, members, metering, oauth, oauth_clients, server_secrets, \
     signing_keys, vendors
@@ -471,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name or id")
     p.add_argument("--by", choices=("day", "month"), default="month")
     p.add_argument("--format", choices=("json", "csv"), default="json")
+    cli_audit.register(sub)
     return parser
 
 
@@ -505,6 +507,9 @@ async def _run(handler: Handler, config: config_module.Config, args: argparse.Na
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    offline = getattr(args, "offline", None)
+    if offline is not None:  # `gateway audit verify` needs no database, no network, no configuration
+        return int(offline(args))
     try:
         config = config_module.load()
     except config_module.ConfigError as exc:

@@ -66,6 +66,9 @@ class EventKind(enum.StrEnum):
     SHARING_FILE_DELIVER = "member:sharing-file:deliver"
     SHARING_FILE_STREAM_END = "member:sharing-file:stream-end"
     SHARING_PROFILE_ISSUE = "member:sharing-profile:issue"
+    # The evidence API: checkpoints for any authenticated caller, public keys for anyone.
+    CHECKPOINT_READ = "audit:checkpoint:read"
+    AUDIT_KEYS_READ = "audit:keys:read"
 
 
 class Outcome(enum.StrEnum):

@@ -54,7 +54,8 @@ class Runtime:
         pool = await database.create_pool(dsn, config.pool_size)
         instance = config.instance if role == "gateway" else f"{config.instance}-{role}"
         writer = AuditWriter(pool, new_log_id(instance), instance, batch_max=config.audit_batch_max,
-                             deadline=config.audit_deadline_seconds)
+                             deadline=config.audit_deadline_seconds, master=master,
+                             checkpoint_events=config.checkpoint_events, checkpoint_seconds=config.checkpoint_seconds)
         await writer.start()
         snapshot = Snapshot()
         runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id),

@@ -23,6 +23,7 @@ import itertools
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -90,7 +91,7 @@ def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
     trusting keys.json alone (keys.json still supplies each key's validity)."""
     try:
         with zipfile.ZipFile(path) as bundle:
-            return _Verifier(bundle, trusted_checkpoint, trusted_keys).run()
+            return _Verifier(path, bundle, trusted_checkpoint, trusted_keys).run()
     except BundleError as e:
         return Verdict(False, e.code, e.message)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as e:
@@ -113,8 +114,9 @@ class _Log:
 
 
 class _Verifier:
-    def __init__(self, bundle: zipfile.ZipFile, trusted_checkpoint: str | None,
+    def __init__(self, path: str | Path, bundle: zipfile.ZipFile, trusted_checkpoint: str | None,
                  trusted_keys: Iterable[str] | None) -> None:
+        self.path = path
         self.bundle = bundle
         self.trusted_checkpoint = trusted_checkpoint
         self.trusted_keys = None if trusted_keys is None else _vkeys(trusted_keys)
@@ -132,15 +134,19 @@ class _Verifier:
         if self.trusted_checkpoint is not None:
             self._trusted()
         self.summary = report.Summary(self.scope["from"], self.scope["to"])
-        try:
-            self._events()
-        except Exception:
-            # Content failed a check; if the file also fails the manifest, that is the first problem.
-            for name in ("events.jsonl", "proofs.jsonl"):
-                self._check_hash(name)
-            raise
-        for name in ("events.jsonl", "proofs.jsonl"):
-            self._compare(name, self.hashed[name])
+        # The two big files are hashed on a second thread while this one parses them: hashlib and zlib
+        # release the GIL, so on two cores the hashing costs no time.
+        with ThreadPoolExecutor(1) as hasher:
+            hashed = hasher.submit(self._hash_files, ("events.jsonl", "proofs.jsonl"))
+            try:
+                self._events()
+            except Exception:
+                # Content failed a check; if a file also fails the manifest, that is the first problem.
+                for name, found in hashed.result().items():
+                    self._compare(name, found)
+                raise
+            for name, found in hashed.result().items():
+                self._compare(name, found)
         self._per_log()
         self._report()
         self.verdict.events = sum(log.events for log in self.logs.values())
@@ -177,7 +183,6 @@ class _Verifier:
         if manifest.get("series") != self.series:
             raise BundleError("bundle-format", f"manifest.json says series {manifest.get('series')!r}; its scope "
                                                f"means {self.series!r}")
-        self.hashed: dict[str, tuple[str, int]] = {}
         return manifest
 
     def _read(self, name: str, limit: int) -> bytes:
@@ -188,12 +193,11 @@ class _Verifier:
         return data
 
     def _check_hash(self, name: str) -> None:
-        digest, size = hashlib.sha256(), 0
-        with self.bundle.open(name) as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        self._compare(name, (digest.hexdigest(), size))
+        self._compare(name, _digest(self.bundle, name))
+
+    def _hash_files(self, names: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        with zipfile.ZipFile(self.path) as bundle:  # its own handle: no seeking under the parser's feet
+            return {name: _digest(bundle, name) for name in names}
 
     def _compare(self, name: str, found: tuple[str, int]) -> None:
         claimed = self.manifest["files"][name]
@@ -201,12 +205,10 @@ class _Verifier:
             raise BundleError("manifest-mismatch", f"{name} does not match its SHA-256 in manifest.json")
 
     def _lines(self, name: str) -> Iterator[bytes]:
-        """Each line without its newline, hashing the file as it is read."""
-        digest, size, rest = hashlib.sha256(), 0, b""
+        """Each line without its newline."""
+        rest = b""
         with self.bundle.open(name) as handle:
             while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
                 if len(rest) > _MAX_LINE:
@@ -214,7 +216,6 @@ class _Verifier:
                 yield from lines
         if rest:
             raise BundleError("bundle-format", f"{name}: the last line has no newline")
-        self.hashed[name] = (digest.hexdigest(), size)
 
     def _jsonl(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         for number, line in enumerate(self._lines(name), 1):
@@ -498,6 +499,15 @@ class _ProofCache:
         # Only now, the path proven: its nodes vouch for later proofs.
         for position, value, at, paired in new:
             known[position] = (value, proof, at, paired)
+
+
+def _digest(bundle: zipfile.ZipFile, name: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with bundle.open(name) as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _time(value: Any) -> bool:

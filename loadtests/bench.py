@@ -231,6 +231,16 @@ async def wait_ready(server: Server, path: str, timeout: float = 120, headers: d
 
 
 @contextmanager
+def keep_going(results: dict[str, Any], name: str) -> Iterator[None]:
+    """A variant or baseline that fails is reported as such; the rest of the run goes on."""
+    try:
+        yield
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        say(f"  {name} failed: {str(exc)[:2000]}")
+        results[name] = {"error": str(exc)[:2000]}
+
+
+@contextmanager
 def running(server: Server) -> Iterator[Server]:
     try:
         yield server
@@ -667,21 +677,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.only == "all":
             # -- the gateway without its Prometheus instrumentation (loadtests/bench_server.py gateway-nometrics)
             say("gateway without Prometheus instrumentation")
+            results["instrumentation_in_process"] = instrumentation_cost_us()
             quiet = start_server("gateway-nometrics", [sys.executable, "-m", "loadtests.bench_server",
                                                        "gateway-nometrics", str(answers_file)],
                                  env, port, args.server_cpu, logs)
-            with running(quiet):
+            with running(quiet), keep_going(results, "gateway_nometrics"):
                 await wait_ready(quiet, "/readyz")
                 await asyncio.to_thread(driver.wrk_once, urls_of(quiet)["core"], key, 64, 2)
                 say("  core at 64 connections")
                 results["gateway_nometrics"] = {"core_64": await driver.measure(quiet, urls_of(quiet)["core"], key, 64)}
-            results["instrumentation_in_process"] = instrumentation_cost_us()
 
             # -- 1,000 more members and 10,000 more credentials in the snapshot
             say("adding 1,000 members (a licence each) and 10,000 credentials")
             results["population"] = await add_population(db, master, demo, 1000, 10)
             big = start_server("gateway-population", gateway_command("serve"), env, port, args.server_cpu, logs)
-            with running(big):
+            with running(big), keep_going(results, "gateway_population"):
                 await wait_ready(big, "/readyz")
                 say("gateway with the larger snapshot")
                 results["gateway_population"] = await measure_gateway(
@@ -692,7 +702,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"{kind} {'Starlette' if kind == 'bare' else 'ASGI'} app (gateway.cli.serve), same bytes")
                 bare = start_server(kind, [sys.executable, "-m", "loadtests.bench_server", kind, str(answers_file)],
                                     env, port, args.server_cpu, logs)
-                with running(bare):
+                with running(bare), keep_going(results, kind):
                     await wait_ready(bare, paths[CORE_ROUTE])
                     results[kind] = await measure_plain(driver, bare, None, urls_of(bare),
                                                         CONNECTIONS if kind == "bare" else (64,))
@@ -707,7 +717,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 conf = nginx_config(folder, port, key, paths, answers)
                 server = start_server("nginx", [nginx, "-p", str(folder), "-c", str(conf)], env, port,
                                       args.server_cpu, logs)
-                with running(server):
+                with running(server), keep_going(results, "nginx"):
                     await wait_ready(server, paths[CORE_ROUTE], headers={"Authorization": f"Bearer {key}"})
                     results["nginx"] = await measure_plain(driver, server, key, urls_of(server))
     shutil.rmtree(logs, ignore_errors=True)
@@ -718,7 +728,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 # -- figures ----------------------------------------------------------------------------------------
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    gateway, bare = results["gateway"], results.get("bare")
+    gateway = results["gateway"]
+    bare = results.get("bare") if "error" not in (results.get("bare") or {}) else None
     out: dict[str, Any] = {}
     if bare:
         for workload in WORKLOADS:
@@ -739,9 +750,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "core p99 <= bare p99 + 3 ms at 16": out["core_16_p99_extra_ms"] <= TARGETS["core_p99_extra_ms_16"],
             "page >= 0.50 x bare at 64": out["page_64_ratio"] >= TARGETS["page_ratio_64"],
         }
-    if results.get("nginx"):
+    if results.get("nginx") and "core_64" in results["nginx"]:
         out["nginx_core_64_requests_per_s"] = results["nginx"]["core_64"]["requests_per_s"]
-    if results.get("gateway_population"):
+    if results.get("gateway_population") and "core_64" in results["gateway_population"]:
         big = results["gateway_population"]
         out["population_change"] = {name: round(big[name]["requests_per_s"] / gateway[name]["requests_per_s"] - 1, 3)
                                     for name in big if name in gateway}
@@ -749,7 +760,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         out["population_noise"] = noise
         out.setdefault("targets", {})["no measurable change with 1,000 members / 10,000 keys"] = all(
             abs(change) <= noise for change in out["population_change"].values())
-    if results.get("gateway_nometrics"):
+    if results.get("gateway_nometrics") and "core_64" in results["gateway_nometrics"]:
         with_metrics = gateway["core_64"]
         without = results["gateway_nometrics"]["core_64"]
         out["metrics_cost_ab"] = round(1 - with_metrics["requests_per_s"] / without["requests_per_s"], 3)
@@ -791,6 +802,9 @@ def report(results: dict[str, Any]) -> str:
                                  bare.get("page_64")))
     out = results["summary"]
     lines.append("")
+    for name, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            lines.append(f"{name}: FAILED: {value['error'][:300]}")
     for name, value in out.items():
         if name != "targets":
             lines.append(f"{name}: {value}")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 import orjson
@@ -71,7 +72,8 @@ def test_verify_runs_offline_and_names_the_first_problem(tmp_path: Path) -> None
     assert done.stdout.startswith("FAILED [bundle-format]: not a readable ZIP file")
 
 
-async def test_check_fails_when_an_entry_a_column_or_an_event_is_altered(dsn: str, tmp_path: Path) -> None:
+async def test_check_fails_when_an_entry_a_column_or_an_event_is_altered(dsn: str, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     runtime = await audited_runtime(dsn, tmp_path)
     vendor = uuid.uuid4()
     try:
@@ -100,6 +102,15 @@ async def test_check_fails_when_an_entry_a_column_or_an_event_is_altered(dsn: st
         assert "a gap or a duplicate" in _problem(await checkpoints.check(conn), log_id)
     finally:
         await conn.close()
+    # The command exits non-zero, naming the log and the problem.
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            await run(SimpleNamespace(pool=pool), "check")  # type: ignore[arg-type]
+    finally:
+        await pool.close()
+    assert exited.value.code == 1
+    assert f"audit log {log_id} fails: event 5 found where event 4 was expected" in capsys.readouterr().err
 
 
 def _problem(result: checkpoints.CheckResult, log_id: str) -> str:

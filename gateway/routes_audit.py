@@ -1,0 +1,99 @@
+"""The evidence API: delivery receipts, checkpoints, the audit public keys and bundle exports.
+
+Members fetch receipts for their own deliveries and keep checkpoints as independent witnesses;
+compliance officers (and vendor admins) export their vendor's evidence for a period; anyone may fetch
+the public keys that verify it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import checkpoints, evidence
+from gateway.context import context
+from gateway.errors import BadRequest
+from gateway.events import EventKind
+from gateway.http import NO_STORE, json_response, path_id, principal, vendor_of
+from gateway.runtime import Runtime
+
+MEMBER = ("member", "sharing")
+ANY_CALLER = ("member", "sharing", "vendor", "compliance")
+EVIDENCE_READERS = ("compliance", "vendor")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def receipt(request: Request) -> Response:
+    """The caller's own delivery event, its covering checkpoint and the inclusion proof."""
+    caller = principal(request, EventKind.RECEIPT_READ, *MEMBER)
+    event_id = path_id(request, "event", "audit event")
+    async with _runtime(request).pool.acquire() as conn:
+        body = await checkpoints.receipt(conn, event_id, member_id=caller.member_id)
+    return json_response(body)
+
+
+async def latest_checkpoint(request: Request) -> Response:
+    principal(request, EventKind.CHECKPOINT_READ, *ANY_CALLER)
+    return json_response({"checkpoints": await checkpoints.latest_checkpoints(_runtime(request).pool)})
+
+
+async def public_keys(request: Request) -> Response:
+    """Every audit signing key with its id and validity: public, so that anyone can verify."""
+    context(request.scope).kind = EventKind.AUDIT_KEYS_READ
+    return json_response({"keys": await checkpoints.public_keys(_runtime(request).pool)})
+
+
+def _moment(text: str | None, name: str) -> datetime:
+    if text is None:
+        raise BadRequest(f"{name} is required, e.g. {name}=2026-04-01T00:00:00Z")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an RFC 3339 date-time such as 2026-04-01T00:00:00+09:00") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name} needs a time zone, e.g. 2026-04-01T00:00:00+09:00")
+    return moment
+
+
+def _optional_id(text: str | None, name: str) -> uuid.UUID | None:
+    try:
+        return None if text is None else uuid.UUID(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an id") from None
+
+
+async def export(request: Request) -> Response:
+    """A bundle of the caller's vendor's events for [from, to), as `gateway audit export` writes it."""
+    caller = principal(request, EventKind.AUDIT_READ, *EVIDENCE_READERS)
+    query = request.query_params
+    start, end = _moment(query.get("from"), "from"), _moment(query.get("to"), "to")
+    member_id, dataset_id = _optional_id(query.get("member"), "member"), _optional_id(query.get("dataset"), "dataset")
+    with tempfile.TemporaryDirectory(prefix="lpd-export-") as folder:
+        path = Path(folder) / "bundle.zip"
+        result = await evidence.export(_runtime(request).pool, vendor_of(caller), start, end, member_id, dataset_id,
+                                       path=path)
+        bundle = path.read_bytes()
+    ctx = context(request.scope)
+    # The event names exactly what was handed out: the bundle's digest and what it covers.
+    ctx.fields["detail"] = {**result.to_json(), "path": None, "bundle_sha256": hashlib.sha256(bundle).hexdigest()}
+    return Response(bundle, media_type="application/zip", headers={
+        **NO_STORE, "content-disposition": f'attachment; filename="audit-{start:%Y%m%d}-{end:%Y%m%d}.zip"'})
+
+
+routes = [
+    Route("/v1/receipts/{event}", receipt, methods=["GET"]),
+    Route("/v1/audit/checkpoint", latest_checkpoint, methods=["GET"]),
+    Route("/v1/audit/export", export, methods=["GET"]),
+    Route("/.well-known/lpd-audit-keys.json", public_keys, methods=["GET"]),
+]

@@ -1,0 +1,81 @@
+"""The evidence API: receipts a member can verify offline, checkpoints, public keys and bundle exports."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from gateway.runtime import Runtime
+from gateway.verify import verify_bundle
+from keys import merkle
+from keys.notes import NoteVerifier, open_note, parse_checkpoint
+from tests.factories import auth, licensed_member, records_path_of
+
+
+async def fetch_receipt(client: httpx.AsyncClient, event_id: str, key: str) -> httpx.Response:
+    """Receipts exist once a signed checkpoint covers the event (a few seconds at most)."""
+    for _ in range(100):
+        response = await client.get(f"/v1/receipts/{event_id}", headers=auth(key))
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(0.1)
+    raise AssertionError("no checkpoint covered the event in time")
+
+
+async def test_a_member_verifies_its_delivery_receipt_offline(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    delivery = await client.get(records_path_of(licensed), params={"limit": 3}, headers=licensed.headers)
+    event_id = delivery.headers["audit-event"]
+    response = await fetch_receipt(client, event_id, licensed.key)
+    assert response.status_code == 200
+    receipt = response.json()
+    entry = receipt["entry"].encode()
+    assert f'"event_id":"{event_id}"' in receipt["entry"] and '"records":3' in receipt["entry"]
+    # What a member's own verifier does, with the keys package only: signature, then inclusion.
+    checkpoint = receipt["checkpoint"]
+    opened = open_note(checkpoint["note"], [NoteVerifier.from_vkey(receipt["key"]["vkey"])])
+    body = parse_checkpoint(opened.text)
+    proof = [base64.b64decode(h) for h in receipt["inclusion_proof"]]
+    merkle.verify_inclusion(merkle.leaf_hash(entry), receipt["seq"], body.size, proof, body.root_hash)
+    # Another member's (or a random) event is the same 404.
+    other = await licensed_member(runtime, client)
+    foreign = await client.get(f"/v1/receipts/{event_id}", headers=other.headers)
+    unknown = await client.get(f"/v1/receipts/{uuid.uuid4()}", headers=other.headers)
+    assert foreign.status_code == unknown.status_code == 404 and foreign.content == unknown.content
+
+
+async def test_checkpoints_for_callers_and_public_keys_for_anyone(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    assert (await client.get("/v1/audit/checkpoint")).status_code == 401
+    for _ in range(100):
+        latest = (await client.get("/v1/audit/checkpoint", headers=licensed.headers)).json()["checkpoints"]
+        if latest:
+            break
+        await asyncio.sleep(0.1)
+    assert latest and latest[0]["log"] == runtime.writer.log_id
+    keys = (await client.get("/.well-known/lpd-audit-keys.json")).json()["keys"]
+    assert keys and all("vkey" in k and "private" not in str(k).lower() for k in keys)
+
+
+async def test_compliance_exports_its_vendors_evidence_through_the_api(runtime: Runtime, client: httpx.AsyncClient,
+                                                                      tmp_path: Path) -> None:
+    licensed = await licensed_member(runtime, client)
+    await client.get(records_path_of(licensed), params={"limit": 2}, headers=licensed.headers)
+    compliance = (await licensed.vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance"}))["api_key"]
+    await asyncio.sleep(0.2)
+    now = datetime.now(UTC)
+    period = {"from": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(minutes=1)).isoformat()}
+    response = await client.get("/v1/audit/export", params=period, headers=auth(compliance))
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(response.content)
+    verdict = verify_bundle(bundle)
+    assert verdict.ok, verdict
+    assert (await client.get("/v1/audit/export", params=period, headers=licensed.headers)).status_code == 403
+    assert (await client.get("/v1/audit/export", params={"from": "yesterday"},
+                             headers=auth(compliance))).status_code == 400
