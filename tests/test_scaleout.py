@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway import evidence
 from gateway.runtime import Runtime
+from gateway.verify import Verdict, verify_bundle
 from tests.factories import licensed_member, records_path_of
 from tests.processes import GatewayProcess, LoadResult, PostgresProxy, load
 
@@ -23,6 +26,17 @@ async def audited_request_ids(runtime: Runtime) -> set[str]:
         rows = await conn.fetch("SELECT convert_from(entry, 'UTF8')::jsonb -> 'request' ->> 'id' AS id "
                                 "FROM audit_events")
     return {row["id"] for row in rows if row["id"]}
+
+
+async def verified_export(runtime: Runtime, vendor_id: uuid.UUID, folder: Path) -> Verdict:
+    """Export the vendor's evidence of the last hour as one bundle and verify it offline."""
+    await runtime.writer.checkpoint()
+    now = datetime.now(UTC)
+    bundle = folder / f"bundle-{uuid.uuid4().hex[:6]}.zip"
+    await evidence.export(runtime.pool, vendor_id, now - timedelta(hours=1), now + timedelta(minutes=1), path=bundle)
+    verdict = verify_bundle(bundle)
+    assert verdict.ok, verdict.line()
+    return verdict
 
 
 async def first_status(url: str, headers: dict[str, str], want: int, timeout: float = 5.0) -> float:
@@ -63,9 +77,13 @@ async def test_changes_through_one_instance_reach_all_within_a_second(runtime: R
         revoked_after = await first_status(gateways[0].url + path, licensed.headers, 401, timeout=1.0)
         print(f"\npropagation: licence suspension {suspended_after * 1000:.0f} ms, "
               f"key revocation {revoked_after * 1000:.0f} ms")
+        # Graceful stops sign each process's final checkpoint; then one export holds every instance's log.
+        assert [await asyncio.to_thread(g.terminate) for g in gateways] == [0, 0]
     finally:
         for g in gateways:
             g.stop()
+    verdict = await verified_export(runtime, licensed.vendor.id, tmp_path)
+    assert verdict.logs >= 3  # this test's own writer and the two gateway processes
 
 
 async def test_a_hard_quota_hammered_through_two_instances_stays_within_the_bound(
@@ -142,6 +160,7 @@ async def test_database_stopped_under_load_fails_closed_and_recovers(runtime: Ru
         gateway.stop()
         await proxy.stop()
     assert during <= {503}, f"while the database was down the gateway answered {during}"
+    await verified_export(runtime, licensed.vendor.id, tmp_path)  # the chains still verify
     assert result.ids(503)
     missing = set(result.ids(200)) - await audited_request_ids(runtime)
     assert not missing, "a request was answered without its audit event"
