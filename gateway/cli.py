@@ -19,10 +19,20 @@ from typing import Any
 
 import orjson
 
-from gateway import cli_audit
+from gateway import (
+    cli_audit,
+    credentials,
+    datasets,
+    licences,
+    members,
+    metering,
+    oauth,
+    oauth_clients,
+    server_secrets,
+    signing_keys,
+    vendors,
+)
 from gateway import config as config_module
-from gateway import credentials, datasets, licences, members, metering, oauth, oauth_clients, server_secrets, \
-    signing_keys, vendors
 from gateway.actors import cli_actor
 from gateway.errors import GatewayError
 from gateway.events import EventKind, Outcome

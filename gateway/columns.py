@@ -52,8 +52,8 @@ def parse_columns(raw: object) -> tuple[Column, ...]:
         if kind not in COLUMN_TYPES:
             raise ColumnError(f"{where} ({name}): type must be one of {', '.join(COLUMN_TYPES)} "
                               f"(got {kind!r})")
-        if not isinstance(description, str):
-            raise ColumnError(f"{where} ({name}): description must be a string")
+        if not isinstance(description, str) or "\x00" in description:  # jsonb cannot hold U+0000
+            raise ColumnError(f"{where} ({name}): description must be a string without NUL (U+0000) characters")
         seen.add(name)
         parsed.append(Column(name, kind, description))
     return tuple(parsed)

@@ -41,7 +41,10 @@ def decode(text: str, keys: dict[int, bytes]) -> dict[str, Any]:
     payload = blob[2 + _MAC_BYTES:]
     if key is None or len(blob) < 2 + _MAC_BYTES or not hmac.compare_digest(blob[2:2 + _MAC_BYTES], _mac(key, payload)):
         raise invalid
-    state = orjson.loads(payload)
+    try:
+        state = orjson.loads(payload)
+    except orjson.JSONDecodeError:  # a valid MAC over something else (another release's shape): still invalid
+        raise invalid from None
     if not isinstance(state, dict):
         raise invalid
     return state

@@ -69,6 +69,8 @@ class EventKind(enum.StrEnum):
     # The evidence API: checkpoints for any authenticated caller, public keys for anyone.
     CHECKPOINT_READ = "audit:checkpoint:read"
     AUDIT_KEYS_READ = "audit:keys:read"
+    # The API description (GET /openapi.json): public, like the OAuth metadata.
+    OPENAPI_READ = "api:openapi:read"
 
 
 class Outcome(enum.StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -104,7 +104,9 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if content_type != "application/json":
         raise UnsupportedMediaType("send the body as 'Content-Type: application/json'")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    # ASCII digits only ("²".isdigit() is true, int() refuses it); twenty of them exceed any limit.
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and (len(declared) > 20 or int(declared) > max_bytes):
         raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
     chunks = []
     size = 0
@@ -171,10 +173,14 @@ def _convert(name: str, value: Any, f: Field) -> Any:
             raise wrong("a string")
         if len(value) > f.max_length:
             raise wrong(f"at most {f.max_length} characters")
+        if "\x00" in value:  # PostgreSQL text cannot hold U+0000
+            raise wrong("text without NUL (U+0000) characters")
         return value
     if f.type == "text_list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 10_000:
             raise wrong("a list of strings")
+        if any("\x00" in v for v in value):  # PostgreSQL text cannot hold U+0000
+            raise wrong("a list of strings without NUL (U+0000) characters")
         return value
     if f.type == "uuid":
         try:
@@ -188,8 +194,14 @@ def _convert(name: str, value: Any, f: Field) -> Any:
             raise wrong("an RFC 3339 date-time such as 2026-04-01T00:00:00Z") from None
         if moment.tzinfo is None:
             raise wrong("a date-time with a time zone, e.g. 2026-04-01T00:00:00+09:00")
+        try:
+            moment.astimezone(UTC)  # 9999-12-31T23:00-14:00 is in year 10000 in UTC: no database stores it
+        except OverflowError:
+            raise wrong("a date-time between the years 1 and 9999 in UTC") from None
         return moment
     if f.type == "integer":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 551.0 is the whole number 551 (as JSON Schema says)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
             raise wrong("a whole number of 0 or more")
         return value

@@ -113,6 +113,8 @@ SETTABLE = ("partitions", "columns", "valid_from", "valid_until", "records_per_m
 
 
 def _validate(values: dict[str, Any], declared_columns: tuple[str, ...]) -> None:
+    if values.get("burst") is not None and not 0 < values["burst"] < 2**31:  # an integer column
+        raise InvalidInput("burst must be a whole number from 1 to 2147483647", field="burst")
     if "partitions" in values:
         partitions = values["partitions"]
         if not partitions or any(not p or len(p) > 200 for p in partitions):

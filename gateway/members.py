@@ -9,7 +9,7 @@ import asyncpg
 
 from gateway.actors import Actor
 from gateway.audit import AuditWriter
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.events import EventKind, Outcome
 
 
@@ -36,6 +36,8 @@ async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: 
                 "INSERT INTO members (id, vendor_id, name) VALUES ($1, $2, $3) RETURNING *", member_id, vendor_id, name)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"this vendor already has a member named {name!r}") from None
+        except asyncpg.CheckViolationError:
+            raise InvalidInput("name must be 1 to 200 characters", field="name") from None
         change.record(actor.event(EventKind.MEMBER_CREATE, Outcome.CHANGE, vendor_id=vendor_id, member_id=member_id,
                                   detail={"name": name}))
     return Member.from_row(row)

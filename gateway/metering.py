@@ -310,8 +310,9 @@ async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
 def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
     """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint."""
     today = jst_day(datetime.now(JST))
-    first = date.fromisoformat(start) if start else month_start(today)
-    last = date.fromisoformat(end) if end else next_month(today)
+    # Only an absent bound takes the default: `to=` (empty) is a malformed date, not "the default".
+    first = date.fromisoformat(start) if start is not None else month_start(today)
+    last = date.fromisoformat(end) if end is not None else next_month(today)
     if last <= first:
         raise ValueError("'to' must be after 'from'")
     return first, last

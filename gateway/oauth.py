@@ -32,12 +32,19 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
 import orjson
-from authlib.oauth2.rfc6749 import (AuthorizationServer, ClientCredentialsGrant, ClientMixin, InsecureTransportError,
-                                    InvalidClientError, InvalidScopeError, OAuth2Request)
+from authlib.oauth2.rfc6749 import (
+    AuthorizationServer,
+    ClientCredentialsGrant,
+    ClientMixin,
+    InsecureTransportError,
+    InvalidClientError,
+    InvalidScopeError,
+    OAuth2Request,
+)
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization, scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
@@ -346,7 +353,7 @@ class _Client(ClientMixin):  # type: ignore[misc]
 
 
 class _ClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = list(AUTH_METHODS)
 
     def validate_requested_scope(self) -> None:
         requested = self.request.payload.scope

@@ -17,7 +17,10 @@ from datetime import datetime
 from typing import Any
 
 GENERATOR = "lpd-gateway report/1"
-DELIVERIES = ("member:records:deliver", "member:records:stream-end")
+# A delivery is authorised by one event (a page carries its records) and a stream's records come with
+# its end event; Delta Sharing file downloads follow the same pattern.
+DELIVERY_REQUESTS = frozenset({"member:records:deliver", "member:sharing-file:deliver"})
+DELIVERIES = DELIVERY_REQUESTS | {"member:records:stream-end", "member:sharing-file:stream-end"}
 LICENCE_KINDS = {"vendor:licence:grant": "grant", "vendor:licence:amend": "amend",
                  "vendor:licence:suspend": "suspend", "vendor:licence:resume": "resume",
                  "vendor:licence:revoke": "revoke"}
@@ -87,7 +90,7 @@ class Summary:
             self._change(event, kind, at, member, delivery)
 
     def _delivery(self, event: dict[str, Any], kind: str, member: MemberRow | None, delivery: dict[str, Any]) -> None:
-        if kind == DELIVERIES[0]:  # the authorised request; a stream's records come with its stream-end
+        if kind in DELIVERY_REQUESTS:
             actor = event.get("actor")
             actor = actor if type(actor) is dict else {}
             self.deliveries_by_credential[str(actor.get("kind"))] += 1

@@ -75,6 +75,14 @@ async def _body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
     return fields(await read_json(request, _runtime(request).config.max_body_bytes), spec)
 
 
+async def _no_body(request: Request) -> None:
+    """For routes that take no body: none, or an empty JSON object. Fields are refused, not ignored
+    (no mass assignment): a client sending {"status": "active"} to a revoke must not think it set it."""
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return
+    fields(await read_json(request, _runtime(request).config.max_body_bytes), {})
+
+
 def _changed(request: Request) -> None:
     """The domain function committed this request's event with the change itself."""
     context(request.scope).audited = True
@@ -144,6 +152,7 @@ async def get_member(request: Request) -> Response:
 
 async def revoke_member(request: Request) -> Response:
     caller = principal(request, EventKind.MEMBER_REVOKE, *ADMIN)
+    await _no_body(request)
     member = await members.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
                                   path_id(request, "member", "member"))
     _changed(request)
@@ -229,6 +238,7 @@ async def issue_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     caller = principal(request, EventKind.KEY_REVOKE, *ADMIN)
+    await _no_body(request)
     credential = await credentials.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
                                           path_id(request, "key", "key"))
     _changed(request)
@@ -260,6 +270,7 @@ async def create_oauth_client(request: Request) -> Response:
 
 async def revoke_oauth_client(request: Request) -> Response:
     caller = principal(request, EventKind.OAUTH_CLIENT_REVOKE, *ADMIN)
+    await _no_body(request)
     client = await oauth_clients.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
                                         path_id(request, "client", "OAuth client"))
     _changed(request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from starlette.requests import Request
@@ -63,6 +63,10 @@ def _moment(text: str | None, name: str) -> datetime:
         raise BadRequest(f"{name} must be an RFC 3339 date-time such as 2026-04-01T00:00:00+09:00") from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name} needs a time zone, e.g. 2026-04-01T00:00:00+09:00")
+    try:
+        moment.astimezone(UTC)  # the export works in UTC: 0001-01-01T00:00+05:00 has no UTC time
+    except OverflowError:
+        raise BadRequest(f"{name} must lie between the years 1 and 9999 in UTC") from None
     return moment
 
 

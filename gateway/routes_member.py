@@ -127,7 +127,9 @@ def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
     text = request.query_params.get(name)
     if text is None:
         return None
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only ("²".isdigit() is true but int() refuses it), and few of them (int() refuses
+    # more than 4300 digits; the bounds here have at most 10).
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or not low <= int(text) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return int(text)
 
@@ -229,10 +231,21 @@ def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Posit
             "f": fmt, "n": limit, "at": [position.partition, position.version, position.seq]}
 
 
+def _well_formed(state: dict[str, Any]) -> bool:
+    """The shape _cursor_state writes. The MAC proves that a gateway wrote the cursor, not which release
+    (nor that the key never leaked): a cursor of another shape is invalid, not a server error."""
+    p, s, u, f, n, at = (state.get(k) for k in ("p", "s", "u", "f", "n", "at"))
+    return (isinstance(p, list) and all(isinstance(x, str) for x in p) and f in ("ndjson", "csv")
+            and all(type(v) is int for v in (s, u, n)) and 0 <= s <= u < 2**31 and 1 <= n <= MAX_PAGE
+            and isinstance(at, list) and len(at) == 3 and isinstance(at[0], str)
+            and all(type(v) is int for v in at[1:]) and 0 <= at[1] < 2**31 and -1 <= at[2] < 2**63)
+
+
 def _resume(runtime: Runtime, text: str, dataset: Any, licence: Licence) -> tuple[DeliveryScope, Position, Format, int]:
     assert runtime.snapshot.secrets is not None
     state = cursors.decode(text, runtime.snapshot.secrets.by_purpose[CURSOR])
-    if state.get("l") != str(licence.id):
+    # Versions are never removed: a cursor beyond the latest one was not written by this gateway.
+    if state.get("l") != str(licence.id) or not _well_formed(state) or state["u"] > dataset.latest_version:
         raise BadRequest("cursor is not valid: use the 'next' link of the previous page unchanged")
     # The scope is re-checked against the licence as it is now: a narrowed licence narrows old cursors too.
     scope = delivery.delivery_scope(dataset, licence, state["p"], state["s"], state["u"])

@@ -409,8 +409,14 @@ async def file(request: Request) -> Response:
     now = datetime.now(UTC)
     if credential is None or credential.member_id != member_id:
         raise NotFound("file")
-    # From here on the request acts as the credential the URL was issued to: the audit event names it.
     presented = ctx.principal
+    if presented is not None and presented.credential.id != credential_id and presented.member_id != member_id:
+        # Another party's URL answers exactly like a missing one (no probing); the event names the
+        # caller who presented it, the URL and why.
+        ctx.reason = "this file URL was issued to another party's credential"
+        ctx.fields["detail"] = {"file_url": token_id}
+        raise NotFound("file")
+    # From here on the request acts as the credential the URL was issued to: the audit event names it.
     ctx.principal = Principal(credential)
     ctx.fields.update(dataset_id=dataset_id, licence_id=licence_id, partitions=[partition], versions=[version],
                       detail={"file_url": token_id, "part": index,

@@ -127,13 +127,18 @@ def find_table(shares: dict[str, list[SharedTable]], share: str, schema: str, ta
 
 # -- pages of lists ---------------------------------------------------------------------------------
 
+def _whole(text: str) -> bool:
+    """ASCII digits, at most 20 of them: "²".isdigit() is true but int() refuses it (and over 4300 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
 def page(items: list[dict[str, Any]], key: str, scope: str, max_results: str | None, page_token: str | None,
          secrets_: ServerSecrets) -> dict[str, Any]:
     """One page of `items` (sorted by item[key]) as {"items", "nextPageToken"?}; the token is MACed and
     bound to the list it came from."""
     limit = MAX_PAGE
     if max_results is not None:
-        if not max_results.isdigit() or int(max_results) > 2**31 - 1:
+        if not _whole(max_results) or int(max_results) > 2**31 - 1:
             raise BadRequest("maxResults must be a whole number of 0 or more", error_code="INVALID_PARAMETER_VALUE")
         limit = min(int(max_results), MAX_PAGE)
     start = 0
@@ -219,7 +224,7 @@ def version_as_of(dataset: Dataset, version: Any = None, timestamp: Any = None) 
     if version is not None and timestamp is not None:
         raise BadRequest("give version or timestamp, not both", error_code="INVALID_PARAMETER_VALUE")
     if version is not None:
-        if isinstance(version, str) and version.isdigit():
+        if isinstance(version, str) and _whole(version):
             version = int(version)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise BadRequest("version must be a whole number of 0 or more", error_code="INVALID_PARAMETER_VALUE")
@@ -537,7 +542,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise BadRequest("send one byte range per request, e.g. 'Range: bytes=0-1023'",
                          error_code="INVALID_PARAMETER_VALUE")
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or (first == "" and last.isdigit())) or (last and not last.isdigit()):
+    if not dash or not (_whole(first) or (first == "" and _whole(last))) or (last and not _whole(last)):
         raise BadRequest("malformed Range header; e.g. 'Range: bytes=0-1023'", error_code="INVALID_PARAMETER_VALUE")
     if first == "":  # the last N bytes
         count = int(last)

@@ -19,9 +19,7 @@ database round trip. This measures what that costs at the scale of a large deplo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import os
 import random
 import statistics
 import sys
@@ -42,8 +40,18 @@ from gateway.forwarding import Forwarding
 from gateway.snapshot import Snapshot, SnapshotRefresher
 from keys import apikeys
 from keys.apikeys import KeyKind
-from loadtests.common import (RESULTS_DIR, bench_database, check_database_url, create_demo_dataset, machine_info,
-                              new_master_key, open_runtime, run, say, write_results)
+from loadtests.common import (
+    RESULTS_DIR,
+    bench_database,
+    check_database_url,
+    create_demo_dataset,
+    machine_info,
+    new_master_key,
+    open_runtime,
+    run,
+    say,
+    write_results,
+)
 
 EXAMPLES = """examples:
   python -m loadtests.bench_snapshot                       # 100,000 credentials and licences
@@ -79,6 +87,11 @@ async def populate(conn: asyncpg.Connection, hasher: Any, vendor_id: uuid.UUID, 
                    rows: int) -> list[str]:
     """N members, keys and accepted licences by COPY; returns the member API keys (tokens)."""
     now = datetime.now(UTC)
+    rng = random.Random(2026)
+    # Like the demo: 47 prefectures, each licence one to three of them, and one of a few column sets.
+    prefectures = [f"{code:02d}" for code in range(1, 48)]
+    column_sets = [["prefecture", "mesh_code", "hour", "population"], ["prefecture", "hour", "population"],
+                   ["prefecture", "population"]]
     member_ids = [uuid.uuid4() for _ in range(rows)]
     licence_ids = [uuid.uuid4() for _ in range(rows)]
     tokens, credential_rows = [], []
@@ -88,7 +101,7 @@ async def populate(conn: asyncpg.Connection, hasher: Any, vendor_id: uuid.UUID, 
         version, digest = hasher.hash(key.token)
         tokens.append(key.token)
         credential_rows.append((uuid.uuid4(), key.key_id, "member", vendor_id, member_id, version, digest,
-                                "bench", now))
+                                f"key {len(tokens) % 7}", now - timedelta(seconds=len(tokens))))
     say("copying members, credentials, licences, terms and acceptances")
     async with conn.transaction():
         await conn.copy_records_to_table("members", columns=["id", "vendor_id", "name"], records=[
@@ -99,8 +112,9 @@ async def populate(conn: asyncpg.Connection, hasher: Any, vendor_id: uuid.UUID, 
         await conn.copy_records_to_table(
             "licences", columns=["id", "vendor_id", "member_id", "dataset_id", "partitions", "columns", "valid_from",
                                  "records_per_month", "bytes_per_month", "requests_per_second", "burst"],
-            records=[(lic, vendor_id, m, dataset_id, ["13", "14"], ["prefecture", "hour", "population"],
-                      now - timedelta(days=1), 5_000_000, 2_000_000_000, 50.0, 100)
+            records=[(lic, vendor_id, m, dataset_id, sorted(rng.sample(prefectures, rng.randint(1, 3))),
+                      rng.choice(column_sets), now - timedelta(days=rng.randint(1, 900)), 5_000_000,
+                      2_000_000_000, 50.0, 100)
                      for lic, m in zip(licence_ids, member_ids, strict=True)])
         digest = b"\x00" * 32
         await conn.copy_records_to_table("licence_terms", columns=["licence_id", "version", "text", "sha256"],
@@ -269,14 +283,13 @@ async def measure_snapshot(args: argparse.Namespace, dsn: str, master_key: str, 
 
 def report(results: dict[str, Any]) -> str:
     memory = results["memory"]
+    counts, loads = results["counts"], results["full_load_seconds"]
     lines = [
-        f"snapshot of {results['counts']['credentials']:,} credentials, {results['counts']['licences']:,} "
-        f"licences, {results['counts']['members']:,} members ({results['machine']['cpus']} CPUs, "
-        f"Python {results['machine']['python']})",
-        f"  full load:           {results['full_load_seconds']['median']:.2f} s (median of "
-        f"{len(results['full_load_seconds']['runs'])}: {results['full_load_seconds']['runs']})",
-        f"  memory retained:     {memory['retained_mb']} MB (tracemalloc; target < {memory['target_mb']} MB), "
-        f"peak while loading {memory['peak_while_loading_mb']} MB, RSS grew {memory['rss_delta_mb']} MB",
+        (f"snapshot of {counts['credentials']:,} credentials, {counts['licences']:,} licences, "
+         f"{counts['members']:,} members ({results['machine']['cpus']} CPUs, Python {results['machine']['python']})"),
+        f"  full load:           {loads['median']:.2f} s (median of {len(loads['runs'])}: {loads['runs']})",
+        (f"  memory retained:     {memory['retained_mb']} MB (tracemalloc; target < {memory['target_mb']} MB), "
+         f"peak while loading {memory['peak_while_loading_mb']} MB, RSS grew {memory['rss_delta_mb']} MB"),
         "  per request:",
     ]
     for label, figures in results["per_request"].items():

@@ -7,6 +7,7 @@ import base64
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +367,35 @@ async def _rewrite_and_resign(pool: asyncpg.Pool, log_id: str, seq: int) -> None
         tree = PackedTree(await leaf_hashes(conn, log_id, max(sizes)))
         for size in sorted(sizes):
             await CheckpointSigner(MASTER).sign(conn, log_id, size, tree.root(size))
+
+
+async def test_a_checkpoint_signed_with_a_rotated_out_key_is_caught(dsn: str, tmp_path: Path) -> None:
+    """Someone holding the old key after a rotation signs a checkpoint: it is outside the key's validity."""
+    runtime = await audited_runtime(dsn, tmp_path)
+    vendor = uuid.uuid4()
+    try:
+        for _ in range(4):
+            await runtime.writer.commit(synthetic(vendor))
+        await runtime.writer.checkpoint()
+        async with runtime.pool.acquire() as conn:
+            old = await signing_keys.current(conn, MASTER)
+            await signing_keys.rotate(conn, MASTER)
+        for _ in range(4):
+            await runtime.writer.commit(synthetic(vendor))
+        path = (await export(runtime, tmp_path / "rotated.zip", vendor)).path
+    finally:
+        await runtime.close()
+    assert verify_bundle(path).ok, "checkpoints by the old key before the rotation still verify"
+    files = read_bundle(path)
+
+    def forge(files: dict[str, bytes]) -> None:
+        rows = lines(files["checkpoints.jsonl"])
+        line = orjson.loads(rows[-1])
+        text = parse_note(line["note"]).unverified_text
+        late = text.rsplit("signed-at ", 1)[0] + f"signed-at {datetime.now(UTC):%Y-%m-%dT%H:%M:%S.%fZ}\n"
+        line["note"] = signing_keys.note_signer(old).sign(late)
+        rows[-1] = orjson.dumps(line) + b"\n"
+        files["checkpoints.jsonl"] = b"".join(rows)
+
+    verdict = verify_bundle(tampered(Case(dsn, path, files, None), tmp_path, forge))  # type: ignore[arg-type]
+    assert verdict.code == "key-validity", verdict.line()

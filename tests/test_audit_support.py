@@ -15,7 +15,6 @@ import httpx
 import orjson
 
 from gateway import evidence
-from gateway.audit import AuditWriter, new_log_id
 from gateway.events import AuditEvent, EventKind, Outcome
 from gateway.runtime import Runtime
 from tests.conftest import client_for, open_runtime
@@ -26,21 +25,8 @@ PERIOD_END = datetime.now(UTC) + timedelta(days=1)
 
 
 async def audited_runtime(dsn: str, home: Path, instance: str = "test", **overrides: str) -> Runtime:
-    """A Runtime whose writer signs checkpoints.
-
-    Until gateway/runtime.py passes the master key to the writer, the writer it made is swapped for one
-    that has it (before any app or event uses it); afterwards this changes nothing but the instance.
-    """
-    rt = await open_runtime(dsn, home, GATEWAY_INSTANCE=instance, **overrides)
-    if rt.writer.signer is None:
-        await rt.writer.close()
-        rt.writer = AuditWriter(rt.pool, new_log_id(instance), instance, batch_max=rt.config.audit_batch_max,
-                                deadline=rt.config.audit_deadline_seconds, master=rt.master,
-                                checkpoint_events=rt.config.checkpoint_events,
-                                checkpoint_seconds=rt.config.checkpoint_seconds)
-        await rt.writer.start()
-        rt.usage.log_id = rt.writer.log_id  # the usage book counts this writer's deliveries as its own
-    return rt
+    """A serving Runtime (its writer signs checkpoints) under its own instance name."""
+    return await open_runtime(dsn, home, GATEWAY_INSTANCE=instance, **overrides)
 
 
 @dataclass

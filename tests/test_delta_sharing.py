@@ -191,11 +191,12 @@ async def test_a_second_member_sees_only_its_own(demo_runtime: Runtime, demo_con
         frame = await in_thread(delta_sharing.load_as_pandas, f"{theirs}#{SHARE}.default.{TABLE}",
                                 jsonPredicateHints=tokyo)
         assert len(frame) == 0 and list(frame.columns) == ["prefecture", "hour", "population"]
-        # A file URL of the first member presented with the second member's key is refused.
+        # A file URL of the first member presented with the second member's key is refused, as a missing one.
         url = (await in_thread(rest_client(mine).list_files_in_table, table)).add_files[0].url
         async with httpx.AsyncClient() as http:
             other = await http.get(url, headers=auth(namba["api_key"]))
-            assert other.status_code == 403 and other.json()["errorCode"] == "PERMISSION_DENIED"
+            assert other.status_code == 404 and other.json() == {"errorCode": "RESOURCE_DOES_NOT_EXIST",
+                                                                 "message": "no such file"}
             assert (await http.get(url)).status_code == 200
 
 

@@ -90,7 +90,8 @@ async def second(dsn: str, tmp_path: Path) -> AsyncIterator[str]:
                GATEWAY_INSTANCE="second", GATEWAY_LOG_LEVEL="WARNING")
     log = tmp_path / "second.log"
     with log.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+        # Popen returns at once: the server runs apart, and the fixture waits for it below without blocking.
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,  # noqa: ASYNC220
                                    stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
