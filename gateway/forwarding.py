@@ -22,7 +22,8 @@ class Forwarding:
     trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def _trusted(self, address: IPAddress | None) -> bool:
-        return address is not None and any(address in net for net in self.trusted_proxies)
+        # Most deployments trust no proxy: answer without a generator on every request.
+        return bool(self.trusted_proxies) and address is not None and any(address in net for net in self.trusted_proxies)
 
     def client_address(self, scope: Scope) -> IPAddress | None:
         peer = peer_address(scope)
