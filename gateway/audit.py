@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +33,7 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction, TransactionState
 
-from gateway import metering, signing_keys
+from gateway import metering, metrics, signing_keys
 from gateway.checkpoints import CheckpointSigner
 from gateway.errors import ServiceUnavailable
 from gateway.events import AuditEvent, canonical
@@ -203,6 +204,7 @@ class AuditWriter:
             while self._groups:
                 # Taken off the queue before any await: later events start a new group.
                 group = self._groups.popleft()
+                started = time.perf_counter()
                 try:
                     async with self.pool.acquire() as conn, self._append:
                         transaction = conn.transaction()
@@ -215,8 +217,11 @@ class AuditWriter:
                             raise
                 except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
                     log.warning("audit batch of %d events failed: %s", len(group.events), exc)
+                    metrics.AUDIT_FAILURES.inc()
                     group.settle(AuditUnavailable())
                 else:
+                    metrics.AUDIT_BATCH_EVENTS.observe(len(group.events))
+                    metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
                     group.settle(None)
             if self._closing:
                 return

@@ -26,9 +26,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway import signing_keys
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.events import utc_text
-from gateway import signing_keys
 from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key
 from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
 from keys.notes import NoteError, NoteVerifier, format_checkpoint, open_note, parse_checkpoint, parse_note

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from gateway import credentials, datasets, licences, members, oauth, oauth_clients, server_secrets, vendors
+from gateway import credentials, datasets, licences, members, metrics, oauth, oauth_clients, server_secrets, vendors
 from gateway.credentials import Credential
 from gateway.datasets import Dataset
 from gateway.licences import Licence
@@ -232,6 +233,7 @@ class SnapshotRefresher:
         self._secrets_changed = False
         self._signing_keys_changed = False
         self._wakeup = asyncio.Event()
+        self._heard_at: float | None = None  # when the oldest change not yet applied was announced
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._shared = _SharedValues()
@@ -285,6 +287,8 @@ class SnapshotRefresher:
             self._signing_keys_changed = True
         elif section in _SECTIONS:
             self._changed.setdefault(section, set()).add(uuid.UUID(row_id))
+        if self._heard_at is None:
+            self._heard_at = time.perf_counter()
         self._wakeup.set()
 
     def _on_lost(self) -> None:
@@ -308,6 +312,7 @@ class SnapshotRefresher:
     async def _apply_changes(self) -> None:
         assert self._conn is not None
         changed, self._changed = self._changed, {}
+        heard_at, self._heard_at = self._heard_at, None
         if self._secrets_changed:
             self._secrets_changed = False
             self.snapshot.put_secrets(await server_secrets.load(self._conn, self.master))
@@ -322,6 +327,8 @@ class SnapshotRefresher:
         finally:
             self._shared.clear()
         self.snapshot.generation += 1
+        if heard_at is not None:
+            metrics.SNAPSHOT_LAG.observe(time.perf_counter() - heard_at)
 
     async def _reconnect(self) -> None:
         delay = 0.1

@@ -61,3 +61,15 @@ def test_every_setting_metric_and_error_type_is_documented() -> None:
 
     for metric in metrics.REGISTRY.collect():
         assert f"`{metric.name}" in readme, f"metric {metric.name} is not in the README"
+
+
+async def test_audit_and_response_metrics_move_with_traffic(client: httpx.AsyncClient) -> None:
+    def sample(text: str, name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    before = (await client.get("/metrics")).text
+    assert (await client.get("/v1/datasets")).status_code == 401  # audited like every request
+    after = (await client.get("/metrics")).text
+    assert sample(after, "gateway_audit_batch_events_count") > sample(before, "gateway_audit_batch_events_count")
+    assert sample(after, 'gateway_responses_total{outcome="deny",status_class="4xx"}') > \
+        sample(before, 'gateway_responses_total{outcome="deny",status_class="4xx"}')
