@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,3 +134,25 @@ async def test_database_unreachable_means_503_and_zero_data_bytes(dsn: str, tmp_
         await proxy.start()
         await runtime.close()
         await proxy.stop()
+
+
+async def test_an_exhausted_pool_beyond_the_audit_deadline_means_503(dsn: str, tmp_path: Path) -> None:
+    runtime = await open_runtime(dsn, tmp_path, GATEWAY_POOL_SIZE="2", GATEWAY_AUDIT_DEADLINE_SECONDS="0.5")
+    try:
+        async with client_for(runtime) as client:
+            licensed = await licensed_member(runtime, client)
+            # Hold every pooled connection: neither the record read nor the audit commit can proceed.
+            held = [await runtime.pool.acquire() for _ in range(2)]
+            try:
+                started = asyncio.get_running_loop().time()
+                response = await client.get("/v1/datasets", headers=licensed.headers)
+                waited = asyncio.get_running_loop().time() - started
+            finally:
+                for conn in held:
+                    await runtime.pool.release(conn)
+            assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+            assert licensed.dataset["id"] not in response.text  # nothing of the answer leaked
+            assert waited < 2.0
+            assert (await client.get("/v1/datasets", headers=licensed.headers)).status_code == 200
+    finally:
+        await runtime.close()
