@@ -137,7 +137,7 @@ class AuthenticationMiddleware:
 
     def _authenticate(self, scope: Scope, ctx: RequestContext) -> None:
         query = scope.get("query_string", b"").lower()
-        if any(query.startswith(name) or b"&" + name in query for name in _SECRET_QUERY_NAMES):
+        if query and any(query.startswith(name) or b"&" + name in query for name in _SECRET_QUERY_NAMES):
             raise BadRequest("credentials are never accepted in the URL; send 'Authorization: Bearer <key>'")
         if scope["path"] in _CLIENT_AUTHENTICATED_PATHS:
             return
