@@ -7,8 +7,9 @@ or a fresh database on the local server named by GATEWAY_DATABASE_URL):
    GATEWAY_HOME; the demo licences' rate limit (50 requests/s) and monthly quotas are then raised with
    `gateway licence amend` so that a benchmark does not measure 429s — the quotas stay hard, so the
    lease and metering path is measured as it runs for any licence.
-2. The gateway runs as shipped: `gateway serve` (its own process), pinned to one core; PostgreSQL
-   (when embedded) and wrk share the other core. The two workloads, with the first demo member's key:
+2. The gateway runs as shipped: `gateway serve` (its own process), pinned to one core, wrk to the other;
+   PostgreSQL is left to the scheduler (--pin-postgres puts it beside wrk). The two workloads, with the
+   first demo member's key:
    - core: `GET /v1/datasets/{dataset}` (authenticated, licensed, metered, durably audited; no record read);
    - page: `GET /v1/datasets/{dataset}/records?limit=100` (a 100-record NDJSON page; adds the record read).
    The page is also measured "cold": the first pass on a freshly started gateway, before any warm-up.
