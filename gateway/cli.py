@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name or id")
     p.add_argument("--by", choices=("day", "month"), default="month")
     p.add_argument("--format", choices=("json", "csv"), default="json")
-    cli_audit.register(sub)
+    cli_audit.register(sub, _command)
     return parser
 
 

@@ -1,6 +1,6 @@
 """`gateway audit ...`: export an evidence bundle, verify one offline, re-check the logs in PostgreSQL.
 
-`register(sub)` adds the commands to the `gateway` parser (gateway/cli.py). `verify` needs no database:
+`register(sub, command)` adds the commands to the `gateway` parser (gateway/cli.py). `verify` needs no database:
 it sets `offline`, a plain function of the arguments, which the CLI calls without opening a Runtime;
 its `handler` does the same for a CLI that always opens one.
 """
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,19 +100,11 @@ async def cmd_verify(runtime: Runtime, args: argparse.Namespace) -> Any:
     raise SystemExit(await asyncio.to_thread(run_verify, args))
 
 
-def _command(sub: Any, name: str, handler: Any, help_text: str, example: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text,
-                                                     epilog=f"example:\n  {example}",
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def register(sub: Any) -> None:
-    """Add `gateway audit export|verify|check` to the CLI's subparsers."""
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `gateway audit export|verify|check` to the CLI's subparsers, built with the CLI's `command`."""
     audit = sub.add_parser("audit", help="audit evidence: export, verify offline, check the logs")
     actions = audit.add_subparsers(dest="action", required=True)
-    p = _command(actions, "export", cmd_export, "write an evidence bundle (ZIP) of a vendor's audit events",
+    p = command(actions, "export", cmd_export, "write an evidence bundle (ZIP) of a vendor's audit events",
                  "gateway audit export --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 -o april.zip")
     p.add_argument("--vendor", required=True, help="vendor name or id")
     p.add_argument("--from", dest="start", required=True, type=_moment, help="start (inclusive), RFC 3339 or date")
@@ -119,7 +112,7 @@ def register(sub: Any) -> None:
     p.add_argument("--member", help="only this member's events (name or id)")
     p.add_argument("--dataset", help="only this dataset's events (name or id)")
     p.add_argument("-o", "--output", required=True, help="the bundle to write, e.g. april.zip")
-    p = _command(actions, "verify", cmd_verify, "verify an evidence bundle offline (no database needed)",
+    p = command(actions, "verify", cmd_verify, "verify an evidence bundle offline (no database needed)",
                  "gateway audit verify april.zip --trusted-checkpoint checkpoint.txt")
     p.set_defaults(offline=run_verify)
     p.add_argument("bundle")
@@ -127,5 +120,5 @@ def register(sub: Any) -> None:
                                                                 "GET /v1/audit/checkpoint)")
     p.add_argument("--trusted-key", metavar="VKEY", action="append",
                    help="accept only checkpoints signed by this C2SP verifier key (repeatable)")
-    _command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
+    command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
              "gateway audit check")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.errors import ServiceUnavailable
 from gateway.events import AuditEvent, EventKind, Outcome
 
 if TYPE_CHECKING:  # licences imports the audit writer, which imports this module
@@ -218,6 +219,18 @@ def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
     if warning:
         headers["quota-warning"] = warning
     return Allowance(hard["records"], hard["bytes"], headers, warning, exhausted)
+
+
+async def lease_and_decide(book: UsageBook, pool: asyncpg.Pool, licence: Licence, records: int,
+                           byte_count: int) -> Allowance:
+    """Lease what a delivery needs under the hard quotas, then decide from the book. A quota that cannot
+    be checked (the lease failed) is not unlimited: the delivery is refused with 503."""
+    try:
+        await book.lease(pool, licence, records, byte_count)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
+                                 headers={"retry-after": "2"}) from None
+    return allowance(licence, book, datetime.now(JST))
 
 
 def _hard_limits(licence: Licence) -> tuple[int | None, int | None]:

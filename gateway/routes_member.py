@@ -10,7 +10,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,7 +19,7 @@ from gateway import cursors, delivery, licences, metering, metrics
 from gateway.context import Principal, RequestContext, context
 from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
-from gateway.errors import BadRequest, NotAcceptable, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
 from gateway.events import EventKind, Outcome
 from gateway.http import NO_STORE, RawResponse, derived, encode_headers, json_response, path_id, principal
 from gateway.licences import Licence
@@ -207,13 +206,7 @@ async def _admit(runtime: Runtime, caller: Principal, licence: Licence, dataset:
     everything = max(licence.records_per_month or 0, licence.bytes_per_month or 0)
     records = everything if want_records is None else want_records
     byte_count = everything if want_records is None else _estimated_bytes(dataset, want_records)
-    try:
-        await runtime.usage.lease(runtime.pool, licence, records, byte_count)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        # A quota that cannot be checked is not unlimited: refuse.
-        raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
-                                 headers={"retry-after": "2"}) from None
-    quota = metering.allowance(licence, runtime.usage, datetime.now(metering.JST))
+    quota = await metering.lease_and_decide(runtime.usage, runtime.pool, licence, records, byte_count)
     if quota.exhausted:
         metrics.QUOTA_DENIALS.labels("quota").inc()
         raise TooManyRequests(quota.exhausted, headers=quota.headers)

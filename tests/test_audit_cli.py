@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import checkpoints, cli_audit
+from gateway import checkpoints, cli, cli_audit
 from gateway.runtime import Runtime
 from tests.conftest import client_for
 from tests.test_audit_support import audited_runtime, scenario, synthetic
@@ -22,7 +22,7 @@ from tests.test_audit_support import audited_runtime, scenario, synthetic
 def parser() -> argparse.ArgumentParser:
     """The `gateway` parser's audit part, as gateway/cli.py's build_parser registers it."""
     root = argparse.ArgumentParser(prog="gateway")
-    cli_audit.register(root.add_subparsers(dest="command", required=True))
+    cli_audit.register(root.add_subparsers(dest="command", required=True), cli._command)
     return root
 
 
