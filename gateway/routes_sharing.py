@@ -199,12 +199,7 @@ async def _quota(runtime: Runtime, licence: Licence, records: int, byte_count: i
     """Lease what a delivery needs under the hard quotas; 403 (not 429: the connector would retry it)
     when what is left cannot hold it. Only the units it needs count: more ranges of a file whose
     records were already counted go on after the records quota is used up, if bytes are left."""
-    try:
-        await runtime.usage.lease(runtime.pool, licence, records, byte_count)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
-                                 headers={"retry-after": "2"}) from None
-    quota = metering.allowance(licence, runtime.usage, datetime.now(metering.JST))
+    quota = await metering.lease_and_decide(runtime.usage, runtime.pool, licence, records, byte_count)
     for unit, needed, left, limit, what in (
             ("records", records, quota.records, licence.records_per_month, f"this file holds {records} records"),
             ("bytes", byte_count, quota.bytes, licence.bytes_per_month, f"this response is {byte_count} bytes")):
@@ -312,7 +307,9 @@ async def list_all_tables(request: Request) -> Response:
 async def table_version(request: Request) -> Response:
     _, shared = _table(request, EventKind.SHARING_TABLE_READ)
     starting = request.query_params.get("startingTimestamp")
-    version = sharing.version_starting(shared.dataset, starting) if starting else shared.dataset.latest_version
+    # Only an absent parameter means "the latest": `startingTimestamp=` (empty) is a malformed timestamp.
+    version = sharing.version_starting(shared.dataset, starting) if starting is not None \
+        else shared.dataset.latest_version
     return Response(b"", headers={**NO_STORE, "delta-table-version": str(version)})
 
 

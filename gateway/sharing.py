@@ -127,6 +127,11 @@ def find_table(shares: dict[str, list[SharedTable]], share: str, schema: str, ta
 
 # -- pages of lists ---------------------------------------------------------------------------------
 
+def _whole_number(value: Any) -> Any:
+    """A JSON number that is whole as an int (JSON has one kind of number: 3.0 is the version 3); else as is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _whole(text: str) -> bool:
     """ASCII digits, at most 20 of them: "²".isdigit() is true but int() refuses it (and over 4300 digits)."""
     return text.isascii() and text.isdigit() and len(text) <= 20
@@ -226,6 +231,7 @@ def version_as_of(dataset: Dataset, version: Any = None, timestamp: Any = None) 
     if version is not None:
         if isinstance(version, str) and _whole(version):
             version = int(version)
+        version = _whole_number(version)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise BadRequest("version must be a whole number of 0 or more", error_code="INVALID_PARAMETER_VALUE")
         if version > dataset.latest_version:
@@ -442,7 +448,7 @@ def parse_query(body: Any) -> Query:
             json_tree = None
     elif isinstance(body.get("jsonPredicateHints"), dict):
         json_tree = body["jsonPredicateHints"]
-    limit = body.get("limitHint")
+    limit = _whole_number(body.get("limitHint"))
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise BadRequest("limitHint must be a whole number of 0 or more", error_code="INVALID_PARAMETER_VALUE")
     return Query(hints if isinstance(hints, list) else [], json_tree, limit, body.get("version"),
