@@ -5,6 +5,7 @@ Whether the answers match the document is tests/test_schemathesis.py's part.
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,17 @@ async def test_the_document_is_served_as_json_and_audited(runtime: Runtime, clie
     async with runtime.pool.acquire() as conn:
         kind = await conn.fetchval("SELECT kind FROM audit_events WHERE event_id = $1", event_id)
     assert kind == "api:openapi:read"
+
+
+async def test_a_method_a_path_lacks_answers_405_naming_exactly_the_documented_methods(
+        client: httpx.AsyncClient) -> None:
+    """Allow lists every method of the resource, also where several routes serve one path (RFC 9110 §15.5.6)."""
+    for path, item in _document()["paths"].items():
+        methods = {method.upper() for method in item if method in METHODS}
+        expected = methods | ({"HEAD"} if "GET" in methods else set())
+        response = await client.request("OPTIONS", re.sub(r"\{[^}]+\}", "x", path))
+        assert response.status_code == 405, path
+        assert set(response.headers["allow"].split(", ")) == expected, path
 
 
 async def test_delta_sharing_errors_are_documented_in_the_protocol_form(client: httpx.AsyncClient) -> None:
