@@ -23,8 +23,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections import ChainMap, deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,8 +71,13 @@ Series = dict[int, int]
 
 @dataclass(slots=True)
 class _Numbered:
-    """A batch numbered but not yet known to be committed: applied to the writer's state after COMMIT."""
+    """A batch numbered but not yet known to be committed: applied to the writer's state after COMMIT.
 
+    `base` is the batch it was numbered after (None: the log's start). Its numbers hold only if that
+    batch is the last one applied to the log when it is written; otherwise it is numbered again.
+    """
+
+    base: _Numbered | None
     first: int
     leaves: list[bytes]
     vendors: Series
@@ -121,6 +126,7 @@ class AuditWriter:
         self.checkpointed = 0  # tree size of the last stored checkpoint
         self._vendors: Series = {}
         self._members: Series = {}
+        self._last: _Numbered | None = None  # the batch last applied to the tree and the series
         self._groups: deque[_Group] = deque()
         self._wakeup = asyncio.Event()
         # Serialises numbering: a batch and a change never interleave their seq ranges.
@@ -198,33 +204,61 @@ class AuditWriter:
         return group.done
 
     async def _flush_forever(self) -> None:
+        ahead: tuple[_Group, _Numbered] | None = None
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._groups:
-                # Taken off the queue before any await: later events start a new group.
-                group = self._groups.popleft()
-                started = time.perf_counter()
-                try:
-                    async with self.pool.acquire() as conn, self._append:
-                        transaction = conn.transaction()
-                        await transaction.start()
-                        try:
-                            await self._resolve(conn)
-                            await self._write(conn, group.events, self._number(group.events), transaction)
-                        except BaseException:
-                            await _rollback_if_open(transaction)
-                            raise
-                except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
-                    log.warning("audit batch of %d events failed: %s", len(group.events), exc)
-                    metrics.AUDIT_FAILURES.inc()
-                    group.settle(AuditUnavailable())
-                else:
-                    metrics.AUDIT_BATCH_EVENTS.observe(len(group.events))
-                    metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
-                    group.settle(None)
+            while ahead is not None or self._groups:
+                taken, ahead = ahead or self._take(None), None
+                if taken is None:
+                    continue
+                writing = asyncio.create_task(self._commit_group(*taken))
+                # While PostgreSQL takes this group, number the next one as if this one commits: the
+                # serialising and hashing then overlap the round trips. If it does not commit, or a
+                # change commits in between, _commit_group numbers the next one again.
+                if self._groups:
+                    ahead = self._take(taken[1])
+                await writing
             if self._closing:
                 return
+
+    def _take(self, after: _Numbered | None) -> tuple[_Group, _Numbered] | None:
+        """The next group, numbered after `after`; None if its events cannot be numbered (it failed)."""
+        # Taken off the queue before any await: later events start a new group.
+        group = self._groups.popleft()
+        try:
+            return group, self._number(group.events, after)
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be serialised fails its group closed
+            self._fail(group, exc)
+            return None
+
+    async def _commit_group(self, group: _Group, numbered: _Numbered) -> None:
+        """Write and commit one group, then release its waiters, or fail them all closed."""
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn, self._append:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    await self._resolve(conn)
+                    if numbered.base is not self._last:
+                        numbered = self._number(group.events, None)
+                    await self._write(conn, group.events, numbered, transaction)
+                except BaseException:
+                    await _rollback_if_open(transaction)
+                    raise
+        except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
+            self._fail(group, exc)
+        else:
+            metrics.AUDIT_BATCH_EVENTS.observe(len(group.events))
+            metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            group.settle(None)
+
+    @staticmethod
+    def _fail(group: _Group, exc: Exception) -> None:
+        log.warning("audit batch of %d events failed: %s", len(group.events), exc)
+        metrics.AUDIT_FAILURES.inc()
+        group.settle(AuditUnavailable())
 
     @asynccontextmanager
     async def change(self) -> AsyncIterator[Change]:
@@ -239,17 +273,23 @@ class AuditWriter:
                     raise RuntimeError("an administrative change must record its audit event")
                 async with self._append:
                     await self._resolve(conn)
-                    await self._write(conn, change.events, self._number(change.events), transaction)
+                    await self._write(conn, change.events, self._number(change.events, None), transaction)
             except BaseException:
                 await _rollback_if_open(transaction)
                 raise
 
-    def _number(self, events: Sequence[AuditEvent]) -> _Numbered:
-        """Give `events` their seq and series numbers after what is committed; serialise and hash them."""
-        numbered = _Numbered(self.tree.size, [], {}, {})
+    def _number(self, events: Sequence[AuditEvent], after: _Numbered | None) -> _Numbered:
+        """Give `events` their seq and series numbers after `after` (None: after what is committed);
+        serialise and hash them."""
+        if after is None:
+            numbered = _Numbered(self._last, self.tree.size, [], {}, {})
+            vendors, members = (numbered.vendors, self._vendors), (numbered.members, self._members)
+        else:
+            numbered = _Numbered(after, after.first + len(after.leaves), [], {}, {})
+            vendors = (numbered.vendors, ChainMap(after.vendors, self._vendors))
+            members = (numbered.members, ChainMap(after.members, self._members))
         log_id, instance, first = self.log_id, self.instance, numbered.first
         rows, leaves = numbered.rows, numbered.leaves
-        vendors, members = (numbered.vendors, self._vendors), (numbered.members, self._members)
         for offset, event in enumerate(events):
             body = event.body(log_id, first + offset, instance)
             body["vendor_seq"] = _next(vendors, event.vendor_id)
@@ -281,6 +321,8 @@ class AuditWriter:
             self.tree.append(leaf)
         self._vendors.update(numbered.vendors)
         self._members.update(numbered.members)
+        self._last = numbered
+        numbered.base = None  # the chain behind it is applied: let it go
         self.batches += 1
         if self.tree.size - self.checkpointed >= self.checkpoint_events:
             self._checkpoint_due.set()
@@ -347,7 +389,7 @@ class AuditWriter:
         self._month = (now.year, now.month)
 
 
-def _next(series: tuple[Series, Series], subject: uuid.UUID | None) -> int | None:
+def _next(series: tuple[Series, Mapping[int, int]], subject: uuid.UUID | None) -> int | None:
     """The next number in `subject`'s series (this batch's counts first, then what is committed); the
     count is recorded in this batch's, applied to the committed ones after COMMIT."""
     if subject is None:

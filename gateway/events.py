@@ -83,8 +83,12 @@ class Outcome(enum.StrEnum):
 
 def utc_text(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds, the only time format inside events."""
-    # isoformat with fixed microseconds gives strftime's "%Y-%m-%dT%H:%M:%S.%fZ" bytes at half the cost.
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # strftime("%Y-%m-%dT%H:%M:%S.%fZ")'s bytes; %-formatting the fields takes a quarter of its time and
+    # half of isoformat's (every event's time is formatted on the writer's path).
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (moment.year, moment.month, moment.day, moment.hour,
+                                                    moment.minute, moment.second, moment.microsecond)
 
 
 @dataclass(slots=True)
@@ -146,8 +150,23 @@ class AuditEvent:
         }
 
 
+# The text of the ids events name again and again (vendors, members, datasets, licences, credentials),
+# keyed by their integer: str(UUID) runs Python code (0.5 µs), and an event names five of them.
+# Bounded: cleared when full. Event ids are unique, so they are not kept here.
+_ID_TEXTS: dict[int, str] = {}
+_ID_TEXTS_MAX = 65_536
+
+
 def _text(value: uuid.UUID | None) -> str | None:
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    key = value.int
+    text = _ID_TEXTS.get(key)
+    if text is None:
+        if len(_ID_TEXTS) >= _ID_TEXTS_MAX:
+            _ID_TEXTS.clear()
+        text = _ID_TEXTS[key] = str(value)
+    return text
 
 
 def canonical(body: dict[str, Any]) -> bytes:

@@ -7,20 +7,23 @@ the public keys that verify it.
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import shutil
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import checkpoints, evidence
 from gateway.context import context
 from gateway.errors import BadRequest
-from gateway.events import EventKind
+from gateway.events import EventKind, Outcome
 from gateway.http import NO_STORE, json_response, path_id, principal, vendor_of
 from gateway.runtime import Runtime
 
@@ -83,16 +86,33 @@ async def export(request: Request) -> Response:
     query = request.query_params
     start, end = _moment(query.get("from"), "from"), _moment(query.get("to"), "to")
     member_id, dataset_id = _optional_id(query.get("member"), "member"), _optional_id(query.get("dataset"), "dataset")
-    with tempfile.TemporaryDirectory(prefix="lpd-export-") as folder:
-        path = Path(folder) / "bundle.zip"
-        result = await evidence.export(_runtime(request).pool, vendor_of(caller), start, end, member_id, dataset_id,
-                                       path=path)
-        bundle = path.read_bytes()
-    ctx = context(request.scope)
-    # The event names exactly what was handed out: the bundle's digest and what it covers.
-    ctx.fields["detail"] = {**result.to_json(), "path": None, "bundle_sha256": hashlib.sha256(bundle).hexdigest()}
-    return Response(bundle, media_type="application/zip", headers={
-        **NO_STORE, "content-disposition": f'attachment; filename="audit-{start:%Y%m%d}-{end:%Y%m%d}.zip"'})
+    folder = Path(tempfile.mkdtemp(prefix="lpd-export-"))
+    try:
+        result, digest = await evidence.export_apart(_runtime(request).dsn, vendor_of(caller), start, end, member_id,
+                                                     dataset_id, path=folder / "bundle.zip")
+        ctx = context(request.scope)
+        # The event names exactly what is handed out: the bundle's digest and what it covers. It is
+        # committed before the first byte, as for any streamed delivery; the bundle then streams from
+        # disk, never whole in memory.
+        ctx.fields["detail"] = {**result.to_json(), "path": None, "bundle_sha256": digest}
+        await _runtime(request).writer.commit(ctx.event(Outcome.ALLOW, 200))
+        ctx.audited = True
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    path = folder / "bundle.zip"
+    # Not a FileResponse: it would answer Range requests with parts of a bundle that is built anew for
+    # every request, while the event records the whole of this one.
+    return StreamingResponse(_chunks(path), media_type="application/zip", headers={
+        **NO_STORE, "content-length": str(path.stat().st_size),
+        "content-disposition": f'attachment; filename="audit-{start:%Y%m%d}-{end:%Y%m%d}.zip"'},
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))  # also when the client left
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+            yield chunk
 
 
 routes = [

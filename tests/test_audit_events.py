@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.events import AuditEvent, EventKind, Outcome, canonical
+from gateway.events import AuditEvent, EventKind, Outcome, canonical, utc_text
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 # Any text but lone surrogates (a str that cannot be UTF-8 at all): controls, U+2028, emoji, RTL marks...
@@ -57,6 +57,15 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
 @given(events())
 def test_canonical_bytes_are_rfc8785(body: dict[str, Any]) -> None:
     assert canonical(body) == rfc8785.dumps(body)
+
+
+@settings(max_examples=500)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=9)), timezone(timedelta(hours=-5))])))
+def test_event_times_are_rfc3339_utc_with_microseconds(moment: datetime) -> None:
+    utc = moment.astimezone(UTC)
+    assert utc_text(moment) == utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    assert datetime.fromisoformat(utc_text(moment)) == moment
 
 
 def test_the_event_schema_names_every_field_of_an_event() -> None:

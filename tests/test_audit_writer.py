@@ -389,3 +389,31 @@ async def test_changes_get_their_turn_under_sustained_request_traffic(dsn: str) 
         finally:
             stop.set()
             await asyncio.gather(*clients)
+
+
+async def test_changes_between_pipelined_groups_leave_one_gap_free_log(dsn: str) -> None:
+    """Groups numbered ahead while another commits are numbered again when a change got in between."""
+    vendor = uuid.uuid4()
+    async with writer_on(dsn, batch_max=8, checkpoint_seconds=60) as writer:
+        log_id = writer.log_id
+
+        async def requests() -> None:
+            for _ in range(30):
+                await asyncio.gather(*(writer.commit(synthetic(vendor)) for _ in range(40)))  # 5 groups queued
+
+        async def changes() -> None:
+            for _ in range(30):
+                async with writer.change() as change:
+                    change.record(synthetic(vendor))
+                await asyncio.sleep(0)
+
+        await asyncio.gather(requests(), changes())
+    conn = await asyncpg.connect(dsn)
+    try:
+        entries = [orjson.loads(r["entry"]) for r in
+                   await conn.fetch("SELECT entry FROM audit_events WHERE log_id = $1 ORDER BY seq", log_id)]
+        assert (await checkpoints.check(conn)).ok
+    finally:
+        await conn.close()
+    assert [e["seq"] for e in entries] == list(range(30 * 40 + 30))
+    assert [e["vendor_seq"] for e in entries] == list(range(30 * 40 + 30))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import orjson
+import pytest
 
 from gateway.runtime import Runtime
 from gateway.verify import verify_bundle
@@ -63,7 +67,11 @@ async def test_checkpoints_for_callers_and_public_keys_for_anyone(runtime: Runti
 
 
 async def test_compliance_exports_its_vendors_evidence_through_the_api(runtime: Runtime, client: httpx.AsyncClient,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "scratch"  # where the gateway builds bundles (tempfile's folder)
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     licensed = await licensed_member(runtime, client)
     await client.get(records_path_of(licensed), params={"limit": 2}, headers=licensed.headers)
     compliance = (await licensed.vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance"}))["api_key"]
@@ -72,10 +80,22 @@ async def test_compliance_exports_its_vendors_evidence_through_the_api(runtime: 
     period = {"from": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(minutes=1)).isoformat()}
     response = await client.get("/v1/audit/export", params=period, headers=auth(compliance))
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    assert int(response.headers["content-length"]) == len(response.content)
     bundle = tmp_path / "bundle.zip"
     bundle.write_bytes(response.content)
     verdict = verify_bundle(bundle)
     assert verdict.ok, verdict
+    # The event that released the bundle names its digest; the bundle was built in a scratch folder
+    # that is gone once the response is sent.
+    entry = await runtime.pool.fetchval("SELECT entry FROM audit_events WHERE event_id = $1",
+                                        uuid.UUID(response.headers["audit-event"]))
+    assert orjson.loads(entry)["detail"]["bundle_sha256"] == hashlib.sha256(response.content).hexdigest()
+    assert scratch.is_dir() and not list(scratch.iterdir())
+    # A Range request still gets the whole bundle that its event describes.
+    ranged = await client.get("/v1/audit/export", params=period, headers={**auth(compliance), "range": "bytes=0-9"})
+    assert ranged.status_code == 200
+    bundle.write_bytes(ranged.content)
+    assert verify_bundle(bundle).ok
     assert (await client.get("/v1/audit/export", params=period, headers=licensed.headers)).status_code == 403
     assert (await client.get("/v1/audit/export", params={"from": "yesterday"},
                              headers=auth(compliance))).status_code == 400
