@@ -41,6 +41,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a whole number, 0 or above")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -86,6 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_PUBLIC_URL", "", "Base URL members use (links, demo.json); empty means http://HOST:PORT.", str),
     Setting("GATEWAY_INSTANCE", "", "Name of this instance in audit logs; empty means hostname.", str),
     Setting("GATEWAY_POOL_SIZE", "8", "PostgreSQL connections per instance.", _positive_int),
+    Setting("GATEWAY_PAGE_CACHE_BYTES", str(64 << 20),
+            "Memory for rendered record pages asked for again (0 turns the cache off).", _non_negative_int),
     Setting("GATEWAY_MAX_BODY_BYTES", str(1 << 20), "Largest JSON request body accepted (413 beyond).",
             _positive_int),
     Setting("GATEWAY_MAX_UPLOAD_BYTES", str(10 << 30), "Largest dataset upload accepted (413 beyond).",
@@ -121,6 +130,7 @@ class Config:
     public_url: str
     instance: str
     pool_size: int
+    page_cache_bytes: int
     max_body_bytes: int
     max_upload_bytes: int
     audit_deadline_seconds: float

@@ -22,6 +22,8 @@ SNAPSHOT_GENERATION = Gauge("gateway_snapshot_generation", "Changes applied to t
                             registry=REGISTRY)
 QUOTA_DENIALS = Counter("gateway_quota_denials_total", "Deliveries refused by a quota or a rate limit.",
                         ["reason"], registry=REGISTRY)
+PAGE_CACHE = Counter("gateway_page_cache_total", "Record pages served from memory (hit) or read from PostgreSQL (miss).",
+                     ["result"], registry=REGISTRY)
 SNAPSHOT_LAG = Histogram("gateway_snapshot_lag_seconds",
                          "Time from a change's notification to its arrival in this instance's snapshot.",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5), registry=REGISTRY)

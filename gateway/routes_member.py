@@ -165,8 +165,7 @@ async def records(request: Request) -> Response:
     # Reserve before the first await: concurrent requests of this licence see the reservation.
     runtime.usage.count(licence.id, take, budget or 0)
     try:
-        async with runtime.pool.acquire() as conn:
-            found, more = await delivery.page(conn, scope, fmt, after, take)
+        found, more = await runtime.pages.page(runtime.pool, scope, fmt, after, take)
     finally:
         runtime.usage.count(licence.id, -take, -(budget or 0))
     size = len(head) + sum(len(line) for line, _ in found)

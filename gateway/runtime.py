@@ -15,6 +15,7 @@ from gateway.audit import AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
 from gateway.metering import RateLimiter, UsageBook, UsageSync
+from gateway.page_cache import PageCache
 from gateway.server_secrets import ServerSecrets
 from gateway.snapshot import Snapshot, SnapshotRefresher
 from keys.hashing import KeyHasher
@@ -36,6 +37,7 @@ class Runtime:
     usage_sync: UsageSync | None = None
     # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
     backoff: FailureBackoff = field(default_factory=FailureBackoff)
+    pages: PageCache = field(default_factory=lambda: PageCache(0))
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
@@ -60,7 +62,8 @@ class Runtime:
         snapshot = Snapshot()
         runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id),
                       backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
-                                             config.auth_backoff_max_seconds))
+                                             config.auth_backoff_max_seconds),
+                      pages=PageCache(config.page_cache_bytes))
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()

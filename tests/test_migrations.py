@@ -74,3 +74,17 @@ async def test_audit_events_are_append_only(empty_dsn: str) -> None:
             await conn.execute("DELETE FROM audit_events")
     finally:
         await conn.close()
+
+
+async def test_published_records_are_append_only(empty_dsn: str) -> None:
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await migrations.apply(conn)
+        await conn.execute("INSERT INTO records (dataset_id, partition, version, seq, data) "
+                           "VALUES (gen_random_uuid(), '13', 1, 0, '{}')")
+        for statement in ("UPDATE records SET data = '{\"x\": 1}'", "DELETE FROM records", "TRUNCATE records"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT data::text FROM records") == "{}"
+    finally:
+        await conn.close()

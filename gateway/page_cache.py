@@ -1,0 +1,65 @@
+"""Rendered record pages kept in memory, so that a page asked for again costs no database round trip.
+
+A page is fully determined by what it selects: the dataset, partitions, columns, the versions
+(since, upto], the format, the position it starts after and how many records it takes. Published
+records never change (migration 0006 refuses UPDATE, DELETE and TRUNCATE on `records`) and `upto`
+pins the versions a page reads, so a cached page is correct for as long as it is kept; a publish
+only adds versions, which later scopes name with a larger `upto`. Nothing about the caller is in the
+key and nothing in the cache decides anything: authentication, the licence check, quotas and the
+audit event all run per request, before a page is looked up. A narrowed or revoked licence never
+reaches the cache, and a narrowed one selects other partitions or columns: another key.
+
+Bounded by the bytes of the rendered records it holds (GATEWAY_PAGE_CACHE_BYTES), least recently
+used first out; 0 turns it off.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import asyncpg
+
+from gateway import delivery, metrics
+from gateway.delivery import DeliveryScope, Format, Position
+
+Page = tuple[list[tuple[bytes, Position]], bool]  # the records with their positions, and whether more follow
+
+
+class PageCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._pages: OrderedDict[Hashable, tuple[Page, int]] = OrderedDict()
+        self._hit = metrics.PAGE_CACHE.labels("hit")
+        self._miss = metrics.PAGE_CACHE.labels("miss")
+
+    async def page(self, pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
+                   limit: int) -> Page:
+        """`delivery.page` of these arguments: from memory when it was read before, else from PostgreSQL."""
+        if self.max_bytes <= 0:
+            return await self._read(pool, scope, fmt, after, limit)
+        key = (scope.dataset.id.int, scope.partitions, scope.columns, tuple(scope.dataset.column_names),
+               scope.since_version, scope.upto_version, fmt,
+               None if after is None else (after.partition, after.version, after.seq), limit)
+        kept = self._pages.get(key)
+        if kept is not None:
+            self._pages.move_to_end(key)
+            self._hit.inc()
+            return kept[0]
+        self._miss.inc()
+        page = await self._read(pool, scope, fmt, after, limit)
+        size = sum(len(line) for line, _ in page[0]) + 200  # + the entry's own overhead, roughly
+        if size <= self.max_bytes and key not in self._pages:  # a concurrent miss may have kept it already
+            self._pages[key] = (page, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self._pages.popitem(last=False)
+                self.bytes -= dropped
+        return page
+
+    @staticmethod
+    async def _read(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
+                    limit: int) -> Page:
+        async with pool.acquire() as conn:
+            return await delivery.page(conn, scope, fmt, after, limit)
