@@ -24,9 +24,12 @@ or a fresh database on the local server named by GATEWAY_DATABASE_URL):
 Every figure is the median of --repeat runs of --seconds each (wrk, one thread), at 64 and 16 connections:
 requests/s, latency p50/p99/p99.9 (a Lua reporter, loadtests/wrk_report.lua), CPU µs per request of the
 server process (from /proc/PID/stat) and of PostgreSQL, and for the gateway the audit batch sizes (from
-/metrics). Written to loadtests/results/hotpath.json.
+/metrics and by xmin) and commit times (/metrics). Written to loadtests/results/hotpath.json.
 
     .venv/bin/python -m loadtests.bench [--quick] [--profile] [--repeat 3] [--seconds 10]
+
+The audit writer's p99 at half the gateway's maximum throughput, on this module's functions (wrk paced
+by wrk_report.lua): .venv/bin/python -m loadtests.bench_audit_latency [--quick]
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ import tempfile
 import time
 import timeit
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,14 +87,21 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of one wrk run (default 10)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is kept (default 3)")
-    parser.add_argument("--quick", action="store_true", help="one 3-second run per figure (a smoke test)")
+    add_run_options(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also record py-spy profiles of the gateway at 64 connections (extra runs, "
                              "not counted) into loadtests/results/profile-*.{svg,txt}")
     parser.add_argument("--only", choices=("gateway", "all"), default="all",
                         help="'gateway': the gateway's own figures only (for tuning steps)")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "hotpath.json")
+    return quick(parser.parse_args(argv))
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every wrk benchmark on the demo (this one and loadtests/bench_audit_latency.py)."""
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one wrk run (default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is kept (default 3)")
+    parser.add_argument("--quick", action="store_true", help="one 3-second run per figure (a smoke test)")
     parser.add_argument("--server-cpu", type=int, default=1, help="core the servers are pinned to (default 1)")
     parser.add_argument("--load-cpu", type=int, default=0, help="core of wrk (default 0)")
     parser.add_argument("--pin-postgres", action="store_true",
@@ -99,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "beside a saturated wrk its commits wait for the CPU and the gateway's latency "
                              "triples)")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install wrk or nginx")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "hotpath.json")
-    args = parser.parse_args(argv)
+
+
+def quick(args: argparse.Namespace) -> argparse.Namespace:
     if args.quick:
         args.seconds, args.repeat = 3.0, 1
     return args
@@ -263,11 +274,17 @@ class Driver:
     postgres: Postgres
     dsn: str
 
-    def wrk_once(self, url: str, key: str | None, connections: int, seconds: float) -> dict[str, Any]:
+    def wrk_once(self, url: str, key: str | None, connections: int, seconds: float,
+                 rate: float | None = None) -> dict[str, Any]:
+        """One wrk run: as many requests as the server answers, or `rate` requests/s in all (paced by
+        loadtests/wrk_report.lua's delay(), one schedule for all connections)."""
         command = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "-s", str(LUA)]
         if key:
             command += ["-H", f"Authorization: Bearer {key}"]
-        done = subprocess.run(pinned(self.load_cpu, [*command, url]), capture_output=True, text=True,
+        command.append(url)
+        if rate is not None:
+            command += ["--", f"{rate:.3f}"]
+        done = subprocess.run(pinned(self.load_cpu, command), capture_output=True, text=True,
                               timeout=seconds + 60, check=False)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
         if done.returncode != 0 or line is None:
@@ -275,20 +292,22 @@ class Driver:
         return dict(orjson.loads(line[len("WRK_JSON "):]))
 
     async def measure(self, server: Server, url: str, key: str | None, connections: int, *,
-                      repeat: int | None = None, metrics: bool = False) -> dict[str, Any]:
-        """`repeat` wrk runs; each with the server's and PostgreSQL's CPU and (gateway) the audit batches."""
+                      repeat: int | None = None, metrics: bool = False, rate: float | None = None) -> dict[str, Any]:
+        """`repeat` wrk runs (paced at `rate` requests/s if given); each with the server's and PostgreSQL's
+        CPU and (gateway, `metrics`) the audit batches and commit times."""
         runs = []
         for _ in range(self.repeat if repeat is None else repeat):
             before = await scrape(server) if metrics else None
             started = time_now()
             cpu0, pg0 = process_cpu(server.pid), self.postgres.cpu()
-            result = await asyncio.to_thread(self.wrk_once, url, key, connections, self.seconds)
+            result = await asyncio.to_thread(self.wrk_once, url, key, connections, self.seconds, rate)
             cpu1, pg1 = process_cpu(server.pid), self.postgres.cpu()
             ended = time_now()
             after = await scrape(server) if metrics else None
             seconds = result["duration_us"] / 1e6
             requests = max(result["requests"], 1)
             one = {"requests_per_s": round(result["requests"] / seconds, 1),
+                   **({} if rate is None else {"target_requests_per_s": round(rate, 1)}),
                    "latency_ms": {k: round(v / 1000, 3) for k, v in result["latency_us"].items()},
                    "cpu_us_per_request": round((cpu1 - cpu0) * 1e6 / requests, 1),
                    "server_cpu_share": round((cpu1 - cpu0) / seconds, 3),
@@ -297,7 +316,7 @@ class Driver:
                    "requests": result["requests"], "bytes_per_response": round(result["bytes"] / requests),
                    "errors": {k: v for k, v in result["errors"].items() if v}}
             if before is not None and after is not None:
-                one["audit"] = {**await commits(self.dsn, started, ended), **histogram(before, after)}
+                one["audit"] = {**await commits(self.dsn, started, ended), **histogram(before, after, seconds)}
             runs.append(one)
         return summarise(runs)
 
@@ -322,8 +341,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if audits:
         summary["audit"] = {name: med([a.get(name) for a in audits])
                             for name in ("events_per_commit_mean", "events_per_commit_p50", "events_per_commit_p90",
-                                         "events_per_commit_max", "histogram_mean")}
+                                         "events_per_commit_max", "histogram_mean", "commits_per_s",
+                                         "commit_ms_mean", "commit_ms_p50", "commit_ms_p99", "commits_over_10ms")}
         summary["audit"]["histogram_observed"] = all(a["histogram_observed"] for a in audits)
+        slowest = [a["commit_ms_max_bound"] for a in audits if "commit_ms_max_bound" in a]
+        if slowest:  # over all runs; None (beyond the largest bound) wins
+            summary["audit"]["commit_ms_max_bound"] = None if None in slowest else max(slowest)
     return summary
 
 
@@ -343,13 +366,65 @@ async def scrape(server: Server) -> dict[str, float]:
     return values
 
 
-def histogram(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """gateway_audit_batch_events over one run, if the audit writer observes it."""
+def histogram(before: dict[str, float], after: dict[str, float], seconds: float | None = None) -> dict[str, Any]:
+    """The audit writer's histograms over one run, if it observes them: gateway_audit_batch_events (events
+    per group commit) and gateway_audit_commit_seconds (one group's write and commit: mean, and p50/p99
+    estimated from the buckets), and group commits per second of the run."""
     count = after.get("gateway_audit_batch_events_count", 0.0) - before.get("gateway_audit_batch_events_count", 0.0)
     if count <= 0:
         return {"histogram_observed": False}
     total = after.get("gateway_audit_batch_events_sum", 0.0) - before.get("gateway_audit_batch_events_sum", 0.0)
-    return {"histogram_observed": True, "histogram_mean": round(total / count, 1)}
+    out: dict[str, Any] = {"histogram_observed": True, "histogram_mean": round(total / count, 1)}
+    if seconds:
+        out["commits_per_s"] = round(count / seconds, 1)
+    name = "gateway_audit_commit_seconds"
+    commits = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    if commits > 0:
+        spent = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+        buckets = histogram_buckets(before, after, name)
+        bounds = dict(buckets)
+        slowest = next(le for le, n in buckets if n >= commits)
+        out.update({"commit_ms_mean": round(spent / commits * 1000, 3),
+                    "commit_ms_p50": _ms(bucket_quantile(buckets, 0.50)),
+                    "commit_ms_p99": _ms(bucket_quantile(buckets, 0.99)),
+                    # the slowest commit's bucket (None: beyond the largest finite bound), the slow ones
+                    "commit_ms_max_bound": None if slowest == float("inf") else _ms(slowest),
+                    "commits_over_10ms": None if 0.01 not in bounds else int(commits - bounds[0.01]),
+                    "commit_buckets": {("+Inf" if le == float("inf") else f"{le:g}"): n for le, n in buckets}})
+    return out
+
+
+_LE = re.compile(r'le="([^"]+)"')
+
+
+def histogram_buckets(before: dict[str, float], after: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count over the run) of a Prometheus histogram, in order of the bounds."""
+    buckets = []
+    for key, value in after.items():
+        if key.startswith(f"{name}_bucket{{") and (match := _LE.search(key)):
+            buckets.append((float(match.group(1)), value - before.get(key, 0.0)))
+    return sorted(buckets)
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile as Prometheus' histogram_quantile() estimates it: linear within the bucket it falls in
+    (the bucket's bound is the most it can be); the largest finite bound if it falls beyond them."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 async def commits(dsn: str, started: Any, ended: Any) -> dict[str, Any]:
@@ -672,45 +747,95 @@ async def measure_plain(driver: Driver, server: Server, key: str | None, urls: d
     return figures
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+def find_wrk(args: argparse.Namespace) -> str:
+    """The checks made before anything starts, and the wrk to use; on one core, nothing is pinned."""
     check_database_url()
-    allow = not args.no_install
-    wrk = ensure_tool("wrk", "wrk", allow)
+    wrk = ensure_tool("wrk", "wrk", not args.no_install)
     if wrk is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    cpus = os.cpu_count() or 1
-    if cpus < 2:
+    if (os.cpu_count() or 1) < 2:
         say("one core only: nothing is pinned, and the figures mix the server with the load generator")
         args.server_cpu = args.load_cpu = None
-    results: dict[str, Any] = {"benchmark": "hotpath", "machine": machine_info(),
-                               "settings": {"seconds": args.seconds, "repeat": args.repeat,
-                                            "server_cpu": args.server_cpu, "load_cpu": args.load_cpu,
-                                            "postgres_pinned_to_load_cpu": args.pin_postgres,
-                                            "wrk": "1 thread, --latency via loadtests/wrk_report.lua"}}
-    logs = Path(tempfile.mkdtemp(prefix="lpd-hotpath-"))
+    return wrk
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"seconds": args.seconds, "repeat": args.repeat, "server_cpu": args.server_cpu,
+            "load_cpu": args.load_cpu, "postgres_pinned_to_load_cpu": args.pin_postgres,
+            "wrk": "1 thread, --latency via loadtests/wrk_report.lua"}
+
+
+@dataclass
+class Bench:
+    """A benchmark's seeded demo: database, wrk driver, the servers' environment, the member's requests."""
+    db: BenchDatabase
+    driver: Driver
+    master: str
+    env: dict[str, str]
+    port: int
+    demo: dict[str, Any]
+    key: str
+    paths: dict[str, str]
+    logs: Path
+    pin_cpu: int | None  # PostgreSQL's core with --pin-postgres (embedded server only)
+
+    def urls_of(self, server: Server) -> dict[str, str]:
+        return {"core": server.url(self.paths[CORE_ROUTE]), "page": server.url(self.paths[PAGE_ROUTE])}
+
+    def pin_postgres(self) -> None:
+        """Pin PostgreSQL if asked; again after a server started, as its pool connections are new backends."""
+        if self.pin_cpu is not None:
+            self.driver.postgres.pin(self.pin_cpu)
+
+
+@asynccontextmanager
+async def seeded_bench(args: argparse.Namespace, wrk: str, prefix: str) -> AsyncIterator[Bench]:
+    """A throwaway database with the demo seeded (seed_demo), and what the servers need to run on it."""
+    logs = Path(tempfile.mkdtemp(prefix=prefix))
     async with bench_database() as db:
-        results["database"] = db.describe()
         postgres = await Postgres.find(db.dsn)
-        if db.server == "embedded" and args.load_cpu is not None and args.pin_postgres:
-            postgres.pin(args.load_cpu)
-        driver = Driver(wrk, args.load_cpu, args.seconds, args.repeat, postgres, db.dsn)
         master = new_master_key()
         port = free_port()
         env = server_env(db, master, port)
-        demo = await seed_demo(db, env)
-        key, dataset = demo["members"][0]["api_key"], demo["dataset"]
-        paths = {CORE_ROUTE: f"/v1/datasets/{dataset}", PAGE_ROUTE: f"/v1/datasets/{dataset}/records{PAGE_QUERY}"}
+        bench = Bench(db, Driver(wrk, args.load_cpu, args.seconds, args.repeat, postgres, db.dsn), master, env,
+                      port, {}, "", {}, logs,
+                      args.load_cpu if db.server == "embedded" and args.load_cpu is not None and args.pin_postgres
+                      else None)
+        bench.pin_postgres()
+        bench.demo = await seed_demo(db, env)
+        bench.key, dataset = bench.demo["members"][0]["api_key"], bench.demo["dataset"]
+        bench.paths = {CORE_ROUTE: f"/v1/datasets/{dataset}",
+                       PAGE_ROUTE: f"/v1/datasets/{dataset}/records{PAGE_QUERY}"}
+        yield bench
+    shutil.rmtree(logs, ignore_errors=True)  # kept when the run failed: the servers' logs are there
 
-        def urls_of(server: Server) -> dict[str, str]:
-            return {"core": server.url(paths[CORE_ROUTE]), "page": server.url(paths[PAGE_ROUTE])}
+
+def save_answers(bench: Bench, answers: dict[str, dict[str, Any]]) -> Path:
+    """The captured answers, in the file the baseline servers replay."""
+    answers_file = bench.logs / "answers.json"
+    answers_file.write_bytes(orjson.dumps(answers))
+    return answers_file
+
+
+def baseline_command(kind: str, answers_file: Path) -> list[str]:
+    """A server of loadtests/bench_server.py (bare, raw, gateway-nometrics)."""
+    return [sys.executable, "-m", "loadtests.bench_server", kind, str(answers_file)]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    wrk = find_wrk(args)
+    results: dict[str, Any] = {"benchmark": "hotpath", "machine": machine_info(), "settings": run_settings(args)}
+    async with seeded_bench(args, wrk, "lpd-hotpath-") as bench:
+        db, driver, master, env, port = bench.db, bench.driver, bench.master, bench.env, bench.port
+        demo, key, paths, logs, urls_of = bench.demo, bench.key, bench.paths, bench.logs, bench.urls_of
+        results["database"] = db.describe()
 
         # -- the gateway, as shipped
         say(f"gateway (gateway serve, pinned to core {args.server_cpu})")
         gateway = start_server("gateway", gateway_command("serve"), env, port, args.server_cpu, logs)
         with running(gateway):
             await wait_ready(gateway, "/readyz")
-            if db.server == "embedded" and args.load_cpu is not None and args.pin_postgres:
-                postgres.pin(args.load_cpu)  # the gateway's pool connections are new backends
+            bench.pin_postgres()
             answers = await capture(gateway, key, paths)
             results["gateway"] = await measure_gateway(driver, gateway, key, urls_of(gateway), cold=True)
             if args.profile:
@@ -719,8 +844,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     w: await asyncio.to_thread(profile, driver, gateway, urls_of(gateway)[w], key, w,
                                                max(args.seconds, 10), results["gateway"][f"{w}_64"]["cpu_us_per_request"])
                     for w in WORKLOADS}
-        answers_file = logs / "answers.json"
-        answers_file.write_bytes(orjson.dumps(answers))
+        answers_file = save_answers(bench, answers)
         results["responses"] = {route: {"bytes": len(a["body"]), "headers": len(a["headers"])}
                                 for route, a in answers.items()}
 
@@ -728,8 +852,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # -- the gateway without its Prometheus instrumentation (loadtests/bench_server.py gateway-nometrics)
             say("gateway without Prometheus instrumentation")
             results["instrumentation_in_process"] = instrumentation_cost_us()
-            quiet = start_server("gateway-nometrics", [sys.executable, "-m", "loadtests.bench_server",
-                                                       "gateway-nometrics", str(answers_file)],
+            quiet = start_server("gateway-nometrics", baseline_command("gateway-nometrics", answers_file),
                                  env, port, args.server_cpu, logs)
             with running(quiet), keep_going(results, "gateway_nometrics"):
                 await wait_ready(quiet, "/readyz")
@@ -750,13 +873,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # -- baselines
             for kind in ("bare", "raw"):
                 say(f"{kind} {'Starlette' if kind == 'bare' else 'ASGI'} app (gateway.cli.serve), same bytes")
-                bare = start_server(kind, [sys.executable, "-m", "loadtests.bench_server", kind, str(answers_file)],
-                                    env, port, args.server_cpu, logs)
+                bare = start_server(kind, baseline_command(kind, answers_file), env, port, args.server_cpu, logs)
                 with running(bare), keep_going(results, kind):
                     await wait_ready(bare, paths[CORE_ROUTE])
                     results[kind] = await measure_plain(driver, bare, None, urls_of(bare),
                                                         CONNECTIONS if kind == "bare" else (64,))
-            nginx = ensure_tool("nginx", "nginx", allow)
+            nginx = ensure_tool("nginx", "nginx", not args.no_install)
             if nginx is None:
                 results["nginx"] = None
                 say("nginx not installed: no physical limit measured")
@@ -770,7 +892,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 with running(server), keep_going(results, "nginx"):
                     await wait_ready(server, paths[CORE_ROUTE], headers={"Authorization": f"Bearer {key}"})
                     results["nginx"] = await measure_plain(driver, server, key, urls_of(server))
-    shutil.rmtree(logs, ignore_errors=True)
     results["summary"] = summary(results)
     return results
 
