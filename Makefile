@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-external lint bench clean
+.PHONY: bench-audit help run test test-external lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -30,6 +30,10 @@ lint: $(STAMP) ## ruff and mypy
 bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures): hot path vs bare Starlette, then publish
 	$(BIN)/python -m loadtests.bench
 	$(BIN)/python -m loadtests.bench_publish
+
+bench-audit: $(STAMP) ## the audit benchmarks (prints figures): writer and verify, then the p99 added at half load
+	$(BIN)/python -m loadtests.bench_audit
+	$(BIN)/python -m loadtests.bench_audit_latency
 
 clean: ## remove the venv and the local gateway home
 	rm -rf $(VENV) .gateway

@@ -8,6 +8,8 @@ characters), which makes a delivered record exactly one line: metering counts ne
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,41 +97,81 @@ class Position:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Up to `limit` records after a position, rendered by PostgreSQL as one body, with each record's
+    size and position, and whether more follow. A handful of objects whatever the page's length: a
+    page cache full of them costs the garbage collector next to nothing."""
+
+    body: bytes
+    sizes: list[int]
+    versions: list[int]
+    seqs: list[int]
+    spans: list[tuple[int, str]]  # (index of the first record, its partition), per partition in the page
+    more: bool
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def position(self, index: int) -> Position:
+        partition = next(name for first, name in reversed(self.spans) if first <= index)
+        return Position(partition, self.versions[index], self.seqs[index])
+
+    def fitting(self, budget: int) -> int:
+        """How many of the first records fit in `budget` bytes."""
+        return bisect.bisect_right(list(itertools.accumulate(self.sizes)), budget)
+
+    def prefix(self, count: int) -> bytes:
+        return self.body[:sum(self.sizes[:count])]
+
+
+# One partition's part of a page as one row: the records in keyset order, each rendered as a line,
+# aggregated into a single value (no row per record to decode in Python).
 _PAGE_SQL = (
-    "SELECT version, seq, {render} AS line FROM records "
+    "SELECT convert_to(string_agg(line, '' ORDER BY version, seq), 'UTF8') AS body, "
+    "array_agg(octet_length(line) ORDER BY version, seq) AS sizes, "
+    "array_agg(version ORDER BY version, seq) AS versions, array_agg(seq ORDER BY version, seq) AS seqs "
+    "FROM (SELECT version, seq, {render} || E'\\n' AS line FROM records "
     "WHERE dataset_id = $1 AND partition = $2 AND version > $3 AND version <= $4 AND (version, seq) > ($5, $6) "
-    "ORDER BY version, seq LIMIT $7")
-
-
-def _csv_field(value: str | None) -> str:
-    """One field as PostgreSQL's CSV writer renders it, so pages and streams are byte-identical."""
-    if value is None:
-        return ""
-    if value == "" or any(ch in value for ch in ',"\n\r'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+    "ORDER BY version, seq LIMIT $7) AS page")
 
 
 async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, after: Position | None,
-               limit: int) -> tuple[list[tuple[bytes, Position]], bool]:
-    """Up to `limit` rendered records (each a line with its position) after `after`, and whether more follow."""
-    found: list[tuple[bytes, Position]] = []
-    partitions = [p for p in scope.partitions if after is None or p >= after.partition]
+               limit: int) -> Page:
+    """Up to `limit` records of the scope after `after`, in (partition, version, seq) order."""
     if fmt == "ndjson":
         sql, extra = _PAGE_SQL.format(render="(data - $8::text[])::text"), [scope.excluded_columns]
     else:
-        # The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*).
-        sql, extra = _PAGE_SQL.format(render="ARRAY[" + ", ".join(f"data ->> '{c}'" for c in scope.columns) + "]"), []
-    for partition in partitions:
+        # csv_field (migration 0007) quotes as COPY's CSV writer does, so pages and streams are
+        # byte-identical. The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*).
+        render = " || ',' || ".join(f"csv_field(data ->> '{c}')" for c in scope.columns)
+        sql, extra = _PAGE_SQL.format(render=render), []
+    bodies: list[bytes] = []
+    sizes: list[int] = []
+    versions: list[int] = []
+    seqs: list[int] = []
+    spans: list[tuple[int, str]] = []
+    for partition in scope.partitions:
+        if after is not None and partition < after.partition:
+            continue
         version, seq = (after.version, after.seq) if after is not None and partition == after.partition else (0, -1)
-        rows = await conn.fetch(sql, scope.dataset.id, partition, scope.since_version, scope.upto_version,
-                                version, seq, limit - len(found) + 1, *extra)
-        for row in rows:
-            if len(found) == limit:
-                return found, True
-            line = row["line"] if fmt == "ndjson" else ",".join(map(_csv_field, row["line"]))
-            found.append(((line + "\n").encode(), Position(partition, row["version"], row["seq"])))
-    return found, False
+        room = limit - len(sizes)
+        # One record more than there is room for says whether more follow.
+        row = await conn.fetchrow(sql, scope.dataset.id, partition, scope.since_version, scope.upto_version,
+                                  version, seq, room + 1, *extra)
+        if row["body"] is None:
+            continue
+        more = len(row["sizes"]) > room
+        taken = row["sizes"][:room]
+        if taken:
+            spans.append((len(sizes), partition))
+            bodies.append(row["body"][:sum(taken)] if more else row["body"])
+            sizes += taken
+            versions += row["versions"][:room]
+            seqs += row["seqs"][:room]
+        if more:
+            return Page(b"".join(bodies), sizes, versions, seqs, spans, True)
+    return Page(b"".join(bodies), sizes, versions, seqs, spans, False)
 
 
 async def stream(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format,

@@ -21,9 +21,7 @@ from collections.abc import Hashable
 import asyncpg
 
 from gateway import delivery, metrics
-from gateway.delivery import DeliveryScope, Format, Position
-
-Page = tuple[list[tuple[bytes, Position]], bool]  # the records with their positions, and whether more follow
+from gateway.delivery import DeliveryScope, Format, Page, Position
 
 
 class PageCache:
@@ -49,7 +47,7 @@ class PageCache:
             return kept[0]
         self._miss.inc()
         page = await self._read(pool, scope, fmt, after, limit)
-        size = sum(len(line) for line, _ in page[0]) + 200  # + the entry's own overhead, roughly
+        size = len(page.body) + 24 * len(page) + 400  # the body, its three lists of numbers, the objects
         if size <= self.max_bytes and key not in self._pages:  # a concurrent miss may have kept it already
             self._pages[key] = (page, size)
             self.bytes += size

@@ -165,31 +165,26 @@ async def records(request: Request) -> Response:
     # Reserve before the first await: concurrent requests of this licence see the reservation.
     runtime.usage.count(licence.id, take, budget or 0)
     try:
-        found, more = await runtime.pages.page(runtime.pool, scope, fmt, after, take)
+        page = await runtime.pages.page(runtime.pool, scope, fmt, after, take)
     finally:
         runtime.usage.count(licence.id, -take, -(budget or 0))
-    size = len(head) + sum(len(line) for line, _ in found)
-    if budget is None or size <= budget:
-        kept = found  # the usual case: the whole page fits, no record-by-record check needed
-    else:
-        kept, size = [], len(head)
-        for line, position in found:
-            if size + len(line) > budget:
-                more = True
-                break
-            kept.append((line, position))
-            size += len(line)
-    runtime.usage.count(licence.id, len(kept), size)
-    ctx.fields["records"] = len(kept)
-    cut = more and (len(kept) < limit) and (budget == quota.bytes or take == quota.records)
+    body, kept, more = page.body, len(page), page.more
+    if budget is not None and len(head) + len(body) > budget:
+        # Rare: the records are longer than the estimate. Only what fits goes out; the rest follows.
+        kept = page.fitting(budget - len(head))
+        body, more = page.prefix(kept), True
+    size = len(head) + len(body)
+    runtime.usage.count(licence.id, kept, size)
+    ctx.fields["records"] = kept
+    cut = more and (kept < limit) and (budget == quota.bytes or take == quota.records)
     if cut:
         headers["quota-cut"] = "this page was cut at your licence's monthly quota"
     elif more and kept:
         assert runtime.snapshot.secrets is not None
         version, key = runtime.snapshot.secrets.current(CURSOR)
-        token = cursors.encode(_cursor_state(scope, fmt, limit, kept[-1][1]), version, key)
+        token = cursors.encode(_cursor_state(scope, fmt, limit, page.position(kept - 1)), version, key)
         headers["link"] = f'<{request.url.replace(query=urllib.parse.urlencode({"cursor": token}))}>; rel="next"'
-    return Response(head + b"".join(line for line, _ in kept), headers=headers)
+    return Response(head + body, headers=headers)
 
 
 async def _admit(runtime: Runtime, caller: Principal, licence: Licence, dataset: Any,

@@ -55,6 +55,24 @@ async def test_csv_pages_and_streams_carry_licensed_columns_only(runtime: Runtim
     assert rows[0] == ["area", "day", "count"] and len(rows) == 31
 
 
+async def test_csv_pages_quote_as_the_stream_does(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Pages are rendered by PostgreSQL's csv_field, streams by COPY: the same bytes for every value."""
+    licensed = await licensed_member(runtime, client, partitions=["west"],
+                                     columns=["area", "day", "count", "secret_note"])
+    await licensed.vendor.publish(licensed.dataset["id"], 'west,2026-04-01,1,"a,b"\nwest,2026-04-02,2,"say ""hi"""\n'
+                                  'west,2026-04-03,3,\nwest,2026-04-04,4,""\nwest,2026-04-05,5,plain\n')
+    dataset_id = uuid.UUID(licensed.dataset["id"])
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[dataset_id].latest_version == 2)
+    path = f"/v1/datasets/{licensed.dataset['id']}/records"
+    streamed = await client.get(path, params={"format": "csv"}, headers=licensed.headers)
+    paged = await client.get(path, params={"format": "csv", "limit": 3}, headers=licensed.headers)
+    rest = await client.get(paged.links["next"]["url"], headers=licensed.headers)
+    assert streamed.status_code == paged.status_code == rest.status_code == 200
+    assert paged.content + rest.content == streamed.content
+    notes = [row[3] for row in csv.reader(io.StringIO(streamed.text))][1:]
+    assert notes[0] == "a,b" and notes[1] == 'say "hi"' and notes[4] == "plain"
+
+
 async def test_pages_follow_next_links_to_the_same_records_as_the_stream(runtime: Runtime,
                                                                          client: httpx.AsyncClient) -> None:
     licensed = await licensed_member(runtime, client)

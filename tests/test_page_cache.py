@@ -78,13 +78,14 @@ async def test_the_cache_holds_at_most_its_bytes_and_drops_the_least_recently_us
     licence = runtime.snapshot.licences[uuid.UUID(licensed.licence["id"])]
     scope = delivery.delivery_scope(dataset, licence, [], 0)
     reference = await PageCache(0).page(runtime.pool, scope, "ndjson", None, 1)
-    cache = PageCache(3 * (len(reference[0][0][0]) + 200) + 100)  # room for three one-record pages
+    cache = PageCache(3 * (len(reference.body) + 24 + 400) + 100)  # room for three one-record pages
     pages = [await cache.page(runtime.pool, scope, "ndjson", None, 1)]
-    position = pages[0][0][-1][1]
     for _ in range(4):
-        pages.append(await cache.page(runtime.pool, scope, "ndjson", position, 1))
-        position = pages[-1][0][-1][1]
+        pages.append(await cache.page(runtime.pool, scope, "ndjson", pages[-1].position(0), 1))
     assert pages[0] == reference and cache.bytes <= cache.max_bytes
+    assert len({page.body for page in pages}) == 5  # five pages, each the record after the last
     hits = served("hit")
     assert await cache.page(runtime.pool, scope, "ndjson", None, 1) == reference  # dropped: read again
     assert served("hit") == hits
+    assert await cache.page(runtime.pool, scope, "ndjson", pages[3].position(0), 1) == pages[4]  # still kept
+    assert served("hit") == hits + 1
