@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import ChainMap, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = ("at", "log_id", "seq", "event_id", "kind", "outcome", "vendor_id", "member_id", "dataset_id",
             "licence_id", "credential_id", "entry")
+# A group of up to this many events is written in one statement, one round trip, committed on its own
+# (a statement is atomic): its events and the usage they count. Larger groups go by COPY in a
+# transaction, which takes rows at twice the speed but costs three more round trips (BEGIN, the
+# COPY's own, COMMIT). At moderate load groups are small and the round trips are the latency.
+_ONE_STATEMENT_MAX = 64
+# Events serialised and hashed between two turns of the event loop when a group is numbered ahead.
+_NUMBERING_SLICE = 200
+_WRITE_GROUP = (
+    f"WITH usage AS ({metering.UPSERT_USAGE}) INSERT INTO audit_events ({', '.join(_COLUMNS)}) "
+    "SELECT * FROM unnest($8::timestamptz[], $9::text[], $10::bigint[], $11::uuid[], $12::text[], $13::text[], "
+    "$14::uuid[], $15::uuid[], $16::uuid[], $17::uuid[], $18::uuid[], $19::bytea[])")
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -209,7 +220,7 @@ class AuditWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while ahead is not None or self._groups:
-                taken, ahead = ahead or self._take(None), None
+                taken, ahead = ahead or await self._take(None), None
                 if taken is None:
                     continue
                 writing = asyncio.create_task(self._commit_group(*taken))
@@ -217,36 +228,41 @@ class AuditWriter:
                 # serialising and hashing then overlap the round trips. If it does not commit, or a
                 # change commits in between, _commit_group numbers the next one again.
                 if self._groups:
-                    ahead = self._take(taken[1])
+                    ahead = await self._take(taken[1])
                 await writing
             if self._closing:
                 return
 
-    def _take(self, after: _Numbered | None) -> tuple[_Group, _Numbered] | None:
-        """The next group, numbered after `after`; None if its events cannot be numbered (it failed)."""
+    async def _take(self, after: _Numbered | None) -> tuple[_Group, _Numbered] | None:
+        """The next group, numbered (after `after` while that one commits); None if it cannot be numbered."""
         # Taken off the queue before any await: later events start a new group.
         group = self._groups.popleft()
         try:
-            return group, self._number(group.events, after)
+            numbered = (self._number(group.events, None) if after is None
+                        else await self._number_ahead(group.events, after))
         except Exception as exc:  # noqa: BLE001 - an event that cannot be serialised fails its group closed
             self._fail(group, exc)
             return None
+        return group, numbered
 
     async def _commit_group(self, group: _Group, numbered: _Numbered) -> None:
         """Write and commit one group, then release its waiters, or fail them all closed."""
         started = time.perf_counter()
         try:
             async with self.pool.acquire() as conn, self._append:
-                transaction = conn.transaction()
-                await transaction.start()
-                try:
-                    await self._resolve(conn)
-                    if numbered.base is not self._last:
-                        numbered = self._number(group.events, None)
-                    await self._write(conn, group.events, numbered, transaction)
-                except BaseException:
-                    await _rollback_if_open(transaction)
-                    raise
+                await self._resolve(conn)
+                if numbered.base is not self._last:
+                    numbered = self._number(group.events, None)
+                if len(group.events) <= _ONE_STATEMENT_MAX:
+                    await self._write_statement(conn, group.events, numbered)
+                else:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                    try:
+                        await self._write(conn, group.events, numbered, transaction)
+                    except BaseException:
+                        await _rollback_if_open(transaction)
+                        raise
         except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
             self._fail(group, exc)
         else:
@@ -281,6 +297,24 @@ class AuditWriter:
     def _number(self, events: Sequence[AuditEvent], after: _Numbered | None) -> _Numbered:
         """Give `events` their seq and series numbers after `after` (None: after what is committed);
         serialise and hash them."""
+        *_, numbered = self._numbering(events, after)
+        assert numbered is not None
+        return numbered
+
+    async def _number_ahead(self, events: Sequence[AuditEvent], after: _Numbered) -> _Numbered:
+        """`_number`, pausing every few hundred events so that the loop keeps feeding PostgreSQL the
+        group in flight (its COPY data, its COMMIT) while this one is serialised and hashed."""
+        for numbered in self._numbering(events, after):
+            if numbered is not None:
+                return numbered
+            await asyncio.sleep(0)
+        raise AssertionError("unreachable: _numbering ends with the numbered batch")
+
+    def _numbering(self, events: Sequence[AuditEvent], after: _Numbered | None) -> Iterator[_Numbered | None]:
+        """Number `events`, yielding None every _NUMBERING_SLICE events and the numbered batch at the end.
+
+        Numbers follow `after`'s whatever happens meanwhile: if `after` does not commit, or anything
+        else is appended first, the batch's `base` no longer matches and it is numbered again."""
         if after is None:
             numbered = _Numbered(self._last, self.tree.size, [], {}, {})
             vendors, members = (numbered.vendors, self._vendors), (numbered.members, self._members)
@@ -300,7 +334,9 @@ class AuditWriter:
             rows.append((event.at, log_id, first + offset, body["event_id"], body["kind"], body["outcome"],
                          body["vendor_id"], body["member_id"], body["dataset_id"], body["licence_id"],
                          body["actor"]["credential_id"], entry))
-        return numbered
+            if offset % _NUMBERING_SLICE == _NUMBERING_SLICE - 1:
+                yield None
+        yield numbered
 
     async def _write(self, conn: asyncpg.Connection, events: Sequence[AuditEvent], numbered: _Numbered,
                      transaction: Transaction) -> None:
@@ -312,6 +348,17 @@ class AuditWriter:
             await transaction.commit()
         except BaseException:
             # The COMMIT may or may not have reached the server: look the batch up before going on.
+            self._unresolved = numbered
+            raise
+        self._extend(numbered)
+
+    async def _write_statement(self, conn: asyncpg.Connection, events: Sequence[AuditEvent],
+                               numbered: _Numbered) -> None:
+        """Write and commit numbered events and their usage in one statement, then extend the tree."""
+        try:
+            await conn.execute(_WRITE_GROUP, *metering.usage_columns(events, self.log_id), *zip(*numbered.rows))
+        except BaseException:
+            # Lost on the way back, the statement may have committed: look the batch up before going on.
             self._unresolved = numbered
             raise
         self._extend(numbered)

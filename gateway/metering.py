@@ -60,8 +60,24 @@ def next_month(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+# Adds a batch's counts to usage_daily; parameters $1..$7 are the columns of usage_columns().
+UPSERT_USAGE = (
+    "INSERT INTO usage_daily AS u (licence_id, day, log_id, requests, records, bytes, over_soft_quota) "
+    "SELECT * FROM unnest($1::uuid[], $2::date[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], "
+    "$7::boolean[]) ON CONFLICT (licence_id, day, log_id) DO UPDATE SET "
+    "requests = u.requests + EXCLUDED.requests, records = u.records + EXCLUDED.records, "
+    "bytes = u.bytes + EXCLUDED.bytes, over_soft_quota = u.over_soft_quota OR EXCLUDED.over_soft_quota")
+
+
 async def write_usage(conn: asyncpg.Connection, events: Sequence[AuditEvent], log_id: str) -> None:
     """Add a batch's deliveries to usage_daily, inside the batch's own transaction."""
+    columns = usage_columns(events, log_id)
+    if columns[0]:
+        await conn.execute(UPSERT_USAGE, *columns)
+
+
+def usage_columns(events: Sequence[AuditEvent], log_id: str) -> list[list[Any]]:
+    """A batch's requests, records and bytes per licence and JST day, as UPSERT_USAGE's columns."""
     totals: dict[tuple[uuid.UUID, date], list[Any]] = {}
     for event in events:
         if event.licence_id is None or event.outcome is not Outcome.ALLOW:
@@ -76,13 +92,9 @@ async def write_usage(conn: asyncpg.Connection, events: Sequence[AuditEvent], lo
             row[1] += event.records or 0
             row[2] += event.bytes or 0
         row[3] = row[3] or bool(event.detail and event.detail.get("quota_warning"))
-    if totals:
-        await conn.executemany(
-            "INSERT INTO usage_daily AS u (licence_id, day, log_id, requests, records, bytes, over_soft_quota) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (licence_id, day, log_id) DO UPDATE SET "
-            "requests = u.requests + EXCLUDED.requests, records = u.records + EXCLUDED.records, "
-            "bytes = u.bytes + EXCLUDED.bytes, over_soft_quota = u.over_soft_quota OR EXCLUDED.over_soft_quota",
-            [(licence_id, day, log_id, *row) for (licence_id, day), row in totals.items()])
+    keys = list(totals)
+    return [[licence_id for licence_id, _ in keys], [day for _, day in keys], [log_id] * len(keys),
+            *([row[i] for row in totals.values()] for i in range(4))]
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import pytest
 from gateway import checkpoints, migrations, signing_keys
 from gateway.audit import AuditUnavailable, AuditWriter, new_log_id
 from gateway.errors import NotFound, ServiceUnavailable
+from gateway.events import AuditEvent
 from keys.merkle import leaf_hash, verify_inclusion
 from keys.sealing import MasterKey
 from tests.test_audit_support import synthetic
@@ -417,3 +418,39 @@ async def test_changes_between_pipelined_groups_leave_one_gap_free_log(dsn: str)
         await conn.close()
     assert [e["seq"] for e in entries] == list(range(30 * 40 + 30))
     assert [e["vendor_seq"] for e in entries] == list(range(30 * 40 + 30))
+
+
+async def test_small_groups_in_one_statement_and_large_ones_by_copy_make_the_same_log_and_usage(dsn: str) -> None:
+    vendor, dataset, member, licence = (uuid.uuid4() for _ in range(4))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO vendors (id, name) VALUES ($1, 'v')", vendor)
+        await conn.execute("INSERT INTO datasets (id, vendor_id, name, columns, partition_column) "
+                           "VALUES ($1, $2, 'd', '[]', 'area')", dataset, vendor)
+        await conn.execute("INSERT INTO members (id, vendor_id, name) VALUES ($1, $2, 'm')", member, vendor)
+        await conn.execute("INSERT INTO licences (id, vendor_id, member_id, dataset_id, partitions, columns, "
+                           "valid_from) VALUES ($1, $2, $3, $4, '{n}', '{a}', now())", licence, vendor, member, dataset)
+    finally:
+        await conn.close()
+
+    def delivery() -> AuditEvent:
+        return synthetic(vendor, member, dataset_id=dataset, licence_id=licence)
+
+    async with writer_on(dsn, checkpoint_seconds=60) as writer:
+        await asyncio.gather(*(writer.commit(delivery()) for _ in range(300)))  # one group of 300: by COPY
+        for _ in range(5):
+            await asyncio.gather(*(writer.commit(delivery()) for _ in range(10)))  # groups of 10: one statement
+        log_id = writer.log_id
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT seq, xmin::text AS tx, entry FROM audit_events WHERE log_id = $1 ORDER BY seq",
+                                log_id)
+        usage = await conn.fetchrow("SELECT requests, records, bytes FROM usage_daily WHERE licence_id = $1 "
+                                    "AND log_id = $2", licence, log_id)
+        assert (await checkpoints.check(conn)).ok
+    finally:
+        await conn.close()
+    assert [r["seq"] for r in rows] == list(range(350))
+    assert [orjson.loads(r["entry"])["member_seq"] for r in rows] == list(range(350))
+    assert len({r["tx"] for r in rows[:300]}) == 1 and len({r["tx"] for r in rows[300:]}) == 5
+    assert tuple(usage) == (350, 3500, 35000)
