@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ from gateway.context import Principal, context
 from gateway.errors import BadRequest, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, \
     UnsupportedMediaType
 from gateway.events import EventKind
+from gateway.types import Receive, Scope, Send
 
 MAX_JSON_DEPTH = 16
 NO_STORE = {"cache-control": "no-store"}
@@ -36,6 +37,20 @@ class RawResponse(Response):
         self.background = None
         self.body = body
         self.raw_headers = [*raw_headers, (b"content-length", str(len(body)).encode())]
+
+
+class Direct:
+    """A `handler(request) -> Response` as a pure ASGI endpoint, for the member routes on every request's
+    path: Starlette wraps a function endpoint in a second exception layer of its own (a send wrapper
+    and two closures per request); here an error goes on up to the app's exception middleware, which
+    answers it with the same handlers."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

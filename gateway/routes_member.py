@@ -21,7 +21,7 @@ from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
 from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
 from gateway.events import EventKind, Outcome
-from gateway.http import NO_STORE, RawResponse, derived, encode_headers, json_response, path_id, principal
+from gateway.http import NO_STORE, Direct, RawResponse, derived, encode_headers, json_response, path_id, principal
 from gateway.licences import Licence
 from gateway.runtime import Runtime
 from gateway.server_secrets import CURSOR
@@ -371,8 +371,8 @@ def _own_licence(request: Request, member_id: Any) -> Licence:
 
 routes = [
     Route("/v1/datasets", list_datasets, methods=["GET"]),
-    Route("/v1/datasets/{dataset}", get_dataset, methods=["GET"]),
-    Route("/v1/datasets/{dataset}/records", records, methods=["GET"]),
+    Route("/v1/datasets/{dataset}", Direct(get_dataset), methods=["GET"], name="get_dataset"),
+    Route("/v1/datasets/{dataset}/records", Direct(records), methods=["GET"], name="records"),
     Route("/v1/usage", usage, methods=["GET"]),
     Route("/v1/licences/{licence}/terms", licence_terms, methods=["GET"], name="licence_terms"),
     Route("/v1/licences/{licence}/accept", accept_terms, methods=["POST"]),
