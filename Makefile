@@ -24,7 +24,7 @@ test: $(STAMP) ## run the whole suite (embedded PostgreSQL, or GATEWAY_TEST_DATA
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/pip install --quiet ruff mypy
-	$(BIN)/ruff check gateway keys tests
+	$(BIN)/ruff check gateway keys tests loadtests
 	$(BIN)/mypy keys
 
 bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures): hot path vs bare Starlette, then publish

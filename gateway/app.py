@@ -6,7 +6,6 @@ import gc
 import logging
 
 import asyncpg
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -117,7 +116,7 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     self.runtime = await Runtime.open(self.config, serving=True)
-                except Exception as exc:  # report any start failure to the server, which exits
+                except Exception as exc:  # noqa: BLE001 - any start failure is reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 self.app = build_app(self.runtime)

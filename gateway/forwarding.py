@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from gateway.credentials import IPAddress, IPNetwork
 from gateway.context import peer_address
+from gateway.credentials import IPAddress, IPNetwork
 from gateway.types import Scope
 
 CLIENT_CERT_HEADER = b"x-client-cert-sha256"

@@ -13,8 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.context import Principal, context
-from gateway.errors import BadRequest, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, \
-    UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 from gateway.events import EventKind
 from gateway.types import Receive, Scope, Send
 

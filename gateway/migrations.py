@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+
 def _migrations_dir() -> Path:
     """schemas/migrations of a source checkout, or the copy a wheel installs under share/ (pyproject.toml)."""
     checkout = Path(__file__).resolve().parent.parent / "schemas" / "migrations"

@@ -21,7 +21,16 @@ from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
 from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
 from gateway.events import EventKind, Outcome
-from gateway.http import NO_STORE, Direct, RawResponse, derived, encode_headers, json_response, path_id, principal
+from gateway.http import (
+    NO_STORE,
+    Direct,
+    RawResponse,
+    derived,
+    encode_headers,
+    json_response,
+    path_id,
+    principal,
+)
 from gateway.licences import Licence
 from gateway.runtime import Runtime
 from gateway.server_secrets import CURSOR

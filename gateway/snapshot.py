@@ -24,7 +24,17 @@ from typing import Any
 import asyncpg
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from gateway import credentials, datasets, licences, members, metrics, oauth, oauth_clients, server_secrets, vendors
+from gateway import (
+    credentials,
+    datasets,
+    licences,
+    members,
+    metrics,
+    oauth,
+    oauth_clients,
+    server_secrets,
+    vendors,
+)
 from gateway.credentials import Credential
 from gateway.datasets import Dataset
 from gateway.licences import Licence

@@ -35,7 +35,7 @@ class CompactRange:
     This is all a log writer needs in memory to append and to compute each new root.
     """
 
-    __slots__ = ("_size", "_hashes")
+    __slots__ = ("_hashes", "_size")
 
     def __init__(self) -> None:
         self._size = 0

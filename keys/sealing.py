@@ -32,7 +32,7 @@ class SealError(ValueError):
 
 
 class MasterKey:
-    __slots__ = ("_raw", "_aead")
+    __slots__ = ("_aead", "_raw")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:

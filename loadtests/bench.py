@@ -969,8 +969,8 @@ def row(label: str, fig: dict[str, Any], base: dict[str, Any] | None) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = ["| server, workload, connections | requests/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | "
-             "PostgreSQL CPU µs/req | audit events/commit | ÷ bare | errors |",
+    lines = [("| server, workload, connections | requests/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | "
+              "PostgreSQL CPU µs/req | audit events/commit | ÷ bare | errors |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     bare = results.get("bare") or {}
     for workload in WORKLOADS:

@@ -157,13 +157,12 @@ async def test_a_client_that_disconnects_midway_is_metered_for_what_was_sent(run
         while not server.started:
             await asyncio.sleep(0.01)
         received = 0
-        async with httpx.AsyncClient() as http:
-            async with http.stream("GET", f"http://127.0.0.1:{port}{records_path(licensed)}",
-                                   headers=licensed.headers) as response:
-                async for chunk in response.aiter_raw():
-                    received += len(chunk)
-                    if received > 200_000:
-                        break
+        async with httpx.AsyncClient() as http, http.stream(
+                "GET", f"http://127.0.0.1:{port}{records_path(licensed)}", headers=licensed.headers) as response:
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > 200_000:
+                    break
         await asyncio.sleep(0.5)
     finally:
         server.should_exit = True

@@ -78,10 +78,10 @@ def test_the_image_runs_unprivileged_without_build_tools_and_checks_its_health()
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     final_stage = dockerfile.split("\nFROM ")[-1]
     assert final_stage.startswith("python:3.11-slim")
-    assert re.search(r"^USER (?!root)\w+", final_stage, re.M)
+    assert re.search(r"^USER (?!root)\w+", final_stage, re.MULTILINE)
     assert "HEALTHCHECK" in final_stage and "/healthz" in final_stage
     assert not re.search(r"apt-get install|build-essential|gcc", final_stage)
-    exposed = int(re.search(r"^EXPOSE (\d+)", final_stage, re.M)[1])  # type: ignore[index]
+    exposed = int(re.search(r"^EXPOSE (\d+)", final_stage, re.MULTILINE)[1])  # type: ignore[index]
     assert exposed == int(re.search(r"GATEWAY_PORT=(\d+)", final_stage)[1])  # type: ignore[index]
 
 
@@ -119,6 +119,6 @@ def test_alert_rules_cover_the_failures_operators_must_hear_of() -> None:
 
 def test_systemd_unit_serves_after_migrating_and_stops_gracefully() -> None:
     unit = (DEPLOY / "systemd" / "lpd-gateway.service").read_text()
-    assert re.search(r"^ExecStart=\S*gateway serve$", unit, re.M)
-    assert re.search(r"^ExecStartPre=\S*gateway migrate$", unit, re.M)
-    assert "KillSignal=SIGTERM" in unit and re.search(r"^User=(?!root)", unit, re.M)
+    assert re.search(r"^ExecStart=\S*gateway serve$", unit, re.MULTILINE)
+    assert re.search(r"^ExecStartPre=\S*gateway migrate$", unit, re.MULTILINE)
+    assert "KillSignal=SIGTERM" in unit and re.search(r"^User=(?!root)", unit, re.MULTILINE)

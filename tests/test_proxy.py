@@ -31,7 +31,7 @@ def render(backend_port: int, listen_port: int, prefix: Path) -> str:
     """The shipped file with only what a test host needs changed: addresses and writable paths."""
     conf = SHIPPED.read_text()
     conf = re.sub(r"(upstream gateway \{)[^}]*?(keepalive)", rf"\1\n        server 127.0.0.1:{backend_port};\n        \2",
-                  conf, flags=re.S)
+                  conf, flags=re.DOTALL)
     conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
     temp = "".join(f"    {name}_temp_path {prefix}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi",
                                                                               "scgi"))
@@ -47,7 +47,7 @@ async def proxied(runtime: Runtime, tmp_path: Path) -> AsyncIterator[int]:
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(backend_port, listen_port, tmp_path))
     assert NGINX is not None
-    nginx = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-g",
+    nginx = subprocess.Popen([NGINX,  # noqa: ASYNC220 - starts it and returns at once "-p", str(tmp_path), "-c", str(conf), "-g",
                               f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"])
     try:
         deadline = time.monotonic() + 10
