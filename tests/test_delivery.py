@@ -186,3 +186,23 @@ async def test_the_accept_header_chooses_the_format(runtime: Runtime, client: ht
     assert csv_page.text.splitlines()[0] == "area,day,count"
     unknown = await client.get(records_path(licensed), params={"format": "xml"}, headers=licensed.headers)
     assert unknown.status_code == 406
+
+
+async def test_head_on_records_checks_and_answers_headers_but_delivers_and_meters_no_record(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client)
+    response = await client.head(records_path(licensed), params={"limit": 10}, headers=licensed.headers)
+    assert response.status_code == 200 and response.content == b""
+    assert "Limited provision data" in response.headers["data-notice"]
+    await runtime.writer.checkpoint()
+    assert await usage_rows(runtime, licensed.licence["id"]) == (1, 0, 0)  # a request, no records or bytes
+    async with runtime.pool.acquire() as conn:
+        entry = orjson.loads(await conn.fetchval("SELECT entry FROM audit_events WHERE event_id = $1",
+                                                 uuid.UUID(response.headers["audit-event"])))
+    assert entry["request"]["method"] == "HEAD" and entry["delivery"]["records"] == 0
+    # Refused as GET would be: a revoked licence gets no headers of a delivery either.
+    await licensed.vendor.ok("POST", f"/v1/admin/licences/{licensed.licence['id']}/revoke", json={"reason": "end"})
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[uuid.UUID(licensed.licence["id"])].status
+                            == "revoked")
+    refused = await client.head(records_path(licensed), headers=licensed.headers)
+    assert refused.status_code == 403 and "data-notice" not in refused.headers
