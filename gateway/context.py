@@ -18,6 +18,7 @@ from gateway.actors import Actor, RequestInfo
 from gateway.credentials import Credential, IPAddress
 from gateway.events import AuditEvent, EventKind, Outcome
 from gateway.types import Scope
+from keys.apikeys import redact
 
 SCOPE_KEY = "gateway.context"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -67,10 +68,10 @@ class RequestContext:
             if name == b"x-request-id":
                 text = value.decode("latin-1")
                 # A client's id is kept only if harmless: it ends up in evidence and logs.
-                request_id = text if _REQUEST_ID.match(text) else None
+                request_id = text if _REQUEST_ID.match(text) and redact(text) == text else None
             elif name == b"user-agent":
-                user_agent = value.decode("latin-1")[:512]
-        return cls(request_id or secrets.token_hex(12), scope["method"], scope["path"], client, user_agent)
+                user_agent = redact(value.decode("latin-1")[:512])
+        return cls(request_id or secrets.token_hex(12), scope["method"], redact(scope["path"]), client, user_agent)
 
     @property
     def request_info(self) -> RequestInfo:

@@ -11,7 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keys.apikeys import BASE62, TOKEN_LENGTH, ApiKey, KeyKind, MalformedKey, generate, parse
+from keys.apikeys import (
+    BASE62,
+    TOKEN_LENGTH,
+    ApiKey,
+    KeyKind,
+    MalformedKey,
+    generate,
+    generate_client,
+    parse,
+    redact,
+)
 
 EXPECTED_PREFIXES = {
     KeyKind.MEMBER: "lpdm_",
@@ -142,3 +152,14 @@ def test_api_key_is_immutable() -> None:
     with pytest.raises(AttributeError):
         key.token = "x"  # type: ignore[misc]
     assert ApiKey(key.kind, key.key_id, key.token) == key
+
+
+@pytest.mark.parametrize("kind", list(KeyKind))
+def test_redact_removes_the_secret_part_of_every_key_in_a_text_and_keeps_its_id(kind: KeyKind) -> None:
+    key, client = generate(kind), generate_client()
+    text = f"/v1/datasets/{key.token}/records?x={client.secret} and again {key.token}"
+    redacted = redact(text)
+    assert key.token not in redacted and client.secret not in redacted
+    assert redacted.count(f"_{key.key_id}_[redacted]") == 2 and f"lpda_{client.key_id}_[redacted]" in redacted
+    assert redact("/v1/datasets/lpd-sample/records") == "/v1/datasets/lpd-sample/records"
+

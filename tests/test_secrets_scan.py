@@ -190,6 +190,9 @@ async def test_no_secret_reaches_responses_logs_metrics_or_the_database(
             client.post("/v1/admin/members", content=b"{not json", headers={**vendor.headers,
                                                                              "content-type": "application/json"}),
             client.delete(path, headers=auth(member_key)),
+            # A key pasted where a client's text ends up in the audit event: the path, the request id, the agent.
+            client.get(f"/v1/datasets/{member_key}", headers={**auth(member_key), "X-Request-Id": member_key,
+                                                               "User-Agent": f"script/1.0 {clients[0]['client_secret']}"}),
         ]
         for call in errors:
             assert 400 <= (await call).status_code < 500
