@@ -20,6 +20,7 @@ import binascii
 import bisect
 import hashlib
 import itertools
+import queue
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -44,7 +45,11 @@ from gateway.signing_keys import PublicKey
 from keys.merkle import HASH_BYTES, ProofError, verify_consistency
 from keys.notes import NoteError
 
-_CHUNK = 1 << 20
+# Large: while the parser runs, an inflater thread gets the GIL back once per switch interval (5 ms),
+# and reading a chunk takes it about ten turns (file, each inflate buffer, CRC, hash). A chunk must
+# keep the parser busy longer than that, or the parser waits for the next one.
+_CHUNK = 8 << 20
+_AHEAD = 2                 # chunks an inflater thread may run ahead of the parser
 _MAX_LINE = 1 << 20        # an event or proof line longer than this is not from an exporter
 _MAX_MANIFEST = 64 << 20   # bounds what is parsed before any check: the manifest lists every log
 _MAX_REPORT = 256 << 20
@@ -134,19 +139,22 @@ class _Verifier:
         if self.trusted_checkpoint is not None:
             self._trusted()
         self.summary = report.Summary(self.scope["from"], self.scope["to"])
-        # The two big files are hashed on a second thread while this one parses them: hashlib and zlib
-        # release the GIL, so on two cores the hashing costs no time.
-        with ThreadPoolExecutor(1) as hasher:
-            hashed = hasher.submit(self._hash_files, ("events.jsonl", "proofs.jsonl"))
+        # The two big files are inflated and hashed once, each on its own thread, which hands the chunks
+        # to this one: zlib, the CRC and hashlib release the GIL, so on two cores this thread only parses.
+        with ThreadPoolExecutor(2) as pool:
+            events, proofs = streams = [_Stream(pool, self.path, name) for name in ("events.jsonl", "proofs.jsonl")]
             try:
-                self._events()
+                self._events(events, proofs)
             except Exception:
                 # Content failed a check; if a file also fails the manifest, that is the first problem.
-                for name, found in hashed.result().items():
-                    self._compare(name, found)
+                for stream in streams:
+                    self._compare(stream.name, stream.finish())
                 raise
-            for name, found in hashed.result().items():
-                self._compare(name, found)
+            finally:
+                for stream in streams:
+                    stream.abandon()  # no thread may be left waiting for this one to take a chunk
+            for stream in streams:
+                self._compare(stream.name, stream.finish())
         self._per_log()
         self._report()
         self.verdict.events = sum(log.events for log in self.logs.values())
@@ -195,34 +203,18 @@ class _Verifier:
     def _check_hash(self, name: str) -> None:
         self._compare(name, _digest(self.bundle, name))
 
-    def _hash_files(self, names: tuple[str, ...]) -> dict[str, tuple[str, int]]:
-        with zipfile.ZipFile(self.path) as bundle:  # its own handle: no seeking under the parser's feet
-            return {name: _digest(bundle, name) for name in names}
-
     def _compare(self, name: str, found: tuple[str, int]) -> None:
         claimed = self.manifest["files"][name]
         if not isinstance(claimed, dict) or (claimed.get("sha256"), claimed.get("bytes")) != found:
             raise BundleError("manifest-mismatch", f"{name} does not match its SHA-256 in manifest.json")
 
-    def _lines(self, name: str) -> Iterator[bytes]:
-        """Each line without its newline."""
-        rest = b""
-        with self.bundle.open(name) as handle:
-            while chunk := handle.read(_CHUNK):
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                if len(rest) > _MAX_LINE:
-                    raise BundleError("bundle-format", f"{name}: a line is longer than {_MAX_LINE} bytes")
-                yield from lines
-        if rest:
-            raise BundleError("bundle-format", f"{name}: the last line has no newline")
-
     def _jsonl(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-        for number, line in enumerate(self._lines(name), 1):
-            value = _json(line, f"{name} line {number}")
-            if not isinstance(value, dict):
-                raise BundleError("bundle-format", f"{name} line {number} is not a JSON object")
-            yield number, value
+        with self.bundle.open(name) as handle:
+            for number, line in enumerate(_lines(name, iter(lambda: handle.read(_CHUNK), b"")), 1):
+                value = _json(line, f"{name} line {number}")
+                if not isinstance(value, dict):
+                    raise BundleError("bundle-format", f"{name} line {number} is not a JSON object")
+                yield number, value
 
     # -- keys and checkpoints ---------------------------------------------------------------------
 
@@ -305,7 +297,7 @@ class _Verifier:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _events(self) -> None:
+    def _events(self, events: _Stream, proofs: _Stream) -> None:
         """Every event against its proof line, in one pass.
 
         The cost per event is what bounds verification, so the loop keeps the current log's state in
@@ -318,16 +310,17 @@ class _Verifier:
         filters = [(name, scope[name]) for name in ("member_id", "dataset_id") if scope.get(name)]
         loads, sha256, add = orjson.loads, hashlib.sha256, self.summary.add
         cache = _ProofCache(0, b"")
-        low = high = 0  # the covering checkpoint of the previous event covers seq in [low, high)
+        high = 0  # the size of the previous event's covering checkpoint: it covers the seqs up to high - 1
         state = _Log()
         log_id, seq, count, previous, inside = "", -1, 0, -1, False
-        proofs = self._lines("proofs.jsonl")
         number = 0
         try:
-            for number, line in enumerate(self._lines("events.jsonl"), 1):
-                found = next(proofs, None)
+            pairs = itertools.zip_longest(_lines(events.name, events), _lines(proofs.name, proofs))
+            for number, (line, found) in enumerate(pairs, 1):
                 if found is None:
                     raise BundleError("bundle-format", f"{_at(number)} has no proof line (proofs.jsonl is shorter)")
+                if line is None:
+                    raise BundleError("bundle-format", "proofs.jsonl has more lines than events.jsonl")
                 proof, event = loads(found), loads(line)
                 if type(proof) is not dict or type(event) is not dict:
                     raise BundleError("bundle-format", f"{_at(number)} or its proof line is not a JSON object")
@@ -349,17 +342,17 @@ class _Verifier:
                                                           "bundle")
                     state.events, state.last_seq = count, seq  # the log before
                     state = self.logs[claimed_log] = _Log(first_seq=claimed_seq, first_inside=inside)
-                    log_id, seq, count, low, high = claimed_log, -1, 0, 0, 0
+                    log_id, seq, count, high = claimed_log, -1, 0, 0
                 elif claimed_seq <= seq:
                     raise BundleError("order", f"{_at(number)}: log {log_id} seq {claimed_seq} after seq {seq}: events "
                                                "must be in (log, seq) order, each once")
                 seq = claimed_seq
-                if not low <= seq < high:
+                if seq >= high:  # seq only grows within a log: the covering checkpoint changes upwards
                     sizes = self.sizes[log_id]
                     index = bisect.bisect_right(sizes, seq)
                     if index == len(sizes):
                         raise BundleError("inclusion", f"{_at(number)}: no checkpoint of log {log_id} covers seq {seq}")
-                    low, high = (sizes[index - 1] if index else 0), sizes[index]
+                    high = sizes[index]
                     cache = _ProofCache(high, self.roots[(log_id, high)])
                 if proof.get("tree_size") != high:
                     raise BundleError("inclusion", f"{_at(number)}: the proof must be against checkpoint {high} of "
@@ -394,8 +387,6 @@ class _Verifier:
         except orjson.JSONDecodeError:
             raise BundleError("bundle-format", f"{_at(number)} or its proof line is not valid JSON") from None
         state.events, state.last_seq, state.last_inside = count, seq, inside
-        if next(proofs, None) is not None:
-            raise BundleError("bundle-format", "proofs.jsonl has more lines than events.jsonl")
 
     def _per_log(self) -> None:
         claimed = self.manifest.get("logs")
@@ -443,62 +434,131 @@ class _Verifier:
 
 
 class _ProofCache:
-    """RFC 9162 inclusion verification against one root, remembering the nodes it has authenticated.
+    """RFC 9162 inclusion verification against one root, starting from the last proof it accepted.
 
-    Every node on a verified path, and every sibling used on it, is a proven subtree root of this tree.
-    A later proof that reaches a proven node with the same value, and whose remaining nodes are the
-    ones the earlier proof had from there, is verified there. Neighbouring events share all but their
-    lowest nodes, so a run of events costs one or two hashes each instead of log2(size).
+    The paths of two leaves join above level d, the highest bit in which their indices differ: at level
+    d their nodes are siblings, and above it the proofs of both hold the same nodes. So a proof is
+    verified by hashing from its leaf up to level d, then comparing its node there with the last leaf's
+    node, the node it reached with the last leaf's sibling there, and its remaining nodes with the last
+    proof's. In seq order d is mostly 0 or 1: an event costs one hash on average instead of log2(size).
     """
 
     def __init__(self, size: int, root: bytes) -> None:
         self.size, self.root = size, root
-        # (level, index) -> (hash, the proof that proved it, where the path above it continues in that
-        # proof, and for a sibling the node it was paired with, which comes first on its path).
-        self.known: dict[tuple[int, int], tuple[bytes, list[Any], int, bytes | None]] = {}
+        self.top = (size - 1).bit_length()  # the root's level
+        self.last = -1  # the leaf of the last proof accepted, -1 for none
+        self.proof: list[Any] = []
+        # Per level below the root, on the last leaf's path: its node, the node's sibling, and how many
+        # nodes its proof has from that sibling to the end (for levels with a sibling). Counted from the
+        # end, they stay right for the levels above d, where the next proof has the same nodes.
+        self.path = [b""] * self.top
+        self.siblings = [b""] * self.top
+        self.rest = [0] * self.top
 
     def verify(self, leaf: bytes, index: int, proof: Any) -> None:
         if type(proof) is not list:
             raise ProofError("the proof is not a list of base64 hashes")
         if not 0 <= index < self.size:
             raise ProofError("leaf index is not below the tree size")
-        known, sha256 = self.known, hashlib.sha256
-        fn, sn, level, node = index, self.size - 1, 0, leaf
-        new: list[tuple[tuple[int, int], bytes, int, bytes | None]] = []
-        for i, text in enumerate(proof):
-            if sn == 0:
-                raise ProofError("proof has too many nodes")
-            if fn == sn and not fn & 1:
-                # The tree's right edge: a node without a right sibling moves up unchanged.
-                while not fn & 1:
-                    fn, sn, level = fn >> 1, sn >> 1, level + 1
-            seen = known.get((level, fn))
-            try:
-                sibling = binascii.a2b_base64(text, strict_mode=True)
-            except (ValueError, TypeError):
-                sibling = b""
-            if len(sibling) != HASH_BYTES:
-                raise ProofError(f"a proof node is not the base64 of {HASH_BYTES} bytes")
-            if seen is not None:
-                value, earlier, at, paired = seen
-                if value != node:
+        last, path, siblings, rest, count = self.last, self.path, self.siblings, self.rest, len(proof)
+        # The levels up to d are rewritten below: the state is only trusted again once this proof is.
+        self.last = -1
+        top = (index ^ last).bit_length() - 1 if 0 <= last != index else self.top
+        fn, sn, level, node, k = index, self.size - 1, 0, leaf, 0
+        a2b, sha256 = binascii.a2b_base64, hashlib.sha256
+        try:
+            while level != top:
+                path[level] = node
+                if fn != sn or fn & 1:  # else the tree's right edge: a node without a sibling moves up as it is
+                    if k == count:
+                        raise ProofError("proof has too few nodes")
+                    sibling = siblings[level] = a2b(proof[k], strict_mode=True)
+                    if len(sibling) != HASH_BYTES:
+                        raise ProofError(f"a proof node is not the base64 of {HASH_BYTES} bytes")
+                    rest[level] = count - k
+                    # RFC 9162 node hash, inline: this loop is the verifier's innermost.
+                    node = sha256(b"\x01" + sibling + node if fn & 1 else b"\x01" + node + sibling).digest()
+                    k += 1
+                fn, sn, level = fn >> 1, sn >> 1, level + 1
+            if top != self.top:
+                # Level d: this leaf's node and the last leaf's are siblings, each proven by the other proof.
+                if k == count or a2b(proof[k], strict_mode=True) != path[top] or node != siblings[top]:
                     raise ProofError("computed root does not match")
-                if (paired is not None and paired != sibling) or proof[i + (paired is not None):] != earlier[at:]:
+                earlier = self.proof
+                if proof[k + 1:] != earlier[len(earlier) - rest[top] + 1:]:
                     raise ProofError("the proof's upper nodes are not the tree's")
-                break
-            new.append(((level, fn), node, i, None))
-            new.append(((level, fn ^ 1), sibling, i + 1, node))
-            # RFC 9162 node hash, inline: this loop is the verifier's innermost.
-            node = sha256(b"\x01" + sibling + node if fn & 1 else b"\x01" + node + sibling).digest()
-            fn, sn, level = fn >> 1, sn >> 1, level + 1
-        else:
-            if sn != 0:
-                raise ProofError("proof has too few nodes")
-            if node != self.root:
+                siblings[top], path[top], rest[top] = path[top], node, count - k
+            elif k != count:
+                raise ProofError("proof has too many nodes")
+            elif node != self.root:
                 raise ProofError("computed root does not match")
-        # Only now, the path proven: its nodes vouch for later proofs.
-        for position, value, at, paired in new:
-            known[position] = (value, proof, at, paired)
+        except ProofError:  # a ValueError too
+            raise
+        except (ValueError, TypeError):  # a2b_base64 refused the node, or it is not a string
+            raise ProofError(f"a proof node is not the base64 of {HASH_BYTES} bytes") from None
+        self.last, self.proof = index, proof
+
+
+class _Stream:
+    """One file of the bundle inflated once, on a thread of `pool`, which hashes it for the manifest check
+    and hands its chunks to the thread iterating this object."""
+
+    def __init__(self, pool: ThreadPoolExecutor, path: str | Path, name: str) -> None:
+        self.name = name
+        # Bounded: the inflater runs at most this many chunks ahead of the parser.
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(_AHEAD)
+        self.abandoned = False
+        self.digest = pool.submit(self._inflate, path)
+
+    def _inflate(self, path: str | Path) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        try:
+            with zipfile.ZipFile(path) as bundle, bundle.open(self.name) as handle:  # a handle of its own
+                while chunk := handle.read(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if not self.abandoned:
+                        self.chunks.put(chunk)
+        finally:
+            if not self.abandoned:
+                self.chunks.put(None)  # the end, or an error that finish() raises
+        return digest.hexdigest(), size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (chunk := self.chunks.get()) is not None:
+            yield chunk
+        self.digest.result()  # a ZIP error (a bad CRC is only seen at the end) is raised here
+
+    def abandon(self) -> None:
+        """Stop handing chunks over; the thread still finishes the hash."""
+        self.abandoned = True
+        # Set before draining: the thread puts at most one more chunk after this, and the queue has room.
+        while not self.chunks.empty():
+            self.chunks.get_nowait()
+
+    def finish(self) -> tuple[str, int]:
+        """The file's SHA-256 (hex) and size, once the thread has read it to the end."""
+        self.abandon()
+        return self.digest.result()
+
+
+def _lines(name: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Each line of the file `name`, read as `chunks`, without its newline."""
+    # A list of lines per chunk, chained: the lines themselves are iterated in C.
+    return itertools.chain.from_iterable(_line_lists(name, chunks))
+
+
+def _line_lists(name: str, chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    rest = b""
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        lines[0] = rest + lines[0]  # not rest + chunk: that would copy the whole chunk
+        rest = lines.pop()
+        if len(rest) > _MAX_LINE:
+            raise BundleError("bundle-format", f"{name}: a line is longer than {_MAX_LINE} bytes")
+        yield lines
+    if rest:
+        raise BundleError("bundle-format", f"{name}: the last line has no newline")
 
 
 def _digest(bundle: zipfile.ZipFile, name: str) -> tuple[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import struct
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import report, signing_keys
+from gateway import report, signing_keys, verify
 from gateway.checkpoints import b64
 from gateway.verify import verify_bundle
 from keys.notes import format_checkpoint, parse_note
@@ -208,6 +209,63 @@ def test_tampering_is_caught_even_with_a_recomputed_manifest(case: Case, tmp_pat
 def test_tampering_without_a_new_manifest_is_a_manifest_mismatch(case: Case, tmp_path: Path, name: str) -> None:
     verdict = verify_bundle(tampered(case, tmp_path, TAMPERING[name][0], rehash=False))
     assert verdict.code == "manifest-mismatch", verdict.line()
+
+
+def _drop_last(rows: list[bytes]) -> None:
+    del rows[-1]
+
+
+def _cut_newline(rows: list[bytes]) -> None:
+    rows[-1] = rows[-1].rstrip(b"\n")
+
+
+PROOF_LINES: dict[str, tuple[Callable[[list[bytes]], None], str]] = {
+    "last proof line deleted": (_drop_last, "has no proof line"),
+    "proof line added": (lambda rows: rows.append(rows[-1]), "proofs.jsonl has more lines than events.jsonl"),
+    "last newline cut": (_cut_newline, "proofs.jsonl: the last line has no newline"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROOF_LINES))
+def test_events_and_proofs_must_pair_line_for_line(case: Case, tmp_path: Path, name: str) -> None:
+    change, problem = PROOF_LINES[name]
+
+    def edit(files: dict[str, bytes]) -> None:
+        rows = lines(files["proofs.jsonl"])
+        change(rows)
+        files["proofs.jsonl"] = b"".join(rows)
+
+    verdict = verify_bundle(tampered(case, tmp_path, edit))
+    assert verdict.code == "bundle-format" and problem in verdict.line(), verdict.line()
+
+
+@pytest.mark.parametrize("rehash, code", [(True, "inclusion"), (False, "manifest-mismatch")])
+def test_verdicts_do_not_depend_on_how_the_files_are_chunked(case: Case, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, rehash: bool,
+                                                             code: str) -> None:
+    """Lines cut across many chunks, inflater threads blocked on a parser one chunk behind: the same
+    verdicts; and when the parser stops early, the threads still finish the hashes for the manifest."""
+    monkeypatch.setattr(verify, "_CHUNK", 100)
+    monkeypatch.setattr(verify, "_AHEAD", 1)
+    assert verify_bundle(case.bundle).ok
+    verdict = verify_bundle(tampered(case, tmp_path, _modify_event, rehash=rehash))
+    assert verdict.code == code, verdict.line()
+
+
+def test_a_bad_crc_found_by_an_inflater_thread_is_a_format_problem(case: Case, tmp_path: Path) -> None:
+    """events.jsonl is read on a thread of its own, which sees the CRC only at the end: the verdict still
+    names it."""
+    data = bytearray(case.bundle.read_bytes())
+    at = struct.unpack_from("<I", data, len(data) - 22 + 16)[0]  # the central directory (no ZIP comment)
+    while data[at:at + 4] == b"PK\x01\x02":
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, at + 28)
+        if data[at + 46:at + 46 + name_length] == b"events.jsonl":
+            data[at + 16] ^= 1  # the CRC-32 the inflated bytes are checked against
+        at += 46 + name_length + extra_length + comment_length
+    broken = tmp_path / "crc.zip"
+    broken.write_bytes(bytes(data))
+    verdict = verify_bundle(broken)
+    assert verdict.code == "bundle-format" and "Bad CRC-32 for file 'events.jsonl'" in verdict.line(), verdict.line()
 
 
 def test_deleting_the_first_events_is_caught(case: Case, tmp_path: Path) -> None:

@@ -88,3 +88,26 @@ def test_every_probe_fails_on_a_cold_and_on_a_warm_cache(n: int) -> None:
                     with pytest.raises(ProofError):
                         cache.verify(leaf, at, b64(proof))
                         pytest.fail(f"size {size} index {index}: {name} accepted")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_proof_is_judged_the_same_after_a_proof_of_any_other_leaf(n: int) -> None:
+    """The cache starts from the last proof it accepted, which joins a new one at some level: whatever
+    that level, every probe fails, a correct proof passes, and a failure leaves the cache usable."""
+    hashes = leaves(n)
+    tree = MerkleTree(hashes)
+    for size in range(1, n + 1) if n <= 13 else [n]:
+        root = tree.root(size)
+        for index in range(size):
+            correct = b64(tree.inclusion_proof(index, size))
+            lasts = range(size) if n <= 13 else {0, index - 1, index + 1, size - 1} & set(range(size))
+            for last in lasts:
+                cache = _ProofCache(size, root)
+                cache.verify(hashes[last], last, b64(tree.inclusion_proof(last, size)))
+                cache.verify(hashes[index], index, correct)
+                for name, leaf, at, proof in probes(tree, hashes, index, size):
+                    cache.verify(hashes[last], last, b64(tree.inclusion_proof(last, size)))
+                    with pytest.raises(ProofError):
+                        cache.verify(leaf, at, b64(proof))
+                        pytest.fail(f"size {size} index {index} after {last}: {name} accepted")
+                    cache.verify(hashes[index], index, correct)
