@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.actors import Actor, RequestInfo
 from gateway.credentials import Credential, IPAddress
-from gateway.events import AuditEvent, EventKind, Outcome
+from gateway.events import AuditEvent, EventKind, Outcome, new_event_id
 from gateway.types import Scope
 from keys.apikeys import redact
 
@@ -58,7 +58,7 @@ class RequestContext:
     fields: dict[str, Any] = field(default_factory=dict)
     # True once the route has committed the request's event itself (administrative changes, streams).
     audited: bool = False
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
 
     @classmethod
     def from_scope(cls, scope: Scope, client: IPAddress | None) -> RequestContext:

@@ -10,6 +10,8 @@ request's path.
 from __future__ import annotations
 
 import enum
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +83,18 @@ class Outcome(enum.StrEnum):
     ERROR = "error"      # the gateway failed
 
 
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562 §5.7): milliseconds since the epoch, then 74 random bits.
+
+    Time-ordered ids make the audit log's event-id index grow at its right edge, as the log itself
+    does; random (v4) ids would touch a random page of it per event, and after every PostgreSQL
+    checkpoint write each such page whole into the WAL again.
+    """
+    random = int.from_bytes(os.urandom(10))
+    return uuid.UUID(int=(time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (random >> 68) << 64
+                     | 0b10 << 62 | random & (1 << 62) - 1)
+
+
 def utc_text(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds, the only time format inside events."""
     if moment.tzinfo is not UTC:
@@ -97,7 +111,7 @@ class AuditEvent:
     outcome: Outcome
     reason: str | None = None
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
     request_id: str | None = None
     method: str | None = None
     path: str | None = None

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import math
 import urllib.parse
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +19,7 @@ from gateway.context import Principal, RequestContext, context
 from gateway.datasets import accumulation
 from gateway.delivery import DeliveryScope, Format, Position
 from gateway.errors import BadRequest, NotAcceptable, NotFound, TooManyRequests
-from gateway.events import EventKind, Outcome
+from gateway.events import EventKind, Outcome, new_event_id
 from gateway.http import (
     NO_STORE,
     Direct,
@@ -317,7 +316,7 @@ class ExportResponse(Response):
             # The export leased what was left of the quota; return what it did not use.
             await book.give_back(self.runtime.pool, [licence_id])
             end = ctx.event(Outcome.ALLOW, 200)
-            end.kind, end.event_id = EventKind.RECORDS_STREAM_END, uuid.uuid4()
+            end.kind, end.event_id = EventKind.RECORDS_STREAM_END, new_event_id()
             end.records, end.bytes, end.sha256, end.complete = sent.records, sent.bytes, digest.hexdigest(), complete
             end.detail = {"authorised_by": str(ctx.event_id), **({"quota_cut": True} if cut else {}),
                           **(ctx.fields.get("detail") or {})}

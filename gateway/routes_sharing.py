@@ -46,7 +46,7 @@ from gateway.errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from gateway.events import EventKind, Outcome
+from gateway.events import EventKind, Outcome, new_event_id
 from gateway.http import NO_STORE, json_response, principal
 from gateway.licences import Licence
 from gateway.parquet_files import CACHE_FOLDER, FileSet, ParquetCache, SharingNotInstalled
@@ -531,7 +531,7 @@ class FileDelivery(Response):
                     self.state.uncharge(self.token_id)
                 book.count(self.licence_id, charged - self.charge, sent - length)
                 end = ctx.event(Outcome.ALLOW, self.status_code)
-                end.kind, end.event_id = EventKind.SHARING_FILE_STREAM_END, uuid.uuid4()
+                end.kind, end.event_id = EventKind.SHARING_FILE_STREAM_END, new_event_id()
                 end.records, end.bytes, end.sha256, end.complete = charged, sent, digest.hexdigest(), sent == length
                 end.detail = {"authorised_by": str(ctx.event_id), **(ctx.fields.get("detail") or {})}
                 writer.submit(end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.events import AuditEvent, EventKind, Outcome, canonical, utc_text
+from gateway.events import AuditEvent, EventKind, Outcome, canonical, new_event_id, utc_text
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 # Any text but lone surrogates (a str that cannot be UTF-8 at all): controls, U+2028, emoji, RTL marks...
@@ -66,6 +67,16 @@ def test_event_times_are_rfc3339_utc_with_microseconds(moment: datetime) -> None
     utc = moment.astimezone(UTC)
     assert utc_text(moment) == utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
     assert datetime.fromisoformat(utc_text(moment)) == moment
+
+
+def test_event_ids_are_uuid7_ordered_by_their_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids) and len(set(ids)) == len(ids)
+    stamps = [i.int >> 80 for i in ids]
+    assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= after
+    assert AuditEvent(kind=EventKind.DATASET_READ, outcome=Outcome.ALLOW).event_id.version == 7
 
 
 def test_the_event_schema_names_every_field_of_an_event() -> None:
