@@ -39,7 +39,7 @@ def test_every_command_has_help_with_an_example() -> None:
     pending = [parser]
     while pending:
         current = pending.pop()
-        for action in current._actions:
+        for action in current._actions:  # argparse offers no public walk of subcommands
             if hasattr(action, "choices") and isinstance(action.choices, dict):
                 for sub in action.choices.values():
                     if sub._subparsers is None:

@@ -47,7 +47,8 @@ async def proxied(runtime: Runtime, tmp_path: Path) -> AsyncIterator[int]:
     conf = tmp_path / "nginx.conf"
     conf.write_text(render(backend_port, listen_port, tmp_path))
     assert NGINX is not None
-    nginx = subprocess.Popen([NGINX,  # noqa: ASYNC220 - starts it and returns at once "-p", str(tmp_path), "-c", str(conf), "-g",
+    # Popen starts nginx and returns at once: nothing here blocks the event loop.
+    nginx = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-g",  # noqa: ASYNC220
                               f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"])
     try:
         deadline = time.monotonic() + 10
