@@ -50,7 +50,7 @@ import tempfile
 import time
 import timeit
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -998,13 +998,18 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def entry(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    results = run(main(args))
+def run_and_report(args: argparse.Namespace, measure: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+                   describe: Callable[[dict[str, Any]], str]) -> int:
+    """Run a benchmark, write its JSON to args.output and print its report: what every entry point does."""
+    results = run(measure(args))
     write_results(args.output, results)
-    print(report(results))
+    print(describe(results))
     say(f"written to {args.output}")
     return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    return run_and_report(parse_args(argv), main, report)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from loadtests.bench import (
     free_port,
     gateway_command,
     quick,
+    run_and_report,
     run_settings,
     running,
     save_answers,
@@ -52,7 +53,7 @@ from loadtests.bench import (
     summarise,
     wait_ready,
 )
-from loadtests.common import RESULTS_DIR, machine_info, run, say, write_results
+from loadtests.common import RESULTS_DIR, machine_info, say
 
 TARGET_P99_EXTRA_MS = 5.0
 RATE_TOLERANCE = 0.10  # the achieved rate must be within 10 % of the target for the figures to count
@@ -224,12 +225,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def entry(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    results = run(main(args))
-    write_results(args.output, results)
-    print(report(results))
-    say(f"written to {args.output}")
-    return 0
+    return run_and_report(parse_args(argv), main, report)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
 import orjson
@@ -42,6 +42,17 @@ async def stored(dsn: str, log_id: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch("SELECT * FROM audit_checkpoints WHERE log_id = $1 ORDER BY tree_size", log_id)
+    finally:
+        await conn.close()
+
+
+async def checked_entries(dsn: str, log_id: str) -> list[dict[str, Any]]:
+    """The log's entries in seq order, once `gateway audit check` finds every log in the database sound."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert (await checkpoints.check(conn)).ok
+        return [orjson.loads(r["entry"]) for r in
+                await conn.fetch("SELECT entry FROM audit_events WHERE log_id = $1 ORDER BY seq", log_id)]
     finally:
         await conn.close()
 
@@ -358,13 +369,7 @@ async def test_a_failed_batch_leaves_no_gap_in_the_batches_numbered_behind_it(ds
         log_id = writer.log_id
     failed = {i for i, outcome in enumerate(outcomes) if isinstance(outcome, AuditUnavailable)}
     assert failed == set(range(5, 10)) | set(range(20, 25))
-    conn = await asyncpg.connect(dsn)
-    try:
-        entries = [orjson.loads(r["entry"]) for r in
-                   await conn.fetch("SELECT entry FROM audit_events WHERE log_id = $1 ORDER BY seq", log_id)]
-        assert (await checkpoints.check(conn)).ok
-    finally:
-        await conn.close()
+    entries = await checked_entries(dsn, log_id)
     assert [e["seq"] for e in entries] == list(range(30))
     assert [e["vendor_seq"] for e in entries] == list(range(30))
     assert [e["event_id"] for e in entries] == [str(events[i].event_id) for i in range(40) if i not in failed]
@@ -409,13 +414,7 @@ async def test_changes_between_pipelined_groups_leave_one_gap_free_log(dsn: str)
                 await asyncio.sleep(0)
 
         await asyncio.gather(requests(), changes())
-    conn = await asyncpg.connect(dsn)
-    try:
-        entries = [orjson.loads(r["entry"]) for r in
-                   await conn.fetch("SELECT entry FROM audit_events WHERE log_id = $1 ORDER BY seq", log_id)]
-        assert (await checkpoints.check(conn)).ok
-    finally:
-        await conn.close()
+    entries = await checked_entries(dsn, log_id)
     assert [e["seq"] for e in entries] == list(range(30 * 40 + 30))
     assert [e["vendor_seq"] for e in entries] == list(range(30 * 40 + 30))
 

@@ -72,6 +72,10 @@ async def test_audit_events_are_append_only(empty_dsn: str) -> None:
             await conn.execute("UPDATE audit_events SET kind = 'x'")
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await conn.execute("DELETE FROM audit_events")
+        for table in ("audit_events", "audit_checkpoints"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(f"TRUNCATE {table}")
+        assert await conn.fetchval("SELECT count(*) FROM audit_events") == 1
     finally:
         await conn.close()
 
