@@ -164,7 +164,8 @@ async def test_no_secret_reaches_responses_logs_metrics_or_the_database(
         for call in misplaced:
             assert (await call).status_code in (400, 401)
         for client_id, secret in [(clients[0]["client_id"], wrong_client_secret),
-                                  (clients[0]["client_id"], clients[0]["client_secret"][:-1] + "0"),
+                                  (clients[0]["client_id"], clients[0]["client_secret"][:-1]
+                                   + ("0" if clients[0]["client_secret"][-1] != "0" else "1")),
                                   (clients[1]["client_id"], clients[1]["client_secret"]),
                                   (clients[1]["client_id"], clients[0]["client_secret"]),
                                   (clients[0]["client_id"], member_key)]:
