@@ -159,15 +159,14 @@ async def records(request: Request) -> Response:
         scope = delivery.delivery_scope(dataset, licence, request.query_params.getlist("partition"), since)
     ctx.fields.update(partitions=list(scope.partitions),
                       versions=list(range(scope.since_version + 1, scope.upto_version + 1)))
-    if request.method == "HEAD":
+    head_only = request.method == "HEAD"
+    quota = await _admit(runtime, caller, licence, dataset, 0 if head_only else limit)
+    headers = {**notice_headers(licence), **quota.headers, "content-type": delivery.MEDIA_TYPES[fmt]}
+    if head_only:
         # GET without the content (RFC 9110 §9.3.2): the same checks and headers; nothing is read, and
         # the event records a delivery of no records.
-        quota = await _admit(runtime, caller, licence, dataset, 0)
         ctx.fields["records"] = 0
-        return Response(b"", headers={**notice_headers(licence), **quota.headers,
-                                      "content-type": delivery.MEDIA_TYPES[fmt]})
-    quota = await _admit(runtime, caller, licence, dataset, limit)
-    headers = {**notice_headers(licence), **quota.headers, "content-type": delivery.MEDIA_TYPES[fmt]}
+        return Response(b"", headers=headers)
     if quota.warning:
         ctx.fields["detail"] = {"quota_warning": quota.warning}
     if limit is None:
