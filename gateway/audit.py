@@ -2,8 +2,10 @@
 
 One writer per gateway process owns one append-only log (`log_id`), numbers its events 0, 1, 2, ...
 and folds each into the log's RFC 9162 Merkle tree. Requests hand events to a group commit: the
-writer flushes as soon as the previous commit returns ("flush when idle"), so under load one COPY
+writer flushes as soon as the previous commit returns ("flush when idle"), so under load one write
 carries many requests' events and at low load an event waits for one commit only, never a timer.
+A small group is one statement and one round trip; a large one is a COPY in a transaction, and the
+group behind it is serialised and hashed while it commits.
 
 Administrative changes take the other door, `change()`: the change and its event commit in the same
 transaction, so no change exists without its event and no event without its change.
