@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway import tasks
 from gateway.errors import ServiceUnavailable
 from gateway.events import AuditEvent, EventKind, Outcome
 
@@ -302,12 +303,7 @@ class UsageSync:
             await self.book.give_back(self.pool)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             log.warning("unused quota leases could not be returned: %s", exc)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.stop(self._task)
 
 
 async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID | None, start: date,

@@ -33,6 +33,7 @@ from gateway import (
     oauth,
     oauth_clients,
     server_secrets,
+    tasks,
     vendors,
 )
 from gateway.credentials import Credential
@@ -253,12 +254,7 @@ class SnapshotRefresher:
         self._task = asyncio.create_task(self._run(), name="snapshot-refresher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.stop(self._task)
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
 
