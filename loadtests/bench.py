@@ -67,11 +67,11 @@ from loadtests.common import (
     BenchDatabase,
     bench_database,
     check_database_url,
+    finish,
     machine_info,
     new_master_key,
     run,
     say,
-    write_results,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -1000,12 +1000,8 @@ def report(results: dict[str, Any]) -> str:
 
 def run_and_report(args: argparse.Namespace, measure: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
                    describe: Callable[[dict[str, Any]], str]) -> int:
-    """Run a benchmark, write its JSON to args.output and print its report: what every entry point does."""
-    results = run(measure(args))
-    write_results(args.output, results)
-    print(describe(results))
-    say(f"written to {args.output}")
-    return 0
+    """Run a benchmark, write its JSON to args.output and print its report."""
+    return finish(args.output, run(measure(args)), describe)
 
 
 def entry(argv: list[str] | None = None) -> int:

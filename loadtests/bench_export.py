@@ -52,6 +52,7 @@ from loadtests.common import (
     create_demo_dataset,
     event_loop_name,
     file_chunks,
+    finish,
     gateway_env,
     machine_info,
     new_master_key,
@@ -64,7 +65,6 @@ from loadtests.common import (
     timed,
     timed_psql,
     write_demo_csv,
-    write_results,
 )
 
 FORMATS = ("ndjson", "csv")
@@ -496,10 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"writing {args.rows:,} demo rows, all in partition {args.partition!r}, to {csv_path}")
         csv_bytes = write_demo_csv(csv_path, args.rows, partition=args.partition)
         results = run(measure(args, csv_path, csv_bytes))
-    write_results(args.output, results)
-    print(report(results))
-    say(f"results written to {args.output}")
-    return 0
+    return finish(args.output, results, report)
 
 
 if __name__ == "__main__":

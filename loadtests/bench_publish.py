@@ -38,6 +38,7 @@ from loadtests.common import (
     create_demo_dataset,
     event_loop_name,
     file_chunks,
+    finish,
     machine_info,
     new_master_key,
     open_runtime,
@@ -48,7 +49,6 @@ from loadtests.common import (
     timed,
     timed_psql,
     write_demo_csv,
-    write_results,
 )
 
 T = TypeVar("T")
@@ -272,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"writing {args.rows:,} demo rows to {csv_path}")
         csv_bytes = write_demo_csv(csv_path, args.rows)
         results = run(measure(args, csv_path, csv_bytes))
-    write_results(args.output, results)
-    print(report(results))
-    say(f"results written to {args.output}")
-    return 0
+    return finish(args.output, results, report)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,12 @@ from loadtests.common import (
     bench_database,
     check_database_url,
     create_demo_dataset,
+    finish,
     machine_info,
     new_master_key,
     open_runtime,
     run,
     say,
-    write_results,
 )
 
 EXAMPLES = """examples:
@@ -301,10 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_database_url()
     results = run(measure(args))
-    write_results(args.output, results)
-    print(report(results))
-    say(f"results written to {args.output}")
-    return 0
+    return finish(args.output, results, report)
 
 
 if __name__ == "__main__":

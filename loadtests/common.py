@@ -392,6 +392,14 @@ def write_results(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def finish(path: Path, results: dict[str, Any], describe: Callable[[dict[str, Any]], str]) -> int:
+    """A benchmark's end: its figures written as JSON to `path`, its report printed; the exit status."""
+    write_results(path, results)
+    print(describe(results))
+    say(f"results written to {path}")
+    return 0
+
+
 async def timed(action: Awaitable[T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = await action
