@@ -121,6 +121,18 @@ def path_id(request: Request, name: str, what: str) -> uuid.UUID:
         raise NotFound(what) from None
 
 
+async def read_limited(request: Request, max_bytes: int, refuse: Callable[[], Exception]) -> bytes:
+    """The request body, read as it arrives; `refuse()` is raised as soon as it passes `max_bytes`, so an
+    oversized body is never held whole."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise refuse()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -130,15 +142,10 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if declared is not None and declared.isascii() and declared.isdigit() \
             and (len(declared) > 20 or int(declared) > max_bytes):
         raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
-        chunks.append(chunk)
+    raw = await read_limited(request, max_bytes,
+                             lambda: PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes"))
     try:
-        body = orjson.loads(b"".join(chunks))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise BadRequest("the body is not valid JSON") from None
     if _depth(body) > MAX_JSON_DEPTH:

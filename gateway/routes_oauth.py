@@ -22,6 +22,7 @@ from gateway import oauth
 from gateway.context import Principal, context
 from gateway.errors import ServiceUnavailable
 from gateway.events import EventKind
+from gateway.http import read_limited
 from gateway.runtime import Runtime
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -51,14 +52,10 @@ async def _read_form(request: Request) -> dict[str, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         raise _BadForm(f"send the token request as {FORM_TYPE} (RFC 6749 section 4.4.2)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise _BadForm(f"token requests are limited to {MAX_FORM_BYTES} bytes")
-        chunks.append(chunk)
+    raw = await read_limited(request, MAX_FORM_BYTES,
+                             lambda: _BadForm(f"token requests are limited to {MAX_FORM_BYTES} bytes"))
     try:
-        pairs = urllib.parse.parse_qsl(b"".join(chunks).decode("utf-8"), keep_blank_values=True,
+        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True,
                                        max_num_fields=MAX_FORM_FIELDS)
     except (UnicodeDecodeError, ValueError):
         raise _BadForm("the token request body is not a valid form") from None

@@ -47,7 +47,7 @@ from gateway.errors import (
     TooManyRequests,
 )
 from gateway.events import EventKind, Outcome, new_event_id
-from gateway.http import NO_STORE, json_response, principal
+from gateway.http import NO_STORE, json_response, principal, read_limited
 from gateway.licences import Licence
 from gateway.parquet_files import CACHE_FOLDER, FileSet, ParquetCache, SharingNotInstalled
 from gateway.routes_member import MEMBER, notice_headers
@@ -233,13 +233,8 @@ async def _ensure(request: Request, shared_dataset: Any, version: int, partition
 async def _body(request: Request) -> Any:
     """The query body: JSON, or nothing (the protocol makes Content-Type optional and `{}` the default)."""
     limit = _runtime(request).config.max_body_bytes
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks).strip()
+    raw = await read_limited(request, limit, lambda: PayloadTooLarge(f"JSON bodies are limited to {limit} bytes"))
+    raw = raw.strip()
     if not raw:
         return None
     try:
