@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,15 +21,9 @@ from keys.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests import vectors
 
-
-def _vectors(name: str) -> Any:
-    default = Path(__file__).resolve().parents[2] / "shared" / "testvectors"
-    folder = os.environ.get("GATEWAY_TESTVECTORS") or default
-    return json.loads((Path(folder) / name).read_text("utf-8"))
-
-
-V = _vectors("rfc9162-merkle.json")
+V = vectors.load("rfc9162-merkle.json")
 REF = V["reference_tree"]
 REF_LEAVES = [leaf_hash(bytes.fromhex(x)) for x in REF["leaf_inputs_hex"]]
 REF_TREE = MerkleTree(REF_LEAVES)

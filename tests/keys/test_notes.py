@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,15 +23,9 @@ from keys.notes import (
     parse_note,
 )
 from keys.signing import SigningKey
+from tests import vectors
 
-
-def _vectors(name: str) -> Any:
-    default = Path(__file__).resolve().parents[2] / "shared" / "testvectors"
-    folder = os.environ.get("GATEWAY_TESTVECTORS") or default
-    return json.loads((Path(folder) / name).read_text("utf-8"))
-
-
-V = _vectors("c2sp-signed-note.json")
+V = vectors.load("c2sp-signed-note.json")
 GO = V["go_note"]
 GO_VERIFIERS = [NoteVerifier.from_vkey(key["vkey"]) for key in GO["keys"]]
 
