@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from gateway.events import AuditEvent, EventKind, Outcome
+from gateway.audit.events import AuditEvent, EventFacts, EventKind, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +28,17 @@ class Actor:
     credential_id: UUID | None = None
     request: RequestInfo | None = None
 
-    def event(self, kind: EventKind, outcome: Outcome, **fields: Any) -> AuditEvent:
-        event = AuditEvent(kind=kind, outcome=outcome, credential_id=self.credential_id, actor=self.kind,
-                           vendor_id=self.vendor_id, member_id=self.member_id)
-        if self.request is not None:
-            event.request_id = self.request.request_id
-            event.method = self.request.method
-            event.path = self.request.path
-            event.client = self.request.client
-            event.user_agent = self.request.user_agent
-        for name, value in fields.items():
-            setattr(event, name, value)
+    def event(self, kind: EventKind, outcome: Outcome, facts: EventFacts | None = None, **fields: Any) -> AuditEvent:
+        """The audit event of what this actor did: the one place an event is built (API, CLI, streams)."""
+        known: dict[str, Any] = {"credential_id": self.credential_id, "actor": self.kind, "vendor_id": self.vendor_id,
+                                 "member_id": self.member_id}
+        request = self.request
+        if request is not None:
+            known.update(request_id=request.request_id, method=request.method, path=request.path,
+                         client=request.client, user_agent=request.user_agent)
+        event = AuditEvent(kind, outcome, **(known | fields if fields else known))
+        if facts is not None:
+            facts.fill(event)
         return event
 
 

@@ -13,24 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from gateway import (
-    oauth,
-    routes_admin,
-    routes_audit,
-    routes_member,
-    routes_oauth,
-    routes_openapi,
-    routes_ops,
-    routes_sharing,
-)
-from gateway.audit_middleware import AuditMiddleware
-from gateway.authentication import ApiKeyAuthenticator, AuthenticationMiddleware, JwtAuthenticator
+from gateway import access_tokens, oauth
 from gateway.config import Config
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
-from gateway.forwarding import Forwarding
-from gateway.problems import handle_gateway_error, problem_response
+from gateway.http import admin_api, audit_api, member_api, oauth_api, openapi, ops, sharing_api
+from gateway.http.audit_middleware import AuditMiddleware
+from gateway.http.authentication import ApiKeyAuthenticator, AuthenticationMiddleware, JwtAuthenticator
+from gateway.http.forwarding import Forwarding
+from gateway.http.problems import handle_gateway_error, problem_response
+from gateway.http.types import Receive, Scope, Send
 from gateway.runtime import Runtime
-from gateway.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +59,18 @@ async def _database_unreachable(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """Last resort: a problem body, never a stack trace (the exception is logged, not sent)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(GatewayError("the gateway failed to answer; the failure was logged"))
+    return problem_response(GatewayError("the gateway failed to answer; the failure was logged"), request.scope["path"])
 
 
 def build_app(runtime: Runtime) -> Starlette:
     config = runtime.config
     forwarding = Forwarding(config.trusted_proxies)
-    jwt_authenticator = JwtAuthenticator(runtime.snapshot, oauth.issuer(config), oauth.audience(config),
+    jwt_authenticator = JwtAuthenticator(runtime.snapshot, access_tokens.issuer(config), access_tokens.audience(config),
                                          config.token_ttl_seconds)
     app = Starlette(
-        routes=[*routes_ops.routes, *routes_member.routes, *routes_admin.routes, *routes_oauth.routes,
-                *routes_sharing.routes, *routes_audit.routes, *routes_openapi.routes],
+        routes=[*ops.routes, *member_api.routes, *admin_api.routes, *oauth_api.routes,
+                *sharing_api.routes, *audit_api.routes, *openapi.routes],
         middleware=[
-            # Outermost: Delta Sharing paths answer errors in the protocol's format (after the audit).
-            Middleware(routes_sharing.ProtocolErrors),
             Middleware(AuditMiddleware, writer=runtime.writer, forwarding=forwarding),
             Middleware(AuthenticationMiddleware, snapshot=runtime.snapshot,
                        authenticators=[ApiKeyAuthenticator(runtime.snapshot, forwarding), jwt_authenticator],

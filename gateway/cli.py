@@ -13,13 +13,14 @@ import csv
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from gateway import (
+    access_tokens,
     cli_audit,
     credentials,
     datasets,
@@ -30,12 +31,13 @@ from gateway import (
     oauth_clients,
     server_secrets,
     signing_keys,
+    times,
     vendors,
 )
 from gateway import config as config_module
 from gateway.actors import cli_actor
+from gateway.audit.events import EventKind, Outcome
 from gateway.errors import GatewayError
-from gateway.events import EventKind, Outcome
 from gateway.runtime import Runtime
 from keys.apikeys import KeyKind
 
@@ -138,7 +140,7 @@ def _licence_values(args: argparse.Namespace) -> dict[str, Any]:
             values[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
     for name in ("valid_from", "valid_until"):
         if getattr(args, name, None):
-            values[name] = datetime.fromisoformat(getattr(args, name))
+            values[name] = times.parse_moment(getattr(args, name), assume=UTC)
     for name in ("records_per_month", "bytes_per_month", "burst"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
@@ -189,7 +191,7 @@ async def cmd_key_issue(runtime: Runtime, args: argparse.Namespace) -> Any:
         raise SystemExit("member keys need --member; compliance keys take none")
     credential, token = await credentials.issue(
         runtime.writer, cli_actor(vendor.id), runtime.hasher(), kind, vendor.id, member_id, label=args.label,
-        expires_at=datetime.fromisoformat(args.expires_at) if args.expires_at else None,
+        expires_at=times.parse_moment(args.expires_at, assume=UTC) if args.expires_at else None,
         allowed_networks=credentials.parse_networks(args.allowed_networks.split(",") if args.allowed_networks else []),
         client_cert_sha256=args.client_cert_sha256)
     return {**credential.to_json(), "api_key": token}
@@ -211,7 +213,7 @@ async def cmd_oauth_client_create(runtime: Runtime, args: argparse.Namespace) ->
     client, secret = await oauth_clients.create(runtime.writer, cli_actor(vendor.id), runtime.hasher(), vendor.id,
                                                 member.id, label=args.label)
     return {**client.to_json(), "client_secret": secret,
-            "token_endpoint": oauth.issuer(runtime.config) + oauth.TOKEN_PATH,
+            "token_endpoint": access_tokens.issuer(runtime.config) + oauth.TOKEN_PATH,
             "note": "the client secret is shown this once; store it in a secret manager"}
 
 
@@ -234,9 +236,9 @@ async def cmd_keys_rotate(runtime: Runtime, args: argparse.Namespace) -> Any:
     """A new key or secret version for one purpose; what it made before keeps verifying (see --help)."""
     actor = cli_actor()
     if args.purpose == signing_keys.JWT:
-        default_overlap = runtime.config.token_ttl_seconds + oauth.LEEWAY_SECONDS
+        default_overlap = runtime.config.token_ttl_seconds + access_tokens.LEEWAY_SECONDS
         overlap = timedelta(seconds=default_overlap if args.overlap_seconds is None else args.overlap_seconds)
-        return await oauth.rotate_key(runtime.writer, actor, runtime.master, overlap)
+        return await access_tokens.rotate_key(runtime.writer, actor, runtime.master, overlap)
     if args.purpose == server_secrets.API_KEY_HASH:
         # New keys are hashed with the new version; issued keys name their version and keep verifying.
         async with runtime.writer.change() as change:
@@ -255,7 +257,7 @@ async def cmd_keys_rotate(runtime: Runtime, args: argparse.Namespace) -> Any:
 
 
 async def cmd_keys_retire(runtime: Runtime, args: argparse.Namespace) -> Any:
-    retired = await oauth.retire_key(runtime.writer, cli_actor(), args.key_id)
+    retired = await access_tokens.retire_key(runtime.writer, cli_actor(), args.key_id)
     return _key_json(retired, datetime.now().astimezone())
 
 

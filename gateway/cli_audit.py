@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 
-from gateway import checkpoints, datasets, evidence, members, vendors
+from gateway import datasets, members, times, vendors
 from gateway.actors import cli_actor
-from gateway.events import EventKind, Outcome
+from gateway.audit import checkpoints, evidence
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.verify import verify_bundle
 from gateway.runtime import Runtime
-from gateway.verify import verify_bundle
 
 
 class _Progress:
@@ -46,11 +47,9 @@ class _Progress:
 def _moment(text: str) -> datetime:
     """RFC 3339 date-time or a date (midnight); without an offset it is UTC."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date or RFC 3339 date-time, e.g. 2026-04-01 or "
-                                         "2026-04-01T09:00:00+09:00") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        return times.parse_moment(text, assume=UTC, example="2026-04-01 or 2026-04-01T09:00:00+09:00")
+    except times.MomentError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 
 
 async def cmd_export(runtime: Runtime, args: argparse.Namespace) -> Any:

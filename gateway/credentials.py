@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 
 from gateway.actors import Actor
-from gateway.audit import AuditWriter
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound
-from gateway.events import EventKind, Outcome
 from keys import apikeys
 from keys.apikeys import KeyKind
 from keys.hashing import KeyHasher
@@ -64,6 +64,25 @@ class Credential:
 
 
 NOT_RECOGNISED = "API key not recognised"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: the credential and what it is bound to."""
+
+    credential: Credential
+
+    @property
+    def kind(self) -> str:
+        return self.credential.kind.value
+
+    @property
+    def vendor_id(self) -> uuid.UUID | None:
+        return self.credential.vendor_id
+
+    @property
+    def member_id(self) -> uuid.UUID | None:
+        return self.credential.member_id
 
 
 def check(credential: Credential, token: str, hasher: KeyHasher, now: datetime, client: IPAddress | None,

@@ -14,10 +14,10 @@ import orjson
 
 from gateway import columns as columns_module
 from gateway.actors import Actor
-from gateway.audit import AuditWriter
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.writer import AuditWriter
 from gateway.columns import Column
 from gateway.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from gateway.events import EventKind, Outcome
 from gateway.uploads import UploadFormat, UploadRejected, parse_upload
 
 

@@ -18,11 +18,14 @@ class GatewayError(Exception):
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, reason: str | None = None,
+                 **extensions: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
         self.extensions = extensions
+        # What the audit event records as the reason, when it must say more than the client is told.
+        self.reason = reason or detail
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"type": PROBLEM_BASE + self.slug, "title": self.title, "status": self.status,
@@ -56,8 +59,8 @@ class NotFound(GatewayError):
 
     status, slug, title = 404, "not-found", "Not found"
 
-    def __init__(self, what: str) -> None:
-        super().__init__(f"no such {what}")
+    def __init__(self, what: str, reason: str | None = None) -> None:
+        super().__init__(f"no such {what}", reason=reason)
 
 
 class MethodNotAllowed(GatewayError):

@@ -17,9 +17,9 @@ import asyncpg
 import orjson
 
 from gateway.actors import Actor
-from gateway.audit import AuditWriter
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound
-from gateway.events import EventKind, Outcome
 from gateway.members import Member
 
 
@@ -107,12 +107,17 @@ def _because(reason: str) -> str:
     return f": {reason}" if reason else ""
 
 
-# The fields a vendor sets on grant and may change on amend, with their SQL column.
+# The fields a vendor sets on grant and may change on amend: each is the SQL column of its name, so
+# nothing else may reach the statements that grant and amend build from these names.
 SETTABLE = ("partitions", "columns", "valid_from", "valid_until", "records_per_month", "records_quota_hard",
             "bytes_per_month", "bytes_quota_hard", "requests_per_second", "burst")
 
 
 def _validate(values: dict[str, Any], declared_columns: tuple[str, ...]) -> None:
+    unknown = sorted(set(values) - set(SETTABLE))
+    if unknown:
+        raise InvalidInput(f"unknown licence field(s): {', '.join(unknown)}; settable: {', '.join(SETTABLE)}",
+                           field=unknown[0])
     if values.get("burst") is not None and not 0 < values["burst"] < 2**31:  # an integer column
         raise InvalidInput("burst must be a whole number from 1 to 2147483647", field="burst")
     if "partitions" in values:

@@ -1,7 +1,7 @@
 """Metering, quotas and rate limits: how much each licence received, and how much more it may receive.
 
 Usage is written by the audit writer in the same transaction as the delivery events it counts
-(`write_usage`), per licence, per day in Japan Standard Time (billing periods are JST days and
+(gateway/audit/usage.py), per licence, per day in Japan Standard Time (billing periods are JST days and
 months) and per writer. Quota decisions need no database round trip: each instance keeps a
 `UsageBook` of the month — its own deliveries, counted in memory the moment they are decided, and the
 other instances' deliveries as last read from PostgreSQL (every `SYNC_SECONDS`) — and decides from it.
@@ -23,79 +23,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
 from gateway import tasks
 from gateway.errors import ServiceUnavailable
-from gateway.events import AuditEvent, EventKind, Outcome
-
-if TYPE_CHECKING:  # licences imports the audit writer, which imports this module
-    from gateway.licences import Licence
+from gateway.licences import Licence
+from gateway.times import JST, jst_day, month_start, next_month
 
 log = logging.getLogger(__name__)
 
-JST = timezone(timedelta(hours=9), "JST")
 SYNC_SECONDS = 1.0
 LEASE_SHARES = 20
-# Events that count as a member request, and those that carry delivered records and bytes.
-_REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER, EventKind.SHARING_TABLE_READ,
-                            EventKind.SHARING_QUERY, EventKind.SHARING_FILE_DELIVER})
-_DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END,
-                             EventKind.SHARING_FILE_DELIVER, EventKind.SHARING_FILE_STREAM_END})
-
-
-def jst_day(moment: datetime) -> date:
-    return moment.astimezone(JST).date()
-
-
-def month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
-def next_month(day: date) -> date:
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
-# Adds a batch's counts to usage_daily; parameters $1..$7 are the columns of usage_columns().
-UPSERT_USAGE = (
-    "INSERT INTO usage_daily AS u (licence_id, day, log_id, requests, records, bytes, over_soft_quota) "
-    "SELECT * FROM unnest($1::uuid[], $2::date[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], "
-    "$7::boolean[]) ON CONFLICT (licence_id, day, log_id) DO UPDATE SET "
-    "requests = u.requests + EXCLUDED.requests, records = u.records + EXCLUDED.records, "
-    "bytes = u.bytes + EXCLUDED.bytes, over_soft_quota = u.over_soft_quota OR EXCLUDED.over_soft_quota")
-
-
-async def write_usage(conn: asyncpg.Connection, events: Sequence[AuditEvent], log_id: str) -> None:
-    """Add a batch's deliveries to usage_daily, inside the batch's own transaction."""
-    columns = usage_columns(events, log_id)
-    if columns[0]:
-        await conn.execute(UPSERT_USAGE, *columns)
-
-
-def usage_columns(events: Sequence[AuditEvent], log_id: str) -> list[list[Any]]:
-    """A batch's requests, records and bytes per licence and JST day, as UPSERT_USAGE's columns."""
-    totals: dict[tuple[uuid.UUID, date], list[Any]] = {}
-    for event in events:
-        if event.licence_id is None or event.outcome is not Outcome.ALLOW:
-            continue
-        counts_request = event.kind in _REQUEST_KINDS
-        delivered = event.kind in _DELIVERY_KINDS and event.records is not None
-        if not counts_request and not delivered:
-            continue
-        row = totals.setdefault((event.licence_id, jst_day(event.at)), [0, 0, 0, False])
-        row[0] += counts_request
-        if delivered:
-            row[1] += event.records or 0
-            row[2] += event.bytes or 0
-        row[3] = row[3] or bool(event.detail and event.detail.get("quota_warning"))
-    keys = list(totals)
-    return [[licence_id for licence_id, _ in keys], [day for _, day in keys], [log_id] * len(keys),
-            *([row[i] for row in totals.values()] for i in range(4))]
 
 
 @dataclass(slots=True)

@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 
 from gateway.actors import Actor
-from gateway.audit import AuditWriter
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.writer import AuditWriter
 from gateway.credentials import Credential
 from gateway.errors import Conflict, NotFound
-from gateway.events import EventKind, Outcome
 from keys import apikeys
 from keys.apikeys import KeyKind
 from keys.hashing import KeyHasher

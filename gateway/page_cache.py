@@ -20,8 +20,8 @@ from collections.abc import Hashable
 
 import asyncpg
 
-from gateway import delivery, metrics
-from gateway.delivery import DeliveryScope, Format, Page, Position
+from gateway import metrics, records
+from gateway.records import DeliveryScope, Format, Page, Position
 
 
 class PageCache:
@@ -34,7 +34,7 @@ class PageCache:
 
     async def page(self, pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
                    limit: int) -> Page:
-        """`delivery.page` of these arguments: from memory when it was read before, else from PostgreSQL."""
+        """`records.page` of these arguments: from memory when it was read before, else from PostgreSQL."""
         if self.max_bytes <= 0:
             return await self._read(pool, scope, fmt, after, limit)
         key = (scope.dataset.id.int, scope.partitions, scope.columns, tuple(scope.dataset.column_names),
@@ -60,4 +60,4 @@ class PageCache:
     async def _read(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
                     limit: int) -> Page:
         async with pool.acquire() as conn:
-            return await delivery.page(conn, scope, fmt, after, limit)
+            return await records.page(conn, scope, fmt, after, limit)

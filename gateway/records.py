@@ -1,4 +1,4 @@
-"""Delivering records under a licence: the scope a member may read, pages and streamed exports.
+"""Reading a delivery scope's records from PostgreSQL: the scope, pages and streamed exports.
 
 PostgreSQL renders the records: NDJSON lines are `(data - <columns outside the licence>)::text` and
 CSV is PostgreSQL's own CSV writer over the licensed columns only, so records are never decoded and
@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 import asyncpg
 
-from gateway import licences
-from gateway.context import Principal
 from gateway.datasets import Dataset
-from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.licences import Licence
-from gateway.snapshot import Snapshot
 
 Format = Literal["ndjson", "csv"]
 MEDIA_TYPES: dict[Format, str] = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -47,45 +41,6 @@ class DeliveryScope:
     @property
     def excluded_columns(self) -> list[str]:
         return [c for c in self.dataset.column_names if c not in self.columns]
-
-
-def licensed(snapshot: Snapshot, caller: Principal, dataset_id: uuid.UUID) -> tuple[Dataset, Licence]:
-    """The dataset and the licence governing it for this member; 404 when there is none (no existence leak)."""
-    if caller.member_id is None:
-        raise NotFound("dataset")
-    licence = snapshot.licence_for(caller.member_id, dataset_id)
-    dataset = snapshot.datasets.get(dataset_id)
-    if licence is None or dataset is None:
-        raise NotFound("dataset")
-    return dataset, licence
-
-
-def authorise(snapshot: Snapshot, caller: Principal, dataset_id: uuid.UUID, now: datetime,
-              terms_url: Callable[[Licence], str]) -> tuple[Dataset, Licence]:
-    dataset, licence = licensed(snapshot, caller, dataset_id)
-    decision = licences.check(licence, snapshot.members.get(licence.member_id), now)
-    if isinstance(decision, licences.Denied):
-        if decision.terms_required:
-            raise Forbidden(decision.reason, terms=terms_url(licence), licence_id=str(licence.id),
-                            headers={"Link": f'<{terms_url(licence)}>; rel="terms-of-service"'})
-        raise Forbidden(decision.reason, licence_id=str(licence.id))
-    return dataset, licence
-
-
-def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], since_version: int,
-                   upto_version: int | None = None) -> DeliveryScope:
-    if requested:
-        outside = sorted(set(requested) - licence.partition_set)
-        if outside:
-            raise Forbidden(f"partition {outside[0]!r} is outside your licence", partition=outside[0])
-        partitions = tuple(sorted(set(requested)))
-    else:
-        partitions = licence.partitions
-    columns = tuple(c for c in dataset.column_names if c in licence.columns)
-    upto = dataset.latest_version if upto_version is None else upto_version
-    if since_version < 0:
-        raise BadRequest("since_version must be 0 or a published version number")
-    return DeliveryScope(dataset, licence, partitions, columns, since_version, upto)
 
 
 @dataclass(frozen=True, slots=True)

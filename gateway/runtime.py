@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gateway import database, migrations, server_secrets
-from gateway.audit import AuditWriter, new_log_id
+from gateway.audit.writer import AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
+from gateway.delivery import Deliveries
 from gateway.metering import RateLimiter, UsageBook, UsageSync
 from gateway.page_cache import PageCache
 from gateway.server_secrets import ServerSecrets
@@ -38,6 +39,7 @@ class Runtime:
     # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
     backoff: FailureBackoff = field(default_factory=FailureBackoff)
     pages: PageCache = field(default_factory=lambda: PageCache(0))
+    _deliveries: Deliveries | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
@@ -70,6 +72,14 @@ class Runtime:
             runtime.usage_sync = UsageSync(runtime.usage, pool, snapshot.licences)
             await runtime.usage_sync.start()
         return runtime
+
+    @property
+    def deliveries(self) -> Deliveries:
+        """The delivery service over this process's snapshot, usage, pool and audit writer."""
+        if self._deliveries is None:
+            self._deliveries = Deliveries(self.snapshot, self.usage, self.pool, self.rate_limiter, self.pages,
+                                          self.writer, self.config.home)
+        return self._deliveries
 
     def hasher(self) -> KeyHasher:
         """The API key hasher: the snapshot's (kept current on rotation) when serving, else the one loaded."""

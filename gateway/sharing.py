@@ -13,7 +13,7 @@ The mapping (README "Delta Sharing"):
   versions 1..V in the licensed partitions, one or more Parquet files per (version, partition).
 
 Names are matched case-insensitively, as the protocol requires. Nothing here touches the network:
-gateway/routes_sharing.py is the HTTP layer, gateway/parquet_files.py builds the files.
+gateway/http/sharing_api.py is the HTTP layer, gateway/parquet_files.py builds the files.
 
 File URLs. The connector fetches each file URL with no Authorization header, so the URL is the
 authorisation: `/delta-sharing/files/<token>`, where the token names the member, the credential that
@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from gateway import cursors
+from gateway import cursors, times
 from gateway.columns import Column
 from gateway.datasets import Dataset
 from gateway.errors import BadRequest, NotFound
@@ -216,12 +216,11 @@ def partition_value(dataset: Dataset, value: str) -> str:
 # -- versions ---------------------------------------------------------------------------------------
 
 def _moment(text: str, name: str) -> datetime:
+    """A protocol timestamp; without an offset it is UTC."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be a timestamp such as 2026-04-01T00:00:00Z",
-                         error_code="INVALID_PARAMETER_VALUE") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return times.parse_moment(text, assume=UTC, example="2026-04-01T00:00:00Z")
+    except times.MomentError as exc:
+        raise BadRequest(f"{name} {exc}", error_code="INVALID_PARAMETER_VALUE") from None
 
 
 def version_as_of(dataset: Dataset, version: Any = None, timestamp: Any = None) -> int:
@@ -536,7 +535,11 @@ def expiry(now: float | None = None) -> int:
 # -- byte ranges ------------------------------------------------------------------------------------
 
 class RangeNotSatisfiable(Exception):
-    pass
+    """No byte of the range asked for lies within the file's `size` bytes (RFC 9110 §15.5.17)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable for a file of {size} bytes")
+        self.size = size
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -553,14 +556,14 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "":  # the last N bytes
         count = int(last)
         if count == 0:
-            raise RangeNotSatisfiable()
+            raise RangeNotSatisfiable(size)
         return max(0, size - count), size
     start = int(first)
     if start >= size:
-        raise RangeNotSatisfiable()
+        raise RangeNotSatisfiable(size)
     end = size if not last else min(int(last) + 1, size)
     if end <= start:
-        raise RangeNotSatisfiable()
+        raise RangeNotSatisfiable(size)
     return start, end
 
 

@@ -7,25 +7,16 @@ validity so that anything a key signed stays verifiable after rotation. A key is
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
-from gateway.events import utc_text
-from keys.notes import NoteSigner, NoteVerifier
+from gateway.audit.format import AUDIT, AUDIT_KEY_NAME, PublicKey
+from keys.notes import NoteSigner
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
 
-AUDIT = "audit"
 JWT = "jwt"
-# The signed-note key name of audit checkpoints. C2SP tlog-checkpoint says the name SHOULD be the
-# origin; ours is not, because one key signs many logs (one per process) and a verifier should need
-# one verifier key per key, not one per log.
-AUDIT_KEY_NAME = "lpd-gateway-audit"
 # Any fixed 64-bit number shared by every instance; this one spells "lpd-keys" in ASCII.
 _ADVISORY_LOCK_ID = 0x6C70642D6B657973
 
@@ -34,43 +25,6 @@ _COLUMNS = "key_id, purpose, algorithm, public_key, not_before, not_after, retir
 
 def seal_context(key_id: str) -> bytes:
     return b"signing-key:" + key_id.encode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class PublicKey:
-    key_id: str
-    purpose: str
-    public: bytes
-    not_before: datetime
-    not_after: datetime | None
-    retired_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> PublicKey:
-        return cls(row["key_id"], row["purpose"], bytes(row["public_key"]), row["not_before"], row["not_after"],
-                   row["retired_at"])
-
-    @property
-    def note_name(self) -> str:
-        return AUDIT_KEY_NAME if self.purpose == AUDIT else f"lpd-gateway-{self.purpose}"
-
-    def verifier(self) -> NoteVerifier:
-        return NoteVerifier.from_vkey(self.vkey())
-
-    def vkey(self) -> str:
-        """The C2SP signed-note verifier key: name+hex key hash+base64(0x01 || public key)."""
-        typed = b"\x01" + self.public
-        # signed-note's key hash: SHA-256(name || 0x0A || type || key)[:4].
-        key_hash = hashlib.sha256(self.note_name.encode() + b"\n" + typed).digest()[:4]
-        return f"{self.note_name}+{key_hash.hex()}+{base64.b64encode(typed).decode('ascii')}"
-
-    def to_json(self) -> dict[str, Any]:
-        """The published form (keys.json in evidence bundles, the public keys endpoint)."""
-        return {"key_id": self.key_id, "purpose": self.purpose, "algorithm": "Ed25519",
-                "public_key": base64.b64encode(self.public).decode("ascii"), "vkey": self.vkey(),
-                "not_before": utc_text(self.not_before),
-                "not_after": None if self.not_after is None else utc_text(self.not_after),
-                "retired_at": None if self.retired_at is None else utc_text(self.retired_at)}
 
 
 async def current(conn: asyncpg.Connection, master: MasterKey, purpose: str = AUDIT) -> SigningKey:

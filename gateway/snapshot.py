@@ -25,22 +25,22 @@ import asyncpg
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from gateway import (
+    access_tokens,
     credentials,
     datasets,
     licences,
     members,
     metrics,
-    oauth,
     oauth_clients,
     server_secrets,
     tasks,
     vendors,
 )
+from gateway.access_tokens import JwtKeyring
 from gateway.credentials import Credential
 from gateway.datasets import Dataset
 from gateway.licences import Licence
 from gateway.members import Member
-from gateway.oauth import JwtKeyring
 from gateway.oauth_clients import OAuthClient
 from gateway.server_secrets import ServerSecrets
 from gateway.vendors import Vendor
@@ -269,7 +269,7 @@ class SnapshotRefresher:
         self._changed.clear()
         snapshot = self.snapshot
         snapshot.put_secrets(await server_secrets.load(conn, self.master))
-        snapshot.jwt = await oauth.load_keyring(conn, self.master)
+        snapshot.jwt = await access_tokens.load_keyring(conn, self.master)
         # The cyclic garbage collector would walk the whole growing heap again and again while a full
         # load allocates millions of objects, none of them in cycles: paused, the load takes ~45% less
         # time at 100,000 members (loadtests/bench_snapshot.py). Reference counting still frees garbage.
@@ -324,7 +324,7 @@ class SnapshotRefresher:
             self.snapshot.put_secrets(await server_secrets.load(self._conn, self.master))
         if self._signing_keys_changed:
             self._signing_keys_changed = False
-            self.snapshot.jwt = await oauth.load_keyring(self._conn, self.master)
+            self.snapshot.jwt = await access_tokens.load_keyring(self._conn, self.master)
         try:
             for section, ids in changed.items():
                 loader, put = _SECTIONS[section]

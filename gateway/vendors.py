@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway.actors import Actor
-from gateway.audit import AuditWriter
+from gateway.audit.events import EventKind, Outcome
+from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, NotFound
-from gateway.events import EventKind, Outcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -645,7 +645,7 @@ def profile(driver: Driver, server: Server, url: str, key: str, name: str, secon
 
 
 # The writer's own tasks and what they run (private methods); commit()/submit() are the request's side.
-_WRITER_TASK = ("AuditWriter._", "write_usage (gateway/metering.py")
+_WRITER_TASK = ("AuditWriter._", "write_usage (gateway/audit/usage.py")
 _BACKGROUND = ("UsageSync._run", "SnapshotRefresher._run")
 LAYERS = {
     "loop": "event loop: uvloop's C code (sockets, epoll, callbacks, task switches)",

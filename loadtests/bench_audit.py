@@ -33,10 +33,11 @@ from typing import Any
 
 import asyncpg
 
-from gateway import evidence, migrations
-from gateway.audit import AuditWriter, new_log_id
-from gateway.events import AuditEvent, EventKind, Outcome
-from gateway.verify import verify_bundle
+from gateway import migrations
+from gateway.audit import evidence
+from gateway.audit.events import AuditEvent, EventKind, Outcome
+from gateway.audit.verify import verify_bundle
+from gateway.audit.writer import AuditWriter, new_log_id
 from keys.sealing import MasterKey
 from loadtests.common import (
     RESULTS_DIR,

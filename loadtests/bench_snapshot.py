@@ -32,11 +32,11 @@ from typing import Any
 
 import asyncpg
 
-from gateway import credentials, licences, oauth, oauth_clients
+from gateway import access_tokens, credentials, licences, oauth_clients
 from gateway.actors import cli_actor
-from gateway.authentication import ApiKeyAuthenticator, JwtAuthenticator
-from gateway.context import RequestContext
-from gateway.forwarding import Forwarding
+from gateway.http.authentication import ApiKeyAuthenticator, JwtAuthenticator
+from gateway.http.context import RequestContext
+from gateway.http.forwarding import Forwarding
 from gateway.snapshot import Snapshot, SnapshotRefresher
 from keys import apikeys
 from keys.apikeys import KeyKind
@@ -246,11 +246,11 @@ async def measure_snapshot(args: argparse.Namespace, dsn: str, master_key: str, 
     signer = snapshot.jwt.signer
     assert signer is not None
     stamp = int(time.time())
-    access_token = oauth.sign(signer, {
-        "iss": oauth.issuer(config), "sub": str(oauth_client.member_id), "aud": oauth.audience(config),
+    access_token = access_tokens.sign(signer, {
+        "iss": access_tokens.issuer(config), "sub": str(oauth_client.member_id), "aud": access_tokens.audience(config),
         "exp": stamp + 300, "iat": stamp, "nbf": stamp, "jti": str(uuid.uuid4()),
         "client_id": oauth_client.client_id, "scope": ""})
-    jwt_authenticator = JwtAuthenticator(snapshot, oauth.issuer(config), oauth.audience(config), 300)
+    jwt_authenticator = JwtAuthenticator(snapshot, access_tokens.issuer(config), access_tokens.audience(config), 300)
 
     def access_token_path(token: str) -> Any:
         ctx = RequestContext("bench", "GET", "/v1/datasets", None, None)

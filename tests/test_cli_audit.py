@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,10 +14,12 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import checkpoints, cli, cli_audit
+from gateway import cli, cli_audit
+from gateway.audit import checkpoints
 from gateway.runtime import Runtime
+from tests.audit.support import audited_runtime, scenario, synthetic
 from tests.conftest import client_for
-from tests.test_audit_support import audited_runtime, scenario, synthetic
+from tests.test_layering import blocked_verify
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +55,17 @@ async def test_export_verify_and_check_from_the_command_line(dsn: str, tmp_path:
     assert args.offline(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("OK: ") and out.count("\n") == 1 and "consistent with the trusted checkpoint" in out
+    # The same bundle, verified by `python -m gateway.verify` where asyncpg and Starlette cannot be imported;
+    # and a tampered copy refused there, so the run is a real verification.
+    offline = blocked_verify(bundle)
+    assert offline.returncode == 0 and offline.stdout.startswith("OK: "), offline.stdout + offline.stderr
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(tampered, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, data.replace(b'"member-a"', b'"member-b"') if item.filename == "events.jsonl" else data)
+    refused = blocked_verify(tampered)
+    assert refused.returncode == 1 and refused.stdout.startswith("FAILED"), refused.stdout + refused.stderr
     # The export recorded itself: a compliance:audit:read event of this vendor, signed before the export.
     conn = await asyncpg.connect(dsn)
     try:

@@ -12,7 +12,7 @@ import yaml
 
 from gateway import config as config_module
 from gateway import metrics
-from gateway.routes_ops import routes as ops_routes
+from gateway.http.ops import routes as ops_routes
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SETTINGS = {s.env for s in config_module.SETTINGS}

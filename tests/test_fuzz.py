@@ -21,8 +21,9 @@ import httpx
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway import cursors, routes_admin
+from gateway import cursors
 from gateway.errors import BadRequest
+from gateway.http import admin_api
 from gateway.runtime import Runtime
 from gateway.server_secrets import CURSOR
 from keys import apikeys
@@ -246,18 +247,18 @@ EDGE_VALUES = st.sampled_from([
 
 # Each JSON admin route, its fields, and a body it accepts (from which the fuzzer strays a field or two).
 ADMIN_JSON_ROUTES: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {
-    ("POST", "/v1/admin/datasets"): (routes_admin.DATASET_FIELDS, lambda ids: {
+    ("POST", "/v1/admin/datasets"): (admin_api.DATASET_FIELDS, lambda ids: {
         "name": "d" + uuid.uuid4().hex[:8], "columns": [{"name": "area", "type": "text"}], "partition_column": "area"}),
-    ("POST", "/v1/admin/members"): (routes_admin.MEMBER_FIELDS, lambda ids: {"name": uuid.uuid4().hex}),
-    ("POST", "/v1/admin/licences"): (routes_admin.GRANT_FIELDS, lambda ids: {
+    ("POST", "/v1/admin/members"): (admin_api.MEMBER_FIELDS, lambda ids: {"name": uuid.uuid4().hex}),
+    ("POST", "/v1/admin/licences"): (admin_api.GRANT_FIELDS, lambda ids: {
         "member_id": ids["spare"], "dataset_id": ids["dataset"], "partitions": ["north"], "columns": ["area"],
         "terms_text": "t"}),
-    ("PATCH", "/v1/admin/licences/{licence}"): (routes_admin.AMEND_FIELDS, lambda ids: {"partitions": ["north"]}),
-    ("POST", "/v1/admin/licences/{licence}/suspend"): (routes_admin.STATUS_FIELDS, lambda ids: {}),
-    ("POST", "/v1/admin/licences/{licence}/resume"): (routes_admin.STATUS_FIELDS, lambda ids: {}),
-    ("POST", "/v1/admin/licences/{licence}/revoke"): (routes_admin.STATUS_FIELDS, lambda ids: {}),
-    ("POST", "/v1/admin/keys"): (routes_admin.KEY_FIELDS, lambda ids: {"kind": "member", "member_id": ids["member"]}),
-    ("POST", "/v1/admin/oauth-clients"): (routes_admin.OAUTH_CLIENT_FIELDS, lambda ids: {"member_id": ids["member"]}),
+    ("PATCH", "/v1/admin/licences/{licence}"): (admin_api.AMEND_FIELDS, lambda ids: {"partitions": ["north"]}),
+    ("POST", "/v1/admin/licences/{licence}/suspend"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("POST", "/v1/admin/licences/{licence}/resume"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("POST", "/v1/admin/licences/{licence}/revoke"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("POST", "/v1/admin/keys"): (admin_api.KEY_FIELDS, lambda ids: {"kind": "member", "member_id": ids["member"]}),
+    ("POST", "/v1/admin/oauth-clients"): (admin_api.OAUTH_CLIENT_FIELDS, lambda ids: {"member_id": ids["member"]}),
     ("POST", "/v1/admin/members/{member}/revoke"): ({}, lambda ids: {}),
     ("POST", "/v1/admin/keys/{key}/revoke"): ({}, lambda ids: {}),
     ("POST", "/v1/admin/oauth-clients/{client}/revoke"): ({}, lambda ids: {}),

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway import oauth
+from gateway import access_tokens
 from gateway.actors import cli_actor
 from gateway.app import build_app
 from gateway.runtime import Runtime
@@ -81,7 +81,7 @@ def _compact(header: dict[str, Any], claims: dict[str, Any], sign: Any) -> str:
 
 def _claims(runtime: Runtime, oauth_client: Client, member_id: str, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {"iss": oauth.issuer(runtime.config), "sub": member_id, "aud": oauth.audience(runtime.config),
+    claims = {"iss": access_tokens.issuer(runtime.config), "sub": member_id, "aud": access_tokens.audience(runtime.config),
               "exp": now + 300, "iat": now, "nbf": now, "jti": str(uuid.uuid4()), "client_id": oauth_client.client_id,
               "scope": ""}
     claims.update(changes)
@@ -123,8 +123,8 @@ async def test_client_credentials_flow_with_authlib_and_an_independent_jwt_check
     assert header["alg"] == "EdDSA" and header["typ"] == "at+jwt" and header["kid"]
     jwks = (await client.get("/.well-known/jwks.json")).json()
     key = jwt.PyJWKSet.from_dict(jwks)[header["kid"]]
-    claims = jwt.decode(access_token, key=key.key, algorithms=["EdDSA"], issuer=oauth.issuer(runtime.config),
-                        audience=oauth.audience(runtime.config),
+    claims = jwt.decode(access_token, key=key.key, algorithms=["EdDSA"], issuer=access_tokens.issuer(runtime.config),
+                        audience=access_tokens.audience(runtime.config),
                         options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]})
     assert claims["sub"] == licensed.member["id"] and claims["client_id"] == oauth_client.client_id
     assert claims["scope"] == f"licence:{licensed.licence['id']}"
@@ -252,7 +252,7 @@ async def test_metadata_and_jwks_are_published(runtime: Runtime, client: httpx.A
         if key != "response_types_supported":
             getattr(checked, f"validate_{key}")()
     assert metadata["response_types_supported"] == []
-    assert metadata["issuer"] == oauth.issuer(runtime.config)
+    assert metadata["issuer"] == access_tokens.issuer(runtime.config)
     assert metadata["token_endpoint"] == metadata["issuer"] + "/oauth/token"
     assert metadata["grant_types_supported"] == ["client_credentials"]
     assert metadata["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]
@@ -432,7 +432,7 @@ async def test_rotation_overlaps_then_retirement_ends_the_old_key(runtime: Runti
     _, oauth_client = setting
     before = await token_for(client, oauth_client)
     old_kid = jwt.get_unverified_header(before)["kid"]
-    rotated = await oauth.rotate_key(runtime.writer, cli_actor(), runtime.master, timedelta(seconds=330))
+    rotated = await access_tokens.rotate_key(runtime.writer, cli_actor(), runtime.master, timedelta(seconds=330))
     assert rotated["previous_key_id"] == old_kid and rotated["previous_retired_at"] is not None
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.jwt.signer.key_id == rotated["key_id"])
     after = await token_for(client, oauth_client)
@@ -443,7 +443,7 @@ async def test_rotation_overlaps_then_retirement_ends_the_old_key(runtime: Runti
     kids = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
     assert kids == {old_kid, rotated["key_id"]}
     # Retired (e.g. compromised): the old key's tokens stop at once and it leaves the JWKS.
-    await oauth.retire_key(runtime.writer, cli_actor(), old_kid)
+    await access_tokens.retire_key(runtime.writer, cli_actor(), old_kid)
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.jwt.keys[old_kid].retired(time.time()))
     response = await client.get("/v1/datasets", headers=auth(before))
     assert response.status_code == 401 and response.json()["detail"] == "access token signing key retired"
@@ -453,7 +453,7 @@ async def test_rotation_overlaps_then_retirement_ends_the_old_key(runtime: Runti
     from gateway.errors import Conflict
 
     with pytest.raises(Conflict):
-        await oauth.retire_key(runtime.writer, cli_actor(), rotated["key_id"])
+        await access_tokens.retire_key(runtime.writer, cli_actor(), rotated["key_id"])
 
 
 async def test_a_rotated_out_key_signs_nothing_new(runtime: Runtime, client: httpx.AsyncClient,
@@ -461,7 +461,7 @@ async def test_a_rotated_out_key_signs_nothing_new(runtime: Runtime, client: htt
     """A leaked old key is no use for minting: a token claiming an iat after its rotation is refused."""
     licensed, oauth_client = setting
     old = _gateway_key(runtime)
-    await oauth.rotate_key(runtime.writer, cli_actor(), runtime.master, timedelta(seconds=330))
+    await access_tokens.rotate_key(runtime.writer, cli_actor(), runtime.master, timedelta(seconds=330))
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.jwt.signer.key_id != old.key_id)
     later = int(time.time()) + 25  # inside the leeway for iat, outside it for the key's period
     claims = _claims(runtime, oauth_client, licensed.member["id"], iat=later + 60, nbf=later, exp=later + 300)

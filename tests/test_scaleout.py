@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import evidence
+from gateway.audit import evidence
+from gateway.audit.verify import Verdict, verify_bundle
 from gateway.runtime import Runtime
-from gateway.verify import Verdict, verify_bundle
 from tests.factories import licensed_member, records_path_of
 from tests.processes import GatewayProcess, LoadResult, PostgresProxy, load
 

@@ -13,54 +13,31 @@ signed (key rotation). schemas/audit-format.md is the specification.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
 from gateway import signing_keys
+from gateway.audit.events import utc_text
+from gateway.audit.format import AUDIT, SIGNED_AT, CheckpointError, PublicKey, b64, open_checkpoint, origin
 from gateway.errors import NotFound, ServiceUnavailable
-from gateway.events import utc_text
-from gateway.signing_keys import AUDIT, PublicKey, note_signer, open_key
+from gateway.signing_keys import note_signer, open_key
 from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
-from keys.notes import NoteError, NoteVerifier, format_checkpoint, open_note, parse_checkpoint, parse_note
+from keys.notes import format_checkpoint
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
-ORIGIN_PREFIX = "lpd-gateway/"
-SIGNED_AT = "signed-at "
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Leaf hashes come from PostgreSQL in chunks of this many events: 3.2 MB per round trip.
 _LEAF_CHUNK = 100_000
-
-
-def origin(log_id: str) -> str:
-    return ORIGIN_PREFIX + log_id
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def parse_time(text: str) -> datetime:
-    """Inverse of events.utc_text, accepting only its exact spelling."""
-    try:
-        moment = datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z") from None
-    if utc_text(moment) != text:
-        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z")
-    return moment
 
 
 # -- signing ----------------------------------------------------------------------------------------
@@ -94,79 +71,6 @@ class CheckpointSigner:
                 "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, note, key_id, signed_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6)", log_id, size, root, note, key.key_id, signed_at)
         return note
-
-
-# -- opening ----------------------------------------------------------------------------------------
-
-class CheckpointError(ValueError):
-    """A checkpoint does not verify; `code` names the check (see schemas/audit-format.md)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class OpenedCheckpoint:
-    log_id: str
-    size: int
-    root: bytes
-    signed_at: datetime
-    key: PublicKey
-    note: str
-
-
-def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = None) -> OpenedCheckpoint:
-    """Verify a checkpoint note against `keys`: signature, text, origin and the key's validity."""
-    try:
-        parsed = parse_note(note)
-    except NoteError as e:
-        raise CheckpointError("checkpoint-format", f"not a signed note: {e.reason}") from None
-    by_hash = {(k.note_name, _key_hash(k)): k for k in keys}
-    known = [by_hash[(s.name, s.key_hash)] for s in parsed.signatures if (s.name, s.key_hash) in by_hash]
-    if not known:
-        names = ", ".join(f"{s.name}+{s.key_hash.hex()}" for s in parsed.signatures)
-        raise CheckpointError("unknown-key", f"signed by an unknown key ({names})")
-    try:
-        open_note(note, [k.verifier() for k in known])
-    except NoteError as e:
-        raise CheckpointError("bad-signature", e.reason) from None
-    try:
-        checkpoint = parse_checkpoint(parsed.unverified_text)
-    except NoteError as e:
-        raise CheckpointError("checkpoint-format", e.reason) from None
-    if not checkpoint.origin.startswith(ORIGIN_PREFIX):
-        raise CheckpointError("checkpoint-format", f"origin {checkpoint.origin!r} is not an lpd-gateway log")
-    found_log = checkpoint.origin.removeprefix(ORIGIN_PREFIX)
-    if log_id is not None and found_log != log_id:
-        raise CheckpointError("checkpoint-format", f"checkpoint is of log {found_log}, not {log_id}")
-    times = [line.removeprefix(SIGNED_AT) for line in checkpoint.extensions if line.startswith(SIGNED_AT)]
-    if len(times) != 1:
-        raise CheckpointError("checkpoint-format", "checkpoint needs exactly one signed-at line")
-    try:
-        signed_at = parse_time(times[0])
-    except ValueError as e:
-        raise CheckpointError("checkpoint-format", str(e)) from None
-    key = known[0]
-    if not key_valid_at(key, signed_at):
-        raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {times[0]} (valid from "
-                                              f"{utc_text(key.not_before)} to {_until(key)})")
-    return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
-
-
-def key_valid_at(key: PublicKey, moment: datetime) -> bool:
-    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
-    return key.not_before <= moment and all(moment < end for end in ends)
-
-
-def _until(key: PublicKey) -> str:
-    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
-    return utc_text(min(ends)) if ends else "now"
-
-
-def _key_hash(key: PublicKey) -> bytes:
-    return bytes.fromhex(key.vkey().split("+")[1])
 
 
 # -- trees from the database ------------------------------------------------------------------------
@@ -403,21 +307,3 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def public_key_from_json(data: dict[str, Any]) -> PublicKey:
-    """A key as published in keys.json; raises ValueError if its fields disagree or are malformed."""
-    public = base64.b64decode(data["public_key"], validate=True)
-    key = PublicKey(str(data["key_id"]), str(data.get("purpose", AUDIT)), public, parse_time(data["not_before"]),
-                    None if data.get("not_after") is None else parse_time(data["not_after"]),
-                    None if data.get("retired_at") is None else parse_time(data["retired_at"]))
-    if len(public) != 32 or data.get("vkey", key.vkey()) != key.vkey():
-        raise ValueError(f"key {key.key_id}: its vkey does not match its public key")
-    return key
-
-
-def keys_from_vkeys(vkeys: Iterable[str]) -> set[str]:
-    """Validate verifier keys given on the command line (raises NoteError) and return them."""
-    found = set()
-    for vkey in vkeys:
-        NoteVerifier.from_vkey(vkey.strip())
-        found.add(vkey.strip())
-    return found

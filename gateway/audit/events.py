@@ -2,7 +2,7 @@
 
 An event's canonical form is RFC 8785 (JSON Canonicalization Scheme) JSON. Events hold only
 strings, integers, booleans, nulls, lists and objects with ASCII keys, and for that subset
-orjson with sorted keys emits exactly the RFC 8785 bytes (tests/test_events.py proves it against
+orjson with sorted keys emits exactly the RFC 8785 bytes (tests/audit/test_events.py proves it against
 the `rfc8785` reference over generated events) at a fraction of the cost — this is on every
 request's path.
 """
@@ -162,6 +162,45 @@ class AuditEvent:
             },
             "detail": self.detail,
         }
+
+
+@dataclass(slots=True)
+class EventFacts:
+    """What a request's audit event says beyond who asked: its subject, what it delivered, details.
+
+    Filled in by the domain as it decides (the delivery service names the licence before it checks
+    quotas, so a refusal midway still names it), read once when the event is built. A request that
+    sets `records` delivered something: its event carries the body's size and SHA-256.
+    """
+
+    # Who a refused credential belongs to, when the credential was recognised but not accepted.
+    credential_id: uuid.UUID | None = None
+    vendor_id: uuid.UUID | None = None
+    member_id: uuid.UUID | None = None
+    dataset_id: uuid.UUID | None = None
+    licence_id: uuid.UUID | None = None
+    terms_version: int | None = None
+    partitions: list[str] | None = None
+    versions: list[int] | None = None
+    records: int | None = None
+    detail: dict[str, Any] | None = None
+
+    def refused(self, credential_id: uuid.UUID, vendor_id: uuid.UUID | None, member_id: uuid.UUID | None) -> None:
+        """Name the owner of a credential that was recognised (its secret was right) and refused."""
+        self.credential_id, self.vendor_id, self.member_id = credential_id, vendor_id, member_id
+
+    def note(self, **detail: Any) -> None:
+        """Add to the event's detail."""
+        self.detail = {**(self.detail or {}), **detail}
+
+    def fill(self, event: AuditEvent) -> None:
+        for name in _FACTS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(event, name, value)
+
+
+_FACTS = tuple(EventFacts.__slots__)
 
 
 # The text of the ids events name again and again (vendors, members, datasets, licences, credentials),

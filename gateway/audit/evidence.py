@@ -8,7 +8,7 @@ A bundle is a ZIP (layout and verification in schemas/audit-format.md):
     checkpoints.jsonl   per log, every checkpoint from the first covering the log's first event to the newest
     consistency.jsonl   per log, a consistency proof between each two successive checkpoints
     keys.json           the audit public keys with their validity
-    report.html         the statutory report (gateway/report.py), rendered from the manifest and events
+    report.html         the statutory report (gateway/audit/report.py), rendered from the manifest and events
 
 Deletion is what an offline verifier finds hardest to see, so an export without a member or dataset
 filter takes, per log, the vendor's events as a gap-free `vendor_seq` series (a member-only filter:
@@ -40,14 +40,13 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
-from gateway import report
-from gateway.checkpoints import PackedTree, b64, leaf_hashes, origin
+from gateway.audit import report
+from gateway.audit.checkpoints import PackedTree, leaf_hashes
+from gateway.audit.events import utc_text
+from gateway.audit.format import FILES, FORMAT, b64, origin
 from gateway.errors import InvalidInput
-from gateway.events import utc_text
 from gateway.signing_keys import AUDIT, public_keys
 
-FORMAT = "lpd-gateway-evidence/1"
-FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
 _BUFFER = 1 << 20
 
 Progress = Callable[[int], None]

@@ -31,17 +31,18 @@ from typing import IO, Any
 
 import orjson
 
-from gateway import report
-from gateway.checkpoints import (
+from gateway.audit import report
+from gateway.audit.format import (
+    FILES,
+    FORMAT,
     CheckpointError,
     OpenedCheckpoint,
+    PublicKey,
     keys_from_vkeys,
     open_checkpoint,
     parse_time,
     public_key_from_json,
 )
-from gateway.evidence import FILES, FORMAT
-from gateway.signing_keys import PublicKey
 from keys.merkle import HASH_BYTES, ProofError, verify_consistency
 from keys.notes import NoteError
 

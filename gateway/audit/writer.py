@@ -14,7 +14,7 @@ Besides `seq`, the writer numbers each event within its vendor (`vendor_seq`) an
 (`member_seq`) in this log: a vendor's or a member's events in a log are then a gap-free series, and an
 evidence bundle missing one of them shows the gap without the database (schemas/audit-format.md).
 
-Signed checkpoints (gateway/checkpoints.py) are made by a background task, never on a request's path:
+Signed checkpoints (gateway/audit/checkpoints.py) are made by a background task, never on a request's path:
 after every `checkpoint_events` events, at least every `checkpoint_seconds` while events arrive, and
 at close. The same task creates next month's audit_events partition ahead of time.
 """
@@ -35,10 +35,11 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction, TransactionState
 
-from gateway import metering, metrics, signing_keys
-from gateway.checkpoints import CheckpointSigner
+from gateway import metrics, signing_keys
+from gateway.audit import usage
+from gateway.audit.checkpoints import CheckpointSigner
+from gateway.audit.events import AuditEvent, canonical
 from gateway.errors import ServiceUnavailable
-from gateway.events import AuditEvent, canonical
 from keys.merkle import CompactRange, leaf_hash
 from keys.sealing import MasterKey
 
@@ -54,7 +55,7 @@ _ONE_STATEMENT_MAX = 64
 # Events serialised and hashed between two turns of the event loop when a group is numbered ahead.
 _NUMBERING_SLICE = 200
 _WRITE_GROUP = (
-    f"WITH usage AS ({metering.UPSERT_USAGE}) INSERT INTO audit_events ({', '.join(_COLUMNS)}) "
+    f"WITH usage AS ({usage.UPSERT_USAGE}) INSERT INTO audit_events ({', '.join(_COLUMNS)}) "
     "SELECT * FROM unnest($8::timestamptz[], $9::text[], $10::bigint[], $11::uuid[], $12::text[], $13::text[], "
     "$14::uuid[], $15::uuid[], $16::uuid[], $17::uuid[], $18::uuid[], $19::bytea[])")
 
@@ -345,7 +346,7 @@ class AuditWriter:
         """Write numbered events, commit, then extend the tree. Caller holds `_append`."""
         await conn.copy_records_to_table("audit_events", records=numbered.rows, columns=_COLUMNS)
         # Usage commits with the events that count it: the bill and the evidence never disagree.
-        await metering.write_usage(conn, events, self.log_id)
+        await usage.write_usage(conn, events, self.log_id)
         try:
             await transaction.commit()
         except BaseException:
@@ -358,7 +359,7 @@ class AuditWriter:
                                numbered: _Numbered) -> None:
         """Write and commit numbered events and their usage in one statement, then extend the tree."""
         try:
-            await conn.execute(_WRITE_GROUP, *metering.usage_columns(events, self.log_id), *zip(*numbered.rows))
+            await conn.execute(_WRITE_GROUP, *usage.usage_columns(events, self.log_id), *zip(*numbered.rows))
         except BaseException:
             # Lost on the way back, the statement may have committed: look the batch up before going on.
             self._unresolved = numbered

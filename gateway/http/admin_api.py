@@ -13,12 +13,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import credentials, datasets, licences, members, metering, oauth, oauth_clients
-from gateway.context import context
+from gateway import access_tokens, credentials, datasets, licences, members, metering, oauth, oauth_clients
+from gateway.audit.events import EventKind
 from gateway.errors import BadRequest, InvalidInput, UnsupportedMediaType
-from gateway.events import EventKind
-from gateway.http import Field, fields, json_response, path_id, principal, read_json, vendor_of
-from gateway.runtime import Runtime
+from gateway.http.context import context
+from gateway.http.endpoints import (
+    Field,
+    fields,
+    json_response,
+    path_id,
+    principal,
+    read_json,
+    runtime_of,
+    vendor_of,
+)
 from keys.apikeys import KeyKind
 
 ADMIN = ("vendor",)
@@ -66,13 +74,9 @@ KEY_FIELDS = {
 OAUTH_CLIENT_FIELDS = {"member_id": Field("uuid", required=True), "label": Field("text", max_length=200)}
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
 
 async def _body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
-    return fields(await read_json(request, _runtime(request).config.max_body_bytes), spec)
+    return fields(await read_json(request, runtime_of(request).config.max_body_bytes), spec)
 
 
 async def _no_body(request: Request) -> None:
@@ -80,7 +84,7 @@ async def _no_body(request: Request) -> None:
     (no mass assignment): a client sending {"status": "active"} to a revoke must not think it set it."""
     if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
         return
-    fields(await read_json(request, _runtime(request).config.max_body_bytes), {})
+    fields(await read_json(request, runtime_of(request).config.max_body_bytes), {})
 
 
 def _changed(request: Request) -> None:
@@ -92,14 +96,14 @@ def _changed(request: Request) -> None:
 
 async def list_datasets(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    found = await datasets.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    found = await datasets.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [d.to_json() for d in found]})
 
 
 async def create_dataset(request: Request) -> Response:
     caller = principal(request, EventKind.DATASET_CREATE, *ADMIN)
     body = await _body(request, DATASET_FIELDS)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     dataset = await datasets.create(runtime.writer, context(request.scope).actor, vendor_of(caller), body["name"],
                                     body.get("description", ""), body["columns"], body["partition_column"])
     _changed(request)
@@ -108,13 +112,13 @@ async def create_dataset(request: Request) -> Response:
 
 async def get_dataset(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    dataset = await datasets.get(_runtime(request).pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
+    dataset = await datasets.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
     return json_response(dataset.to_json())
 
 
 async def publish_version(request: Request) -> Response:
     caller = principal(request, EventKind.VERSION_PUBLISH, *ADMIN)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fmt = UPLOAD_TYPES.get(media_type)
@@ -131,14 +135,14 @@ async def publish_version(request: Request) -> Response:
 
 async def list_members(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    found = await members.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    found = await members.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [m.to_json() for m in found]})
 
 
 async def create_member(request: Request) -> Response:
     caller = principal(request, EventKind.MEMBER_CREATE, *ADMIN)
     body = await _body(request, MEMBER_FIELDS)
-    member = await members.create(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    member = await members.create(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                   body["name"])
     _changed(request)
     return json_response(member.to_json(), status=201)
@@ -146,14 +150,14 @@ async def create_member(request: Request) -> Response:
 
 async def get_member(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    member = await members.get(_runtime(request).pool, vendor_of(caller), path_id(request, "member", "member"))
+    member = await members.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "member", "member"))
     return json_response(member.to_json())
 
 
 async def revoke_member(request: Request) -> Response:
     caller = principal(request, EventKind.MEMBER_REVOKE, *ADMIN)
     await _no_body(request)
-    member = await members.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    member = await members.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                   path_id(request, "member", "member"))
     _changed(request)
     return json_response(member.to_json())
@@ -163,7 +167,7 @@ async def revoke_member(request: Request) -> Response:
 
 async def list_licences(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    found = await licences.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    found = await licences.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [lic.to_json() for lic in found]})
 
 
@@ -171,7 +175,7 @@ async def grant_licence(request: Request) -> Response:
     caller = principal(request, EventKind.LICENCE_GRANT, *ADMIN)
     body = await _body(request, GRANT_FIELDS)
     member_id, dataset_id, terms = body.pop("member_id"), body.pop("dataset_id"), body.pop("terms_text")
-    licence = await licences.grant(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    licence = await licences.grant(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                    member_id, dataset_id, terms, body)
     _changed(request)
     return json_response(licence.to_json(), status=201)
@@ -179,7 +183,7 @@ async def grant_licence(request: Request) -> Response:
 
 async def get_licence(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *READERS)
-    licence = await licences.get(_runtime(request).pool, vendor_of(caller), path_id(request, "licence", "licence"))
+    licence = await licences.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "licence", "licence"))
     return json_response(licence.to_json())
 
 
@@ -189,7 +193,7 @@ async def amend_licence(request: Request) -> Response:
     terms = body.pop("terms_text", None)
     if not body and terms is None:
         raise InvalidInput(f"name at least one field to change: {', '.join(AMEND_FIELDS)}")
-    licence = await licences.amend(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    licence = await licences.amend(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                    path_id(request, "licence", "licence"), body, terms)
     _changed(request)
     return json_response(licence.to_json())
@@ -199,7 +203,7 @@ def _status_route(action: str, kind: EventKind) -> Any:
     async def change_status(request: Request) -> Response:
         caller = principal(request, kind, *ADMIN)
         body = await _body(request, STATUS_FIELDS)
-        licence = await licences.set_status(_runtime(request).writer, context(request.scope).actor,
+        licence = await licences.set_status(runtime_of(request).writer, context(request.scope).actor,
                                             vendor_of(caller), path_id(request, "licence", "licence"), action,
                                             body.get("reason", ""))
         _changed(request)
@@ -213,7 +217,7 @@ def _status_route(action: str, kind: EventKind) -> Any:
 
 async def list_keys(request: Request) -> Response:
     caller = principal(request, EventKind.ADMIN_READ, *ADMIN)
-    found = await credentials.list_for_vendor(_runtime(request).pool, vendor_of(caller))
+    found = await credentials.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [c.to_json() for c in found]})
 
 
@@ -226,7 +230,7 @@ async def issue_key(request: Request) -> Response:
     member_id = body.get("member_id")
     if (kind == KeyKind.MEMBER) != (member_id is not None):
         raise InvalidInput("member keys need member_id; compliance keys take none", field="member_id")
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     credential, token = await credentials.issue(
         runtime.writer, context(request.scope).actor, runtime.hasher(),
         KeyKind(kind), vendor_of(caller), member_id, label=body.get("label", ""), expires_at=body.get("expires_at"),
@@ -239,7 +243,7 @@ async def issue_key(request: Request) -> Response:
 async def revoke_key(request: Request) -> Response:
     caller = principal(request, EventKind.KEY_REVOKE, *ADMIN)
     await _no_body(request)
-    credential = await credentials.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    credential = await credentials.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                           path_id(request, "key", "key"))
     _changed(request)
     return json_response(credential.to_json())
@@ -253,25 +257,25 @@ async def list_oauth_clients(request: Request) -> Response:
         member_id = uuid.UUID(request.query_params["member"]) if "member" in request.query_params else None
     except ValueError:
         raise BadRequest("member must be a member id") from None
-    found = await oauth_clients.list_for_vendor(_runtime(request).pool, vendor_of(caller), member_id)
+    found = await oauth_clients.list_for_vendor(runtime_of(request).pool, vendor_of(caller), member_id)
     return json_response({"items": [c.to_json() for c in found]})
 
 
 async def create_oauth_client(request: Request) -> Response:
     caller = principal(request, EventKind.OAUTH_CLIENT_CREATE, *ADMIN)
     body = await _body(request, OAUTH_CLIENT_FIELDS)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     client, secret = await oauth_clients.create(runtime.writer, context(request.scope).actor, runtime.hasher(),
                                                 vendor_of(caller), body["member_id"], label=body.get("label", ""))
     _changed(request)
     return json_response({**client.to_json(), "client_secret": secret,
-                          "token_endpoint": oauth.issuer(runtime.config) + oauth.TOKEN_PATH}, status=201)
+                          "token_endpoint": access_tokens.issuer(runtime.config) + oauth.TOKEN_PATH}, status=201)
 
 
 async def revoke_oauth_client(request: Request) -> Response:
     caller = principal(request, EventKind.OAUTH_CLIENT_REVOKE, *ADMIN)
     await _no_body(request)
-    client = await oauth_clients.revoke(_runtime(request).writer, context(request.scope).actor, vendor_of(caller),
+    client = await oauth_clients.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
                                         path_id(request, "client", "OAuth client"))
     _changed(request)
     return json_response(client.to_json())
@@ -290,7 +294,7 @@ async def usage_report(request: Request) -> Response:
     by = query.get("by", "month")
     if by not in ("day", "month"):
         raise BadRequest("by must be day or month")
-    rows = await metering.usage_report(_runtime(request).pool, vendor_of(caller), start, end, member_id=member_id,
+    rows = await metering.usage_report(runtime_of(request).pool, vendor_of(caller), start, end, member_id=member_id,
                                        dataset_id=dataset_id, by=by)
     return json_response({"from": start.isoformat(), "to": end.isoformat(), "by": by, "items": rows})
 

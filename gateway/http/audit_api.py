@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from starlette.background import BackgroundTask
@@ -20,57 +20,46 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import checkpoints, evidence
-from gateway.context import context
+from gateway import times
+from gateway.audit import checkpoints, evidence
+from gateway.audit.events import EventKind, Outcome
 from gateway.errors import BadRequest
-from gateway.events import EventKind, Outcome
-from gateway.http import NO_STORE, json_response, path_id, principal, vendor_of
-from gateway.runtime import Runtime
+from gateway.http.context import context
+from gateway.http.endpoints import NO_STORE, json_response, path_id, principal, runtime_of, vendor_of
 
 MEMBER = ("member", "sharing")
 ANY_CALLER = ("member", "sharing", "vendor", "compliance")
 EVIDENCE_READERS = ("compliance", "vendor")
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
 
 async def receipt(request: Request) -> Response:
     """The caller's own delivery event, its covering checkpoint and the inclusion proof."""
     caller = principal(request, EventKind.RECEIPT_READ, *MEMBER)
     event_id = path_id(request, "event", "audit event")
-    async with _runtime(request).pool.acquire() as conn:
+    async with runtime_of(request).pool.acquire() as conn:
         body = await checkpoints.receipt(conn, event_id, member_id=caller.member_id)
     return json_response(body)
 
 
 async def latest_checkpoint(request: Request) -> Response:
     principal(request, EventKind.CHECKPOINT_READ, *ANY_CALLER)
-    return json_response({"checkpoints": await checkpoints.latest_checkpoints(_runtime(request).pool)})
+    return json_response({"checkpoints": await checkpoints.latest_checkpoints(runtime_of(request).pool)})
 
 
 async def public_keys(request: Request) -> Response:
     """Every audit signing key with its id and validity: public, so that anyone can verify."""
     context(request.scope).kind = EventKind.AUDIT_KEYS_READ
-    return json_response({"keys": await checkpoints.public_keys(_runtime(request).pool)})
+    return json_response({"keys": await checkpoints.public_keys(runtime_of(request).pool)})
 
 
 def _moment(text: str | None, name: str) -> datetime:
     if text is None:
         raise BadRequest(f"{name} is required, e.g. {name}=2026-04-01T00:00:00Z")
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be an RFC 3339 date-time such as 2026-04-01T00:00:00+09:00") from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"{name} needs a time zone, e.g. 2026-04-01T00:00:00+09:00")
-    try:
-        moment.astimezone(UTC)  # the export works in UTC: 0001-01-01T00:00+05:00 has no UTC time
-    except OverflowError:
-        raise BadRequest(f"{name} must lie between the years 1 and 9999 in UTC") from None
-    return moment
+        return times.parse_moment(text)
+    except times.MomentError as exc:
+        raise BadRequest(f"{name} {exc}") from None
 
 
 def _optional_id(text: str | None, name: str) -> uuid.UUID | None:
@@ -88,14 +77,14 @@ async def export(request: Request) -> Response:
     member_id, dataset_id = _optional_id(query.get("member"), "member"), _optional_id(query.get("dataset"), "dataset")
     folder = Path(tempfile.mkdtemp(prefix="lpd-export-"))
     try:
-        result, digest = await evidence.export_apart(_runtime(request).dsn, vendor_of(caller), start, end, member_id,
+        result, digest = await evidence.export_apart(runtime_of(request).dsn, vendor_of(caller), start, end, member_id,
                                                      dataset_id, path=folder / "bundle.zip")
         ctx = context(request.scope)
         # The event names exactly what is handed out: the bundle's digest and what it covers. It is
         # committed before the first byte, as for any streamed delivery; the bundle then streams from
         # disk, never whole in memory.
-        ctx.fields["detail"] = {**result.to_json(), "path": None, "bundle_sha256": digest}
-        await _runtime(request).writer.commit(ctx.event(Outcome.ALLOW, 200))
+        ctx.facts.detail = {**result.to_json(), "path": None, "bundle_sha256": digest}
+        await runtime_of(request).writer.commit(ctx.event(Outcome.ALLOW, 200))
         ctx.audited = True
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

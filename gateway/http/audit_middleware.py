@@ -15,13 +15,13 @@ import logging
 from typing import Any
 
 from gateway import metrics
-from gateway.audit import AuditUnavailable, AuditWriter
-from gateway.context import SCOPE_KEY, RequestContext, peer_address
+from gateway.audit.events import Outcome
+from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.errors import GatewayError
-from gateway.events import Outcome
-from gateway.forwarding import Forwarding
-from gateway.problems import problem_messages
-from gateway.types import ASGIApp, Message, Receive, Scope, Send
+from gateway.http.context import SCOPE_KEY, RequestContext, peer_address
+from gateway.http.forwarding import Forwarding
+from gateway.http.problems import problem_messages
+from gateway.http.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,14 @@ class AuditMiddleware:
                 raise RuntimeError(f"{ctx.path}: a streamed response must commit its own audit event first")
             body: bytes = message.get("body", b"")
             event = ctx.event(outcome_for(start["status"]), start["status"])
-            if "records" in ctx.fields:  # a delivery: the event names exactly what was sent
+            if ctx.facts.records is not None:  # a delivery: the event names exactly what was sent
                 event.bytes = len(body)
                 event.sha256 = hashlib.sha256(body).hexdigest()
                 event.complete = True
             try:
                 await self.writer.commit(event)
             except AuditUnavailable as exc:
-                start, message = problem_messages(exc, common)
+                start, message = problem_messages(exc, scope["path"], common)
             self._count(start["status"], event.outcome)
             await send(start)
             await send(message)

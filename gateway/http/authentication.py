@@ -11,15 +11,16 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gateway import credentials, oauth
+from gateway import access_tokens, credentials, oauth
+from gateway.audit.events import EventKind
 from gateway.backoff import FailureBackoff
-from gateway.context import Principal, RequestContext, context
+from gateway.credentials import Principal
 from gateway.errors import BadRequest, GatewayError, ServiceUnavailable, TooManyRequests, Unauthenticated
-from gateway.events import EventKind
-from gateway.forwarding import Forwarding
-from gateway.problems import problem_messages
+from gateway.http.context import RequestContext, context
+from gateway.http.forwarding import Forwarding
+from gateway.http.problems import problem_messages
+from gateway.http.types import ASGIApp, Receive, Scope, Send
 from gateway.snapshot import Snapshot
-from gateway.types import ASGIApp, Receive, Scope, Send
 from keys import apikeys
 
 Authenticator = Callable[[str, Scope, RequestContext], Principal | None]
@@ -65,8 +66,7 @@ class ApiKeyAuthenticator:
             if refusal != credentials.NOT_RECOGNISED:
                 # The secret was right: the audit event names the key that was refused (expired, wrong
                 # network, missing certificate), which is evidence of its use. Never the secret itself.
-                ctx.fields.update(credential_id=credential.id, vendor_id=credential.vendor_id,
-                                  member_id=credential.member_id)
+                ctx.facts.refused(credential.id, credential.vendor_id, credential.member_id)
             raise Unauthenticated(refusal)
         return Principal(credential)
 
@@ -74,7 +74,7 @@ class ApiKeyAuthenticator:
 class JwtAuthenticator:
     """OAuth access tokens (RFC 9068 JWTs from /oauth/token), checked against the snapshot only.
 
-    The token's signature and claims are checked by `oauth.verify` (pinned EdDSA, typ, iss, aud, exp,
+    The token's signature and claims are checked by `access_tokens.verify` (pinned EdDSA, typ, iss, aud, exp,
     nbf, jti, client_id; kid looked up in memory only). Then the client and its member must be active
     in the snapshot now: revoking either ends every token at once, not at its expiry. What the member
     may receive is decided per request by its licences, as for an API key.
@@ -90,9 +90,9 @@ class JwtAuthenticator:
         if token.count(".") != 2:  # not a compact JWS: an API key or something else
             return None
         try:
-            claims = oauth.verify(token, self.snapshot.jwt, issuer=self.issuer, audience=self.audience,
+            claims = access_tokens.verify(token, self.snapshot.jwt, issuer=self.issuer, audience=self.audience,
                                   max_lifetime=self.max_lifetime, now=time.time())
-        except oauth.InvalidToken as exc:
+        except access_tokens.InvalidToken as exc:
             raise Unauthenticated(exc.reason) from None
         client = self.snapshot.oauth_clients_by_client_id.get(claims["client_id"])
         if client is None:
@@ -104,7 +104,7 @@ class JwtAuthenticator:
                    else None)
         if refusal is not None:
             # The token is genuine (signature checked): the audit event names the client it was issued to.
-            ctx.fields.update(credential_id=client.id, vendor_id=client.vendor_id, member_id=client.member_id)
+            ctx.facts.refused(client.id, client.vendor_id, client.member_id)
             raise Unauthenticated(refusal)
         return Principal(client.credential)
 
@@ -129,7 +129,7 @@ class AuthenticationMiddleware:
                 self.backoff.failure(ctx.client)
             ctx.kind = EventKind.AUTH_REJECT
             ctx.reason = exc.detail
-            start, body = problem_messages(exc)
+            start, body = problem_messages(exc, scope["path"])
             await send(start)
             await send(body)
             return

@@ -15,32 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.actors import Actor, RequestInfo
-from gateway.credentials import Credential, IPAddress
-from gateway.events import AuditEvent, EventKind, Outcome, new_event_id
-from gateway.types import Scope
+from gateway.audit.events import AuditEvent, EventFacts, EventKind, Outcome, new_event_id
+from gateway.credentials import IPAddress, Principal
+from gateway.http.types import Scope
 from keys.apikeys import redact
 
 SCOPE_KEY = "gateway.context"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: the credential and what it is bound to."""
-
-    credential: Credential
-
-    @property
-    def kind(self) -> str:
-        return self.credential.kind.value
-
-    @property
-    def vendor_id(self) -> uuid.UUID | None:
-        return self.credential.vendor_id
-
-    @property
-    def member_id(self) -> uuid.UUID | None:
-        return self.credential.member_id
 
 
 @dataclass(slots=True)
@@ -55,7 +36,7 @@ class RequestContext:
     # What the route decided, for the audit event.
     kind: EventKind = EventKind.REQUEST_OTHER
     reason: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+    facts: EventFacts = field(default_factory=EventFacts)
     # True once the route has committed the request's event itself (administrative changes, streams).
     audited: bool = False
     event_id: uuid.UUID = field(default_factory=new_event_id)
@@ -75,7 +56,7 @@ class RequestContext:
 
     @property
     def request_info(self) -> RequestInfo:
-        return RequestInfo(self.request_id, self.method, self.path, str(self.client) if self.client else None,
+        return RequestInfo(self.request_id, self.method, self.path, None if self.client is None else _text(self.client),
                            self.user_agent)
 
     @property
@@ -86,20 +67,10 @@ class RequestContext:
                      member_id=credential.member_id if credential else None,
                      credential_id=credential.id if credential else None, request=self.request_info)
 
-    def event(self, outcome: Outcome, status: int) -> AuditEvent:
-        """The request's audit event: what `self.actor.event(...)` makes, built in one step (hot path)."""
-        credential = self.principal.credential if self.principal else None
-        client = self.client
-        event = AuditEvent(kind=self.kind, outcome=outcome, reason=self.reason, event_id=self.event_id,
-                           request_id=self.request_id, method=self.method, path=self.path, status=status,
-                           client=None if client is None else _text(client), user_agent=self.user_agent,
-                           credential_id=credential.id if credential else None,
-                           actor=credential.kind.value if credential else "anonymous",
-                           vendor_id=credential.vendor_id if credential else None,
-                           member_id=credential.member_id if credential else None)
-        for name, value in self.fields.items():
-            setattr(event, name, value)
-        return event
+    def event(self, outcome: Outcome, status: int, **fields: Any) -> AuditEvent:
+        """The request's audit event, with what the route decided (`facts`)."""
+        return self.actor.event(self.kind, outcome, self.facts, reason=self.reason, event_id=self.event_id,
+                                status=status, **fields)
 
 
 def context(scope: Scope) -> RequestContext:

@@ -1,18 +1,22 @@
-"""The thin helpers every route shares: JSON in and out, strict body fields, roles, path ids."""
+"""The thin helpers every route shares: JSON in and out, strict body fields, roles, path ids, and the
+response of a streamed delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.context import Principal, context
+from gateway import times
+from gateway.audit.events import EventKind, Outcome
+from gateway.credentials import Principal
+from gateway.delivery import Stream
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -22,8 +26,9 @@ from gateway.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from gateway.events import EventKind
-from gateway.types import Receive, Scope, Send
+from gateway.http.context import RequestContext, context
+from gateway.http.types import Message, Receive, Scope, Send
+from gateway.runtime import Runtime
 
 MAX_JSON_DEPTH = 16
 NO_STORE = {"cache-control": "no-store"}
@@ -58,6 +63,49 @@ class Direct:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handler(Request(scope, receive, send))
         await response(scope, receive, send)
+
+
+class StreamingDelivery(Response):
+    """A `delivery.Stream` as an HTTP response: the status line leaves once the authorisation event is
+    committed, the body as the stream produces it; the client's disconnect stops the stream."""
+
+    def __init__(self, ctx: RequestContext, stream: Stream, status: int, headers: dict[str, str]) -> None:
+        self.ctx, self.stream, self.status_code = ctx, stream, status
+        self.raw_headers = encode_headers(headers)
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = _AsgiTransport(self, send)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            transport.gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.stream.run(self.ctx.event(Outcome.ALLOW, self.status_code), transport)
+        finally:
+            watcher.cancel()
+
+
+class _AsgiTransport:
+    def __init__(self, response: StreamingDelivery, send: Send) -> None:
+        self.response, self.send = response, send
+        self.gone = asyncio.Event()
+
+    async def start(self) -> None:
+        # The authorisation event is committed: the audit middleware lets the messages through.
+        self.response.ctx.audited = True
+        await self.send({"type": "http.response.start", "status": self.response.status_code,
+                         "headers": self.response.raw_headers})
+
+    async def write(self, chunk: bytes) -> None:
+        message: Message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        await self.send(message)
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -95,6 +143,12 @@ class DerivedCache:
 
 # One per process: keys are (purpose, id) tuples.
 derived = DerivedCache()
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The process's Runtime, which the app holds: how every route reaches the domain."""
+    found: Runtime = request.app.state.runtime
+    return found
 
 
 def principal(request: Request, kind: EventKind, *roles: str) -> Principal:
@@ -217,17 +271,12 @@ def _convert(name: str, value: Any, f: Field) -> Any:
         except ValueError:
             raise wrong("an id") from None
     if f.type == "datetime":
+        if not isinstance(value, str):
+            raise wrong("a date-time")
         try:
-            moment = datetime.fromisoformat(value) if isinstance(value, str) else _raise(wrong("a date-time"))
-        except ValueError:
-            raise wrong("an RFC 3339 date-time such as 2026-04-01T00:00:00Z") from None
-        if moment.tzinfo is None:
-            raise wrong("a date-time with a time zone, e.g. 2026-04-01T00:00:00+09:00")
-        try:
-            moment.astimezone(UTC)  # 9999-12-31T23:00-14:00 is in year 10000 in UTC: no database stores it
-        except OverflowError:
-            raise wrong("a date-time between the years 1 and 9999 in UTC") from None
-        return moment
+            return times.parse_moment(value)
+        except times.MomentError as exc:
+            raise InvalidInput(f"{name} {exc}", field=name) from None
     if f.type == "integer":
         if isinstance(value, float) and value.is_integer():
             value = int(value)  # JSON has one kind of number: 551.0 is the whole number 551 (as JSON Schema says)

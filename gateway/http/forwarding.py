@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from gateway.context import peer_address
 from gateway.credentials import IPAddress, IPNetwork
-from gateway.types import Scope
+from gateway.http.context import peer_address
+from gateway.http.types import Scope
 
 CLIENT_CERT_HEADER = b"x-client-cert-sha256"
 

@@ -19,11 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import oauth
-from gateway.context import Principal, context
+from gateway.audit.events import EventKind
+from gateway.credentials import Principal
 from gateway.errors import ServiceUnavailable
-from gateway.events import EventKind
-from gateway.http import read_limited
-from gateway.runtime import Runtime
+from gateway.http.context import context
+from gateway.http.endpoints import read_limited, runtime_of
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 8192
@@ -34,10 +34,6 @@ NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 class _BadForm(Exception):
     pass
 
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _json(status: int, body: Any, headers: dict[str, str]) -> Response:
@@ -69,7 +65,7 @@ async def token(request: Request) -> Response:
     """POST /oauth/token: client credentials grant (RFC 6749 §4.4), answered from the snapshot."""
     ctx = context(request.scope)
     ctx.kind = EventKind.OAUTH_TOKEN_ISSUE
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     wait = runtime.backoff.retry_after(ctx.client)
     if wait:
         ctx.kind = EventKind.AUTH_REJECT
@@ -95,8 +91,8 @@ async def token(request: Request) -> Response:
     if status == 200 and issued is not None and client is not None and issued.issued is not None:
         ctx.principal = Principal(client.credential)
         claims = issued.issued
-        ctx.fields["detail"] = {"client_id": claims["client_id"], "jti": claims["jti"], "kid": claims["kid"],
-                                "exp": claims["exp"], "scope": claims["scope"]}
+        ctx.facts.detail = {"client_id": claims["client_id"], "jti": claims["jti"], "kid": claims["kid"],
+                            "exp": claims["exp"], "scope": claims["scope"]}
     else:
         error = body.get("error", "invalid_request")
         reason = (issued.refusal if issued is not None else None) or body.get("error_description") or error
@@ -105,7 +101,7 @@ async def token(request: Request) -> Response:
             ctx.kind = EventKind.AUTH_REJECT
             runtime.backoff.failure(ctx.client)
         if client is not None:  # the secret was right: name the client the refusal concerns
-            ctx.fields.update(credential_id=client.id, vendor_id=client.vendor_id, member_id=client.member_id)
+            ctx.facts.refused(client.id, client.vendor_id, client.member_id)
     headers = {name.lower(): value for name, value in header_list if name.lower() != "content-type"}
     return _json(status, body, {**headers, **NO_STORE})
 
@@ -113,7 +109,7 @@ async def token(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     """The JWT keys that verify our access tokens: the current one and those not yet retired."""
     context(request.scope).kind = EventKind.OAUTH_METADATA_READ
-    snapshot = _runtime(request).snapshot
+    snapshot = runtime_of(request).snapshot
     if not snapshot.ready:
         raise ServiceUnavailable("keys are being reloaded; retry in a second", headers={"Retry-After": "1"})
     # Short caching: verifiers refetch on an unknown kid anyway, and a retired key should go soon.

@@ -3,7 +3,7 @@
 The YAML is read and rendered once, at import: a document that does not load stops the start rather
 than the first request. It is public, like the OAuth metadata, and audited like every request that
 reaches the gateway (kind api:openapi:read): one small static read per client, not a flood.
-tests/test_openapi.py keeps it in step with the routes; tests/test_schemathesis.py with the answers.
+tests/http/test_openapi.py keeps it in step with the routes; tests/http/test_schemathesis.py with the answers.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.context import context
-from gateway.events import EventKind
+from gateway.audit.events import EventKind
+from gateway.http.context import context
 
 PATH = "/openapi.json"
 
 
 def _document_path() -> Path:
     """schemas/openapi.yaml of a source checkout, or the copy a wheel installs under share/ (pyproject.toml)."""
-    checkout = Path(__file__).resolve().parent.parent / "schemas" / "openapi.yaml"
+    checkout = Path(__file__).resolve().parents[2] / "schemas" / "openapi.yaml"
     return checkout if checkout.is_file() else Path(sys.prefix) / "share" / "lpd-gateway" / "openapi.yaml"
 
 

@@ -10,8 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import metrics, migrations
-from gateway.http import json_response
-from gateway.runtime import Runtime
+from gateway.http.endpoints import json_response, runtime_of
 
 
 async def healthz(request: Request) -> Response:
@@ -20,7 +19,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when PostgreSQL answers, every migration is applied and the snapshot is current."""
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     problems = []
     try:
         async with asyncio.timeout(1.0):
@@ -37,7 +36,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     metrics.SNAPSHOT_READY.set(1 if runtime.snapshot.ready else 0)
     metrics.SNAPSHOT_GENERATION.set(runtime.snapshot.generation)
     metrics.AUDIT_LOG_SIZE.set(runtime.writer.size)

@@ -1,4 +1,4 @@
-"""Helpers shared by the audit tests (tests/test_audit_*.py); no tests here."""
+"""Helpers shared by the audit tests (tests/audit/, tests/test_cli_audit.py); no tests here."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway import evidence
-from gateway.events import AuditEvent, EventKind, Outcome
+from gateway.audit import evidence
+from gateway.audit.events import AuditEvent, EventKind, Outcome
 from gateway.runtime import Runtime
 from tests.conftest import client_for, open_runtime
 from tests.factories import Licensed, auth, licensed_member

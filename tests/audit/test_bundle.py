@@ -16,14 +16,14 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import report, signing_keys, verify
-from gateway.checkpoints import b64
-from gateway.verify import verify_bundle
+from gateway import signing_keys
+from gateway.audit import report, verify
+from gateway.audit.format import PublicKey, b64
+from gateway.audit.verify import verify_bundle
 from keys.notes import format_checkpoint, parse_note
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
-from tests.conftest import TEST_MASTER_KEY, client_for
-from tests.test_audit_support import (
+from tests.audit.support import (
     Scenario,
     audited_runtime,
     edit_jsonl,
@@ -34,6 +34,7 @@ from tests.test_audit_support import (
     synthetic,
     write_bundle,
 )
+from tests.conftest import TEST_MASTER_KEY, client_for
 
 MASTER = MasterKey.from_text(TEST_MASTER_KEY)
 
@@ -316,7 +317,7 @@ async def test_an_inconsistent_log_is_caught(case: Case, tmp_path: Path) -> None
 def test_trusted_keys_pin_the_signer(case: Case) -> None:
     vkey = orjson.loads(case.files["keys.json"])["keys"][0]["vkey"]
     assert verify_bundle(case.bundle, trusted_keys=[vkey]).ok
-    other = signing_keys.PublicKey("0" * 16, "audit", SigningKey.generate().public_bytes(),
+    other = PublicKey("0" * 16, "audit", SigningKey.generate().public_bytes(),
                                    *[None] * 3).vkey()  # type: ignore[arg-type]
     assert verify_bundle(case.bundle, trusted_keys=[other]).code == "unknown-key"
 
@@ -410,7 +411,7 @@ async def test_a_trusted_checkpoint_exposes_a_log_rewritten_and_re_signed(dsn: s
 
 
 async def _rewrite_and_resign(pool: asyncpg.Pool, log_id: str, seq: int) -> None:
-    from gateway.checkpoints import CheckpointSigner, PackedTree, leaf_hashes
+    from gateway.audit.checkpoints import CheckpointSigner, PackedTree, leaf_hashes
 
     async with pool.acquire() as conn:
         await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update")

@@ -12,8 +12,8 @@ import hashlib
 
 import pytest
 
-from gateway.checkpoints import PackedTree
-from gateway.verify import _ProofCache
+from gateway.audit.checkpoints import PackedTree
+from gateway.audit.verify import _ProofCache
 from keys.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
 
 SIZES = [1, 2, 3, 5, 8, 13, 64, 100]

@@ -15,13 +15,15 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import checkpoints, migrations, signing_keys
-from gateway.audit import AuditUnavailable, AuditWriter, new_log_id
+from gateway import migrations, signing_keys
+from gateway.audit import checkpoints
+from gateway.audit.events import AuditEvent
+from gateway.audit.format import CheckpointError, open_checkpoint, public_key_from_json
+from gateway.audit.writer import AuditUnavailable, AuditWriter, new_log_id
 from gateway.errors import NotFound, ServiceUnavailable
-from gateway.events import AuditEvent
 from keys.merkle import leaf_hash, verify_inclusion
 from keys.sealing import MasterKey
-from tests.test_audit_support import synthetic
+from tests.audit.support import synthetic
 
 MASTER = MasterKey.generate()
 
@@ -85,7 +87,7 @@ async def test_checkpoints_every_n_events_and_at_close_verify_against_the_events
         await conn.close()
     tree = checkpoints.PackedTree(leaves)
     for row in rows:
-        opened = checkpoints.open_checkpoint(row["note"], keys, log_id)
+        opened = open_checkpoint(row["note"], keys, log_id)
         assert opened.root == tree.root(row["tree_size"]) == bytes(row["root_hash"])
         assert opened.signed_at == row["signed_at"]
         assert row["note"].startswith(f"lpd-gateway/{log_id}\n{row['tree_size']}\n")
@@ -245,14 +247,14 @@ async def test_rotation_makes_a_new_current_key_and_the_old_one_keeps_verifying(
     assert keys[0].not_after == keys[1].not_before and keys[1].not_after is None
     assert [r["key_id"] for r in rows] == [old.key_id, new.key_id]
     for row in rows:
-        assert checkpoints.open_checkpoint(row["note"], keys).key.key_id == row["key_id"]
+        assert open_checkpoint(row["note"], keys).key.key_id == row["key_id"]
     # The old key's checkpoint is signed before its not_after; a note by it after that is refused.
     stolen = signing_keys.open_key(MASTER, old.key_id, await _sealed(dsn, old.key_id))
     late = datetime.now(UTC) + timedelta(seconds=1)
     text = f"lpd-gateway/{writer.log_id}\n1\n{base64.b64encode(bytes(32)).decode()}\nsigned-at " \
            f"{late:%Y-%m-%dT%H:%M:%S.%fZ}\n"
-    with pytest.raises(checkpoints.CheckpointError) as raised:
-        checkpoints.open_checkpoint(signing_keys.note_signer(stolen).sign(text), keys)
+    with pytest.raises(CheckpointError) as raised:
+        open_checkpoint(signing_keys.note_signer(stolen).sign(text), keys)
     assert raised.value.code == "key-validity"
 
 
@@ -277,8 +279,8 @@ async def test_public_keys_and_latest_checkpoints_are_published(dsn: str) -> Non
     assert key["vkey"].startswith("lpd-gateway-audit+") and key["not_after"] is None
     [mine] = [c for c in latest if c["log"] == writer.log_id]
     assert mine["tree_size"] == 1 and mine["origin"] == f"lpd-gateway/{writer.log_id}"
-    keys = [checkpoints.public_key_from_json(key)]
-    assert checkpoints.open_checkpoint(mine["note"], keys).root == base64.b64decode(mine["root_hash"])
+    keys = [public_key_from_json(key)]
+    assert open_checkpoint(mine["note"], keys).root == base64.b64decode(mine["root_hash"])
 
 
 async def test_a_receipt_proves_an_event_offline(dsn: str) -> None:
@@ -301,8 +303,8 @@ async def test_a_receipt_proves_an_event_offline(dsn: str) -> None:
         finally:
             await conn.close()
     # What a member does with it, knowing only the public key:
-    key = checkpoints.public_key_from_json(receipt["key"])
-    opened = checkpoints.open_checkpoint(receipt["checkpoint"]["note"], [key])
+    key = public_key_from_json(receipt["key"])
+    opened = open_checkpoint(receipt["checkpoint"]["note"], [key])
     entry = receipt["entry"].encode()
     assert orjson.loads(entry)["event_id"] == str(events[20].event_id)
     verify_inclusion(leaf_hash(entry), receipt["seq"], opened.size, [base64.b64decode(h) for h in

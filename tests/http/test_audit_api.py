@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
+from gateway.audit.verify import verify_bundle
 from gateway.runtime import Runtime
-from gateway.verify import verify_bundle
 from keys import merkle
 from keys.notes import NoteVerifier, open_note, parse_checkpoint
 from tests.factories import auth, licensed_member, records_path_of

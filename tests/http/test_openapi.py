@@ -1,6 +1,6 @@
 """The OpenAPI document (schemas/openapi.yaml) against the app: every route in it, nothing else, and served.
 
-Whether the answers match the document is tests/test_schemathesis.py's part.
+Whether the answers match the document is tests/http/test_schemathesis.py's part.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import yaml
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from gateway import routes_openapi
 from gateway.app import build_app
+from gateway.http import openapi
 from gateway.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
@@ -92,7 +92,7 @@ async def test_the_document_is_served_as_json_and_audited(runtime: Runtime, clie
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == _document() == routes_openapi.DOCUMENT
+    assert response.json() == _document() == openapi.DOCUMENT
     event_id = uuid.UUID(response.headers["audit-event"])
     async with runtime.pool.acquire() as conn:
         kind = await conn.fetchval("SELECT kind FROM audit_events WHERE event_id = $1", event_id)

@@ -12,7 +12,7 @@ from gateway import config as config_module
 from gateway.errors import all_error_types
 from gateway.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:

@@ -45,7 +45,7 @@ class Served:
 
     @property
     def state(self) -> sharing.SharingState:
-        state: sharing.SharingState = self.app.state.sharing
+        state: sharing.SharingState = self.app.state.runtime.deliveries.sharing
         return state
 
 

@@ -1,0 +1,186 @@
+"""The evidence format, as schemas/audit-format.md specifies it: what the writer signs, the exporter
+writes and the verifier reads.
+
+Checkpoints are C2SP tlog-checkpoint signed notes over a log's Merkle root at a tree size:
+
+    lpd-gateway/<log_id>
+    <tree size>
+    <base64 root hash>
+    signed-at <RFC 3339 UTC time, microseconds>
+
+The extension line is signed with the rest, so a verifier can tell whether the key was valid when it
+signed (key rotation). Nothing here touches a database or the network: the offline verifier runs on
+this module, gateway/audit/events.py and gateway/audit/report.py alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.audit.events import utc_text
+from keys.notes import NoteError, NoteVerifier, open_note, parse_checkpoint, parse_note
+
+FORMAT = "lpd-gateway-evidence/1"
+FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
+AUDIT = "audit"
+# The signed-note key name of audit checkpoints. C2SP tlog-checkpoint says the name SHOULD be the
+# origin; ours is not, because one key signs many logs (one per process) and a verifier should need
+# one verifier key per key, not one per log.
+AUDIT_KEY_NAME = "lpd-gateway-audit"
+ORIGIN_PREFIX = "lpd-gateway/"
+SIGNED_AT = "signed-at "
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def origin(log_id: str) -> str:
+    return ORIGIN_PREFIX + log_id
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of events.utc_text, accepting only its exact spelling."""
+    try:
+        moment = datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z") from None
+    if utc_text(moment) != text:
+        raise ValueError(f"{text!r} is not a UTC time like 2026-04-01T09:30:00.000000Z")
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    key_id: str
+    purpose: str
+    public: bytes
+    not_before: datetime
+    not_after: datetime | None
+    retired_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PublicKey:
+        return cls(row["key_id"], row["purpose"], bytes(row["public_key"]), row["not_before"], row["not_after"],
+                   row["retired_at"])
+
+    @property
+    def note_name(self) -> str:
+        return AUDIT_KEY_NAME if self.purpose == AUDIT else f"lpd-gateway-{self.purpose}"
+
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier.from_vkey(self.vkey())
+
+    def vkey(self) -> str:
+        """The C2SP signed-note verifier key: name+hex key hash+base64(0x01 || public key)."""
+        typed = b"\x01" + self.public
+        # signed-note's key hash: SHA-256(name || 0x0A || type || key)[:4].
+        key_hash = hashlib.sha256(self.note_name.encode() + b"\n" + typed).digest()[:4]
+        return f"{self.note_name}+{key_hash.hex()}+{base64.b64encode(typed).decode('ascii')}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The published form (keys.json in evidence bundles, the public keys endpoint)."""
+        return {"key_id": self.key_id, "purpose": self.purpose, "algorithm": "Ed25519",
+                "public_key": base64.b64encode(self.public).decode("ascii"), "vkey": self.vkey(),
+                "not_before": utc_text(self.not_before),
+                "not_after": None if self.not_after is None else utc_text(self.not_after),
+                "retired_at": None if self.retired_at is None else utc_text(self.retired_at)}
+
+
+# -- opening ----------------------------------------------------------------------------------------
+
+class CheckpointError(ValueError):
+    """A checkpoint does not verify; `code` names the check (see schemas/audit-format.md)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedCheckpoint:
+    log_id: str
+    size: int
+    root: bytes
+    signed_at: datetime
+    key: PublicKey
+    note: str
+
+
+def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = None) -> OpenedCheckpoint:
+    """Verify a checkpoint note against `keys`: signature, text, origin and the key's validity."""
+    try:
+        parsed = parse_note(note)
+    except NoteError as e:
+        raise CheckpointError("checkpoint-format", f"not a signed note: {e.reason}") from None
+    by_hash = {(k.note_name, _key_hash(k)): k for k in keys}
+    known = [by_hash[(s.name, s.key_hash)] for s in parsed.signatures if (s.name, s.key_hash) in by_hash]
+    if not known:
+        names = ", ".join(f"{s.name}+{s.key_hash.hex()}" for s in parsed.signatures)
+        raise CheckpointError("unknown-key", f"signed by an unknown key ({names})")
+    try:
+        open_note(note, [k.verifier() for k in known])
+    except NoteError as e:
+        raise CheckpointError("bad-signature", e.reason) from None
+    try:
+        checkpoint = parse_checkpoint(parsed.unverified_text)
+    except NoteError as e:
+        raise CheckpointError("checkpoint-format", e.reason) from None
+    if not checkpoint.origin.startswith(ORIGIN_PREFIX):
+        raise CheckpointError("checkpoint-format", f"origin {checkpoint.origin!r} is not an lpd-gateway log")
+    found_log = checkpoint.origin.removeprefix(ORIGIN_PREFIX)
+    if log_id is not None and found_log != log_id:
+        raise CheckpointError("checkpoint-format", f"checkpoint is of log {found_log}, not {log_id}")
+    times = [line.removeprefix(SIGNED_AT) for line in checkpoint.extensions if line.startswith(SIGNED_AT)]
+    if len(times) != 1:
+        raise CheckpointError("checkpoint-format", "checkpoint needs exactly one signed-at line")
+    try:
+        signed_at = parse_time(times[0])
+    except ValueError as e:
+        raise CheckpointError("checkpoint-format", str(e)) from None
+    key = known[0]
+    if not key_valid_at(key, signed_at):
+        raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {times[0]} (valid from "
+                                              f"{utc_text(key.not_before)} to {_until(key)})")
+    return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
+
+
+def key_valid_at(key: PublicKey, moment: datetime) -> bool:
+    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
+    return key.not_before <= moment and all(moment < end for end in ends)
+
+
+def _until(key: PublicKey) -> str:
+    ends = [t for t in (key.not_after, key.retired_at) if t is not None]
+    return utc_text(min(ends)) if ends else "now"
+
+
+def _key_hash(key: PublicKey) -> bytes:
+    return bytes.fromhex(key.vkey().split("+")[1])
+
+
+def public_key_from_json(data: dict[str, Any]) -> PublicKey:
+    """A key as published in keys.json; raises ValueError if its fields disagree or are malformed."""
+    public = base64.b64decode(data["public_key"], validate=True)
+    key = PublicKey(str(data["key_id"]), str(data.get("purpose", AUDIT)), public, parse_time(data["not_before"]),
+                    None if data.get("not_after") is None else parse_time(data["not_after"]),
+                    None if data.get("retired_at") is None else parse_time(data["retired_at"]))
+    if len(public) != 32 or data.get("vkey", key.vkey()) != key.vkey():
+        raise ValueError(f"key {key.key_id}: its vkey does not match its public key")
+    return key
+
+
+def keys_from_vkeys(vkeys: Iterable[str]) -> set[str]:
+    """Validate verifier keys given on the command line (raises NoteError) and return them."""
+    found = set()
+    for vkey in vkeys:
+        NoteVerifier.from_vkey(vkey.strip())
+        found.add(vkey.strip())
+    return found

@@ -1,0 +1,520 @@
+"""The delivery service: every decision about what a member receives, for the member API and Delta
+Sharing alike.
+
+Routes parse a request and write the response; in between, this module decides. It finds the
+licence governing the dataset and checks that it allows delivery now (one check, terms included).
+It applies the rate limit and the hard quotas, leased before the first await. It resolves a page's
+scope and cursor, and fills in what the request's audit event records (`EventFacts`), as the
+decision goes, so that a refusal midway still names the licence.
+
+A streamed delivery (a full export, a Delta Sharing file) is a `Stream`. It reserves its quota,
+commits the authorisation event before the first byte and streams. It stops when the client
+leaves, settles what was sent and writes the stream-end event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+
+from gateway import cursors, licences, metering, metrics, records, sharing
+from gateway.audit.events import AuditEvent, EventFacts, EventKind, new_event_id
+from gateway.audit.writer import AuditWriter
+from gateway.columns import Column
+from gateway.credentials import Credential, Principal
+from gateway.datasets import Dataset
+from gateway.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.licences import Licence
+from gateway.metering import Allowance, RateLimiter, Tally, UsageBook
+from gateway.page_cache import PageCache
+from gateway.parquet_files import CACHE_FOLDER, FileSet, ParquetCache, SharingNotInstalled
+from gateway.records import DeliveryScope, Format, Position
+from gateway.server_secrets import CURSOR
+from gateway.sharing import SharingState
+from gateway.snapshot import Snapshot
+
+MAX_PAGE = 10_000
+FILE_CHUNK_BYTES = 256 * 1024
+
+
+class TermsNotAccepted(Forbidden):
+    """The licence's current terms are not accepted yet; the HTTP layer points the member at them."""
+
+    def __init__(self, reason: str, licence: Licence) -> None:
+        super().__init__(reason, licence_id=str(licence.id))
+        self.licence = licence
+
+
+def licensed(snapshot: Snapshot, caller: Principal, dataset_id: uuid.UUID) -> tuple[Dataset, Licence]:
+    """The dataset and the licence governing it for this member; 404 when there is none (no existence leak)."""
+    if caller.member_id is None:
+        raise NotFound("dataset")
+    licence = snapshot.licence_for(caller.member_id, dataset_id)
+    dataset = snapshot.datasets.get(dataset_id)
+    if licence is None or dataset is None:
+        raise NotFound("dataset")
+    return dataset, licence
+
+
+def authorise(snapshot: Snapshot, licence: Licence, now: datetime) -> None:
+    """The licence allows delivery now (status, validity, member, accepted terms), or 403 with the reason."""
+    decision = licences.check(licence, snapshot.members.get(licence.member_id), now)
+    if isinstance(decision, licences.Denied):
+        if decision.terms_required:
+            raise TermsNotAccepted(decision.reason, licence)
+        raise Forbidden(decision.reason, licence_id=str(licence.id))
+
+
+def note_subject(facts: EventFacts, licence: Licence) -> None:
+    """The event names the dataset, the licence and the terms version the request concerns."""
+    facts.dataset_id, facts.licence_id, facts.terms_version = licence.dataset_id, licence.id, licence.terms_version
+
+
+def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], since_version: int,
+                   upto_version: int | None = None) -> DeliveryScope:
+    if requested:
+        outside = sorted(set(requested) - licence.partition_set)
+        if outside:
+            raise Forbidden(f"partition {outside[0]!r} is outside your licence", partition=outside[0])
+        partitions = tuple(sorted(set(requested)))
+    else:
+        partitions = licence.partitions
+    columns = tuple(c for c in dataset.column_names if c in licence.columns)
+    upto = dataset.latest_version if upto_version is None else upto_version
+    if since_version < 0:
+        raise BadRequest("since_version must be 0 or a published version number")
+    return DeliveryScope(dataset, licence, partitions, columns, since_version, upto)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsRequest:
+    """What a member asked of a dataset's records, as the route parsed it."""
+
+    fmt: Format
+    limit: int | None          # None: a full export, streamed
+    cursor: str | None
+    since_version: int
+    partitions: list[str]
+    head_only: bool = False    # HEAD: the same checks and headers, no record read
+
+
+@dataclass(frozen=True, slots=True)
+class FileAnswer:
+    """A Delta Sharing file download as decided: its licence, size and id, the quota's headers, the byte
+    range asked for (None: the whole file) and, for GET, the stream of its bytes."""
+
+    licence: Licence
+    size: int
+    file_id: str
+    headers: dict[str, str]
+    span: tuple[int, int] | None = None
+    stream: Stream | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsAnswer:
+    """A page (`body`, and the cursor of the next one) or an export (`stream`), with its quota headers."""
+
+    licence: Licence
+    fmt: Format
+    headers: dict[str, str]
+    body: bytes = b""
+    next_cursor: str | None = None
+    stream: Stream | None = None
+
+
+class Deliveries:
+    """The service the delivery routes call: one per process, over its snapshot, usage book and pool."""
+
+    def __init__(self, snapshot: Snapshot, usage: UsageBook, pool: asyncpg.Pool, rate_limiter: RateLimiter,
+                 pages: PageCache, writer: AuditWriter, home: Path) -> None:
+        self.snapshot, self.usage, self.pool = snapshot, usage, pool
+        self.rate_limiter, self.pages, self.writer = rate_limiter, pages, writer
+        # Delta Sharing's Parquet files and which file URLs have had their records counted (this process).
+        self.sharing = SharingState(ParquetCache(home / CACHE_FOLDER))
+
+    def rate_limit(self, credential_id: uuid.UUID, licence: Licence) -> None:
+        """The licence's per-credential request rate, or 429 with the seconds to wait."""
+        wait = self.rate_limiter.take(credential_id, licence.requests_per_second, licence.burst)
+        if wait:
+            metrics.QUOTA_DENIALS.labels("rate").inc()
+            raise TooManyRequests(f"this key is limited to {licence.requests_per_second:g} requests per second "
+                                  f"(burst {licence.burst or 'none'}); retry after the Retry-After seconds",
+                                  headers={"retry-after": str(max(1, math.ceil(wait)))})
+
+    async def lease(self, licence: Licence, records: int, byte_count: int) -> Allowance:
+        """Lease what a delivery needs under the hard quotas, and what is left of them."""
+        return await metering.lease_and_decide(self.usage, self.pool, licence, records, byte_count)
+
+    async def records(self, caller: Principal, facts: EventFacts, dataset_id: uuid.UUID,
+                      asked: RecordsRequest) -> RecordsAnswer:
+        """A page of a dataset's records within the caller's licence, or its full export."""
+        dataset, licence = licensed(self.snapshot, caller, dataset_id)
+        authorise(self.snapshot, licence, datetime.now(UTC))
+        note_subject(facts, licence)
+        fmt, limit, after = asked.fmt, asked.limit, None
+        if asked.cursor is not None:
+            scope, after, fmt, limit = self._resume(asked.cursor, dataset, licence)
+        else:
+            scope = delivery_scope(dataset, licence, asked.partitions, asked.since_version)
+        facts.partitions = list(scope.partitions)
+        facts.versions = list(range(scope.since_version + 1, scope.upto_version + 1))
+        self.rate_limit(caller.credential.id, licence)
+        quota = await self._admit(licence, dataset, 0 if asked.head_only else limit)
+        if asked.head_only:
+            facts.records = 0  # a delivery of no records (RFC 9110 §9.3.2: GET without the content)
+            return RecordsAnswer(licence, fmt, quota.headers)
+        if quota.warning:
+            facts.note(quota_warning=quota.warning)
+        if limit is None:
+            return RecordsAnswer(licence, fmt, quota.headers, stream=self._export(scope, fmt, quota))
+        return await self._page(facts, scope, fmt, after, limit, quota)
+
+    async def _admit(self, licence: Licence, dataset: Dataset, want_records: int | None) -> Allowance:
+        """The licence's monthly quotas: lease for `want_records` records, or everything left (a full
+        export, None); 429 when a hard quota is reached."""
+        everything = max(licence.records_per_month or 0, licence.bytes_per_month or 0)
+        wanted = everything if want_records is None else want_records
+        byte_count = everything if want_records is None else _estimated_bytes(dataset, want_records)
+        quota = await self.lease(licence, wanted, byte_count)
+        if quota.exhausted:
+            metrics.QUOTA_DENIALS.labels("quota").inc()
+            raise TooManyRequests(quota.exhausted, headers=quota.headers)
+        return quota
+
+    async def _page(self, facts: EventFacts, scope: DeliveryScope, fmt: Format, after: Position | None, limit: int,
+                    quota: Allowance) -> RecordsAnswer:
+        licence_id = scope.licence.id
+        head = records.csv_header(scope) if fmt == "csv" and after is None else b""
+        take = limit if quota.records is None else min(limit, quota.records)
+        # Bytes a page may reserve: an estimate of `take` records within what is left, so that concurrent
+        # pages of one licence do not each reserve the whole remainder.
+        budget = None if quota.bytes is None else min(quota.bytes, _estimated_bytes(scope.dataset, take))
+        # Reserve before the first await: concurrent requests of this licence see the reservation.
+        self.usage.count(licence_id, take, budget or 0)
+        try:
+            page = await self.pages.page(self.pool, scope, fmt, after, take)
+        finally:
+            self.usage.count(licence_id, -take, -(budget or 0))
+        body, kept, more = page.body, len(page), page.more
+        if budget is not None and len(head) + len(body) > budget:
+            # Rare: the records are longer than the estimate. Only what fits goes out; the rest follows.
+            kept = page.fitting(budget - len(head))
+            body, more = page.prefix(kept), True
+        self.usage.count(licence_id, kept, len(head) + len(body))
+        facts.records = kept
+        headers = dict(quota.headers)
+        next_cursor = None
+        if more and kept < limit and (budget == quota.bytes or take == quota.records):
+            headers["quota-cut"] = "this page was cut at your licence's monthly quota"
+        elif more and kept:
+            assert self.snapshot.secrets is not None
+            version, key = self.snapshot.secrets.current(CURSOR)
+            next_cursor = cursors.encode(_cursor_state(scope, fmt, limit, page.position(kept - 1)), version, key)
+        return RecordsAnswer(scope.licence, fmt, headers, head + body, next_cursor)
+
+    def _resume(self, text: str, dataset: Dataset, licence: Licence) -> tuple[DeliveryScope, Position, Format, int]:
+        assert self.snapshot.secrets is not None
+        state = cursors.decode(text, self.snapshot.secrets.by_purpose[CURSOR])
+        # Versions are never removed: a cursor beyond the latest one was not written by this gateway.
+        if state.get("l") != str(licence.id) or not _well_formed(state) or state["u"] > dataset.latest_version:
+            raise BadRequest("cursor is not valid: use the 'next' link of the previous page unchanged")
+        # The scope is re-checked against the licence as it is now: a narrowed licence narrows old cursors too.
+        scope = delivery_scope(dataset, licence, state["p"], state["s"], state["u"])
+        partition, version, seq = state["at"]
+        return scope, Position(partition, version, seq), state["f"], state["n"]
+
+    async def sharing_lease(self, licence: Licence, records: int, byte_count: int) -> Allowance:
+        """Lease what a Delta Sharing delivery needs under the hard quotas; 403 (not 429: the connector
+        would retry it) when what is left cannot hold it. Only the units it needs count: more ranges of a
+        file whose records were already counted go on after the records quota is used up, if bytes are left."""
+        quota = await self.lease(licence, records, byte_count)
+        for unit, needed, left, limit, what in (
+                ("records", records, quota.records, licence.records_per_month, f"this file holds {records} records"),
+                ("bytes", byte_count, quota.bytes, licence.bytes_per_month, f"this response is {byte_count} bytes")):
+            if needed and left is not None and needed > left:
+                reason = (f"monthly {unit} quota of {limit} reached; it resets at the start of next month (JST)"
+                          if left == 0 else f"{what} but only {left} are left of your monthly {unit} quota of {limit}")
+                raise Forbidden(reason, error_code="QUOTA_EXCEEDED", headers=quota.headers)
+        quota.headers.pop("retry-after", None)  # set when one unit is used up; this delivery needs none of it
+        return quota
+
+    async def parquet_files(self, dataset: Dataset, version: int, partition: str,
+                            columns: tuple[Column, ...]) -> FileSet:
+        """The Parquet files of one version and partition with these columns, made on first use."""
+        vendor = self.snapshot.vendors.get(dataset.vendor_id)
+        metadata = {"lpd.dataset_id": str(dataset.id), "lpd.dataset": dataset.name,
+                    "lpd.version": str(version), "lpd.partition": partition,
+                    "lpd.notice": ("Limited provision data (Japan, Unfair Competition Prevention Act art. 2(7)) of "
+                                   f"{vendor.name if vendor else 'its vendor'}, provided only to licensees under "
+                                   "their licence; use or disclosure beyond the licence is not permitted.")}
+        try:
+            return await self.sharing.cache.ensure(self.pool, dataset.id, version, partition, columns, metadata)
+        except SharingNotInstalled as exc:
+            raise BadRequest(str(exc), error_code="UNSUPPORTED_OPERATION") from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            raise ServiceUnavailable("the table's files cannot be prepared right now; retry shortly",
+                                     headers={"retry-after": "2"}) from None
+
+    async def sharing_file(self, presented: Principal | None, facts: EventFacts, token: str, *,
+                           act_as: Callable[[Principal], None], head: bool, range_header: str | None) -> FileAnswer:
+        """A file a query listed, by its signed URL: the URL names the credential, licence and file it was
+        issued for, and each is checked again as it is now. From the moment the URL is known to be genuine
+        the request acts as that credential (`act_as`), so that the event names it."""
+        snapshot = self.snapshot
+        if not snapshot.ready or snapshot.secrets is None:
+            # A revocation may have been missed: fail closed, as authentication does for bearer keys.
+            raise ServiceUnavailable("credentials are being reloaded; retry in a second", headers={"retry-after": "1"})
+        claims = sharing.open_file_token(snapshot.secrets, token)
+        if claims is None:
+            raise NotFound("file")
+        try:
+            credential_id, licence_id = uuid.UUID(claims["c"]), uuid.UUID(claims["l"])
+            member_id, dataset_id = uuid.UUID(claims["m"]), uuid.UUID(claims["d"])
+            version, partition, names = int(claims["v"]), str(claims["p"]), list(claims["cols"])
+            index, count, size, expires = int(claims["i"]), int(claims["n"]), int(claims["s"]), int(claims["x"])
+            token_id = str(claims["t"])
+        except (KeyError, TypeError, ValueError):
+            raise NotFound("file") from None
+        credential = _member_credential(snapshot, credential_id)
+        now = datetime.now(UTC)
+        if credential is None or credential.member_id != member_id:
+            raise NotFound("file")
+        if presented is not None and presented.credential.id != credential_id and presented.member_id != member_id:
+            # Another party's URL answers exactly like a missing one (no probing); the event names the
+            # caller who presented it, the URL and why.
+            facts.detail = {"file_url": token_id}
+            raise NotFound("file", reason="this file URL was issued to another party's credential")
+        act_as(Principal(credential))
+        expiry = datetime.fromtimestamp(expires, UTC).isoformat()
+        facts.dataset_id, facts.licence_id, facts.partitions, facts.versions = dataset_id, licence_id, [partition], [version]
+        facts.detail = {"file_url": token_id, "part": index, "url_expires_at": expiry}
+        if presented is not None and presented.credential.id != credential_id:
+            raise Forbidden("this file URL was issued to another credential")
+        if credential.revoked_at is not None:
+            raise Forbidden("the key this file URL was issued to has been revoked")
+        if credential.expires_at is not None and now >= credential.expires_at:
+            raise Forbidden("the key this file URL was issued to has expired")
+        if now.timestamp() >= expires:
+            raise Forbidden(f"this file URL expired at {expiry}; query the table again for fresh URLs")
+        licence = snapshot.licences.get(licence_id)
+        dataset = snapshot.datasets.get(dataset_id)
+        if licence is None or dataset is None or licence.member_id != member_id or licence.dataset_id != dataset_id:
+            raise NotFound("file")
+        facts.terms_version = licence.terms_version
+        authorise(snapshot, licence, now)
+        if partition not in licence.partition_set or not set(names) <= set(licence.columns):
+            raise Forbidden("your licence no longer covers this file (its partitions or columns changed); "
+                            "query the table again")
+        columns = tuple(c for c in dataset.columns if c.name in names)
+        if [c.name for c in columns] != names:
+            raise NotFound("file")
+        files = await self.parquet_files(dataset, version, partition, columns)
+        if index >= len(files.files) or files.files[index].size != size or files.files[index].records != count:
+            raise NotFound("file")
+        self.rate_limit(credential_id, licence)
+        file_id = sharing.file_id(files.key, index)
+        if head:
+            return FileAnswer(licence, size, file_id, {})
+        span = sharing.byte_range(range_header, size)
+        start, end = span if span is not None else (0, size)
+        # Records are counted on the first response of a URL that carries bytes; decided before any await.
+        charge = count if self.sharing.charge(token_id, expires) else 0
+        try:
+            quota = await self.sharing_lease(licence, charge, end - start)
+        except BaseException:
+            if charge:
+                self.sharing.uncharge(token_id)
+            raise
+        facts.note(range=f"{start}-{end - 1}", records_charged=charge,
+                   **({"quota_warning": quota.warning} if quota.warning else {}))
+        stream = self.file(licence.id, files.path(index), start, end, charge, lambda: self.sharing.uncharge(token_id))
+        return FileAnswer(licence, size, file_id, quota.headers, span, stream)
+
+    def _export(self, scope: DeliveryScope, fmt: Format, quota: Allowance) -> Stream:
+        pool = self.pool
+
+        async def produce(write: Write, stopped: Callable[[], bool]) -> None:
+            if fmt == "csv":
+                await write(records.csv_header(scope), 0)
+            async with pool.acquire() as conn:
+                await records.stream(conn, scope, fmt, lambda chunk: write(chunk, None), stopped)
+
+        return Stream(self, scope.licence.id, EventKind.RECORDS_STREAM_END, produce,
+                      Tally(quota.records or 0, quota.bytes or 0), limit=quota, gives_back=True)
+
+    def file(self, licence_id: uuid.UUID, path: Path, start: int, end: int, charge: int,
+             uncharge: Callable[[], None]) -> Stream:
+        """A byte range of a cached Parquet file. Its `charge` records are billed once the first byte
+        leaves; when nothing does, `uncharge` gives the URL's charge back."""
+
+        async def produce(write: Write, stopped: Callable[[], bool]) -> None:
+            handle = await asyncio.to_thread(open, path, "rb")
+            with handle:
+                handle.seek(start)
+                sent = 0
+                while sent < end - start and not stopped():
+                    chunk = await asyncio.to_thread(handle.read, min(FILE_CHUNK_BYTES, end - start - sent))
+                    if not chunk:
+                        break
+                    await write(chunk, 0)
+                    sent += len(chunk)
+
+        return Stream(self, licence_id, EventKind.SHARING_FILE_STREAM_END, produce, Tally(charge, end - start),
+                      charge=charge, length=end - start, uncharge=uncharge)
+
+
+# A stream source hands over chunks with their record count (None: count the newlines, one record each).
+Write = Callable[[bytes, int | None], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """How a stream reaches its client (an HTTP response): the HTTP layer implements it."""
+
+    gone: asyncio.Event  # set when the client has left
+
+    async def start(self) -> None: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+
+class Stream:
+    """One streamed delivery, from the authorisation event before its first byte to its stream-end event.
+
+    It reserves `reserved` of the licence's usage while it runs. With `limit` (an export's hard
+    quotas) it stops at the record boundary where the quota is reached and says so. With `charge` (a
+    file) those records are billed when any byte left, and `complete` means all `length` bytes did.
+    Whatever ends it, what was handed to the transport is settled and recorded: a client gone midway
+    is metered for what it got.
+    """
+
+    def __init__(self, service: Deliveries, licence_id: uuid.UUID, end_kind: EventKind,
+                 produce: Callable[[Write, Callable[[], bool]], Awaitable[None]], reserved: Tally, *,
+                 limit: Allowance | None = None, gives_back: bool = False, charge: int | None = None,
+                 length: int | None = None, uncharge: Callable[[], None] | None = None) -> None:
+        self.service, self.licence_id, self.end_kind, self.produce = service, licence_id, end_kind, produce
+        self.reserved, self.limit, self.gives_back = reserved, limit, gives_back
+        self.charge, self.length, self.uncharge = charge, length, uncharge
+
+    async def run(self, authorisation: AuditEvent, transport: Transport) -> None:
+        book, writer, reserved = self.service.usage, self.service.writer, self.reserved
+        # Reserve before the first await: concurrent deliveries of this licence see it.
+        book.count(self.licence_id, reserved.records, reserved.bytes)
+        try:
+            await writer.commit(authorisation)
+        except BaseException:
+            book.count(self.licence_id, -reserved.records, -reserved.bytes)
+            if self.uncharge is not None:
+                self.uncharge()
+            raise
+        digest = hashlib.sha256()
+        sent = Tally()
+        cut = False
+
+        def stopped() -> bool:
+            return cut or transport.gone.is_set()
+
+        async def write(chunk: bytes, count: int | None) -> None:
+            nonlocal cut
+            if stopped():
+                return
+            count = chunk.count(b"\n") if count is None else count
+            part, count = _within(chunk, count, self.limit, sent) if self.limit is not None else (chunk, count)
+            if part:
+                await transport.write(part)
+                # Counted once handed to the server: a client gone midway is metered for what it got.
+                digest.update(part)
+                sent.records += count
+                sent.bytes += len(part)
+            cut = len(part) < len(chunk)
+
+        await transport.start()
+        try:
+            await self.produce(write, stopped)
+        finally:
+            gone = transport.gone.is_set()
+            try:
+                if not gone:
+                    await transport.end()
+            finally:
+                await self._settle(authorisation, sent, digest.hexdigest(), cut, gone)
+
+    async def _settle(self, authorisation: AuditEvent, sent: Tally, sha256: str, cut: bool, gone: bool) -> None:
+        """What was handed over, settled whatever happened to the last message: usage, leases, the event."""
+        book = self.service.usage
+        if self.charge is None:
+            delivered, complete = sent.records, not cut and not gone
+        else:
+            delivered, complete = (self.charge if sent.bytes else 0), sent.bytes == self.length
+            if self.charge and not sent.bytes and self.uncharge is not None:
+                self.uncharge()
+        book.count(self.licence_id, delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
+        if self.gives_back:
+            # The export leased what was left of the quota; return what it did not use.
+            await book.give_back(self.service.pool, [self.licence_id])
+        detail: dict[str, Any] = {"authorised_by": str(authorisation.event_id),
+                                  **({"quota_cut": True} if cut else {}), **(authorisation.detail or {})}
+        self.service.writer.submit(replace(authorisation, kind=self.end_kind, event_id=new_event_id(),
+                                           at=datetime.now(UTC), records=delivered, bytes=sent.bytes,
+                                           sha256=sha256, complete=complete, detail=detail))
+
+
+def _member_credential(snapshot: Snapshot, credential_id: uuid.UUID) -> Credential | None:
+    """An API key, or the member credential view of an OAuth client (whose short-lived access tokens
+    asked for the URL: the URL stays bound to the client, and dies with it)."""
+    found = snapshot.credentials.get(credential_id)
+    if found is None:
+        client = snapshot.oauth_clients.get(credential_id)
+        found = client.credential if client is not None else None
+    return found
+
+
+def _within(chunk: bytes, count: int, quota: Allowance, sent: Tally) -> tuple[bytes, int]:
+    """The part of `chunk` (whole records) that fits in the hard quotas after what was sent."""
+    if quota.records is None and quota.bytes is None:
+        return chunk, count
+    room_records = count if quota.records is None else min(count, quota.records - sent.records)
+    room_bytes = len(chunk) if quota.bytes is None else quota.bytes - sent.bytes
+    if room_records >= count and room_bytes >= len(chunk):
+        return chunk, count
+    end = 0
+    kept = 0
+    while kept < room_records:
+        newline = chunk.find(b"\n", end)
+        if newline < 0 or newline + 1 > room_bytes:
+            break
+        end = newline + 1
+        kept += 1
+    return chunk[:end], kept
+
+
+def _estimated_bytes(dataset: Dataset, count: int) -> int:
+    """Bytes `count` records may take: twice the stored average, plus room for a CSV header."""
+    stored = sum(v.bytes for v in dataset.versions) / max(1, sum(v.records for v in dataset.versions))
+    return int(count * stored * 2) + 4096
+
+
+def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Position) -> dict[str, Any]:
+    return {"l": str(scope.licence.id), "p": list(scope.partitions), "s": scope.since_version, "u": scope.upto_version,
+            "f": fmt, "n": limit, "at": [position.partition, position.version, position.seq]}
+
+
+def _well_formed(state: dict[str, Any]) -> bool:
+    """The shape _cursor_state writes. The MAC proves that a gateway wrote the cursor, not which release
+    (nor that the key never leaked): a cursor of another shape is invalid, not a server error."""
+    p, s, u, f, n, at = (state.get(k) for k in ("p", "s", "u", "f", "n", "at"))
+    return (isinstance(p, list) and all(isinstance(x, str) for x in p) and f in ("ndjson", "csv")
+            and all(type(v) is int for v in (s, u, n)) and 0 <= s <= u < 2**31 and 1 <= n <= MAX_PAGE
+            and isinstance(at, list) and len(at) == 3 and isinstance(at[0], str)
+            and all(type(v) is int for v in at[1:]) and 0 <= at[1] < 2**31 and -1 <= at[2] < 2**63)

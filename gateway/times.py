@@ -1,0 +1,49 @@
+"""Time as the gateway reads and counts it: Japan Standard Time for billing, one parser for every input.
+
+Billing periods are JST days and months (the vendors and members are in Japan). Date-times arrive
+from the API, the CLI and Delta Sharing queries; `parse_moment` reads all of them, and each caller
+says what a date-time without an offset means there (refused, or a zone to assume).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+
+JST = timezone(timedelta(hours=9), "JST")
+
+
+def jst_day(moment: datetime) -> date:
+    return moment.astimezone(JST).date()
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+class MomentError(ValueError):
+    """A date-time input that cannot be used; the message says what was expected."""
+
+
+def parse_moment(text: str, *, assume: tzinfo | None = None,
+                 example: str = "2026-04-01T00:00:00+09:00") -> datetime:
+    """An RFC 3339 date-time (or a date, meaning its midnight) with a UTC equivalent.
+
+    Without an offset the text is in `assume`, or refused when `assume` is None. `example` is quoted
+    in the error messages, for callers whose inputs have a form of their own."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MomentError(f"must be an RFC 3339 date-time such as {example}") from None
+    if moment.tzinfo is None:
+        if assume is None:
+            raise MomentError(f"needs a time zone, e.g. {example}")
+        moment = moment.replace(tzinfo=assume)
+    try:
+        moment.astimezone(UTC)  # 0001-01-01T00:00+05:00 has no UTC time: no database stores it
+    except OverflowError:
+        raise MomentError("must lie between the years 1 and 9999 in UTC") from None
+    return moment
