@@ -4,9 +4,11 @@ Guessing a 256-bit secret is hopeless, so this is not what keeps keys safe; it k
 client or a scanner that hammers the gateway with bad credentials from costing HMACs, signature checks
 and audit rows without end, and it leaves every other address alone.
 
-Rule: after `threshold` failures from one address within `window` seconds, that address is answered
-429 with a Retry-After, without its credentials being looked at, for 1 s; each further failure after
-a wait doubles the next wait, up to `max_delay`. An address that stays quiet for `window` seconds
+Rule: after `threshold` failures from one address within `window` seconds, that address's failures
+are answered 429 with a Retry-After for 1 s; each further failure after a wait doubles the next wait,
+up to `max_delay`. Only failures are slowed: a valid credential from a blocked address is served,
+because checking it costs microseconds and one misconfigured client behind a company's NAT must not
+lock out its colleagues. An address that stays quiet for `window` seconds
 after its last wait starts afresh. IPv6 clients are counted per /64 (one customer's allocation), or a
 single host could step around the rule by changing address.
 
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from gateway.credentials import IPAddress
 
 BASE_DELAY_SECONDS = 1.0
+# Doublings of the base delay beyond any sensible max_delay (2**62 s), far below float overflow.
+_MAX_DOUBLINGS = 63
 
 
 @dataclass(slots=True)
@@ -83,7 +87,9 @@ class FailureBackoff:
         return 0
 
     def _block(self, entry: _Entry, now: float) -> int:
-        entry.blocks += 1
+        # The count stops where the wait has reached its ceiling, so that the doubling stays bounded
+        # arithmetic however many failures an address piles up (2.0 ** 1024 would overflow).
+        entry.blocks = min(entry.blocks + 1, _MAX_DOUBLINGS)
         delay = min(BASE_DELAY_SECONDS * 2.0 ** (entry.blocks - 1), self.max_delay)
         entry.blocked_until = now + delay
         return math.ceil(delay)

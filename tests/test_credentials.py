@@ -6,6 +6,8 @@ would report it; forwarding headers count only from GATEWAY_TRUSTED_PROXIES.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ipaddress
 import os
 import subprocess
@@ -219,16 +221,18 @@ async def test_failing_addresses_get_429_others_do_not(proxied: Runtime) -> None
     async with client_for(proxied, "198.51.100.20") as noisy, client_for(proxied, "198.51.100.21") as quiet:
         for _ in range(3):
             assert (await noisy.get("/v1/datasets", headers=auth(wrong))).status_code == 401
-        blocked = await noisy.get("/v1/datasets", headers=auth(licensed.key))
+        blocked = await noisy.get("/v1/datasets", headers=auth(wrong))
         assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
         assert blocked.headers["content-type"] == "application/problem+json"
         event = await _event(proxied, blocked)
         assert event["kind"] == "auth:credential:reject" and "too many failed" in event["body"]["reason"]
-        # The token endpoint pushes back too, in its RFC 6749 JSON form.
+        # Only failures are slowed: a colleague's valid key from the same (NAT) address is served.
+        assert (await noisy.get("/v1/datasets", headers=auth(licensed.key))).status_code == 200
+        # The token endpoint pushes back on failures too, in its RFC 6749 JSON form.
         token = await noisy.post("/oauth/token", data={"grant_type": "client_credentials"})
         assert token.status_code == 429 and token.json()["error"] == "slow_down"
         # Another address, even one behind the same proxy, is unaffected.
-        assert (await quiet.get("/v1/datasets", headers=auth(licensed.key))).status_code == 200
+        assert (await quiet.get("/v1/datasets", headers=auth(wrong))).status_code == 401
     async with client_for(proxied, PROXY) as proxy:
         forwarded = await proxy.get("/v1/datasets", headers={**auth(licensed.key), "X-Forwarded-For": "192.0.2.44"})
         assert forwarded.status_code == 200
@@ -238,8 +242,34 @@ async def test_failing_addresses_get_429_others_do_not(proxied: Runtime) -> None
                                         data={"grant_type": "client_credentials", "client_id": "lpdi_" + "A" * 16,
                                               "client_secret": "nope"})
             assert response.status_code == 400 and response.json()["error"] == "invalid_client"
-        again = await proxy.get("/v1/datasets", headers={**auth(licensed.key), "X-Forwarded-For": "192.0.2.45"})
+        again = await proxy.get("/v1/datasets", headers={**auth(wrong), "X-Forwarded-For": "192.0.2.45"})
         assert again.status_code == 429
+        served = await proxy.get("/v1/datasets", headers={**auth(licensed.key), "X-Forwarded-For": "192.0.2.45"})
+        assert served.status_code == 200
+
+
+def test_a_million_failures_keep_the_backoff_bounded() -> None:
+    """2.0 ** (failures - 1) overflowed a float after about 1,033 failures: every later request was a 500."""
+    clock = Clock()
+    backoff = FailureBackoff(threshold=3, window=60, max_delay=300, clock=clock)
+    address = ipaddress.ip_address("203.0.113.9")
+    waits = set()
+    for _ in range(1_000_000):
+        waits.add(backoff.failure(address))
+    assert max(waits) == 300 and backoff.retry_after(address) == 300
+
+
+async def test_two_thousand_concurrent_failures_are_never_a_500_and_a_valid_key_still_passes(
+        proxied: Runtime) -> None:
+    async with client_for(proxied, PROXY) as admin_client:
+        licensed = await licensed_member(proxied, admin_client)
+    wrong = "lpdm_" + "y" * 66
+    async with client_for(proxied, "198.51.100.30") as noisy:
+        answers = await asyncio.gather(*(noisy.get("/v1/datasets", headers=auth(wrong)) for _ in range(2000)),
+                                       noisy.get("/v1/datasets", headers=auth(licensed.key)))
+    statuses = collections.Counter(a.status_code for a in answers[:-1])
+    assert set(statuses) <= {401, 429} and statuses[429] > 1000, statuses
+    assert answers[-1].status_code == 200
 
 
 # -- the CLI --------------------------------------------------------------------------------------

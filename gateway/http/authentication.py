@@ -144,17 +144,20 @@ class AuthenticationMiddleware:
         token = bearer_token(scope)
         if token is None:
             return
-        wait = self.backoff.retry_after(ctx.client) if self.backoff is not None else 0
-        if wait:
-            # Refused before the credential is even looked at: repeated failures cost nothing more.
-            raise TooManyRequests(f"too many failed authentications from this address; retry in {wait} s",
-                                  headers={"Retry-After": str(wait)})
         if not self.snapshot.ready:
             # Changes may have been missed (lost LISTEN connection): refuse rather than honour a revoked key.
             raise ServiceUnavailable("credentials are being reloaded; retry in a second", headers={"Retry-After": "1"})
-        for authenticate in self.authenticators:
-            principal = authenticate(token, scope, ctx)
-            if principal is not None:
-                ctx.principal = principal
-                return
-        raise Unauthenticated("credential not recognised: use an API key or an access token from /oauth/token")
+        try:
+            for authenticate in self.authenticators:
+                principal = authenticate(token, scope, ctx)
+                if principal is not None:
+                    ctx.principal = principal
+                    return
+            raise Unauthenticated("credential not recognised: use an API key or an access token from /oauth/token")
+        except Unauthenticated:
+            # Only failures are slowed (gateway/backoff.py): a valid key from a blocked address was served above.
+            wait = self.backoff.retry_after(ctx.client) if self.backoff is not None else 0
+            if wait:
+                raise TooManyRequests(f"too many failed authentications from this address; retry in {wait} s",
+                                      headers={"Retry-After": str(wait)}) from None
+            raise

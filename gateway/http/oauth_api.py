@@ -66,12 +66,6 @@ async def token(request: Request) -> Response:
     ctx = context(request.scope)
     ctx.kind = EventKind.OAUTH_TOKEN_ISSUE
     runtime = runtime_of(request)
-    wait = runtime.backoff.retry_after(ctx.client)
-    if wait:
-        ctx.kind = EventKind.AUTH_REJECT
-        ctx.reason = f"too many failed authentications from this address; retry in {wait} s"
-        # "slow_down" is the registered OAuth error for "poll less often" (RFC 8628 §3.5).
-        return _oauth_error(429, "slow_down", ctx.reason, {"retry-after": str(wait)})
     if not runtime.snapshot.ready:
         ctx.reason = "credentials are being reloaded"
         return _oauth_error(503, "temporarily_unavailable", "credentials are being reloaded; retry in a second",
@@ -99,6 +93,12 @@ async def token(request: Request) -> Response:
         ctx.reason = f"{error}: {reason}"
         if error == "invalid_client":
             ctx.kind = EventKind.AUTH_REJECT
+            # Only failures are slowed (gateway/backoff.py): a valid client from a blocked address was served.
+            wait = runtime.backoff.retry_after(ctx.client)
+            if wait:
+                ctx.reason = f"too many failed authentications from this address; retry in {wait} s"
+                # "slow_down" is the registered OAuth error for "poll less often" (RFC 8628 §3.5).
+                return _oauth_error(429, "slow_down", ctx.reason, {"retry-after": str(wait)})
             runtime.backoff.failure(ctx.client)
         if client is not None:  # the secret was right: name the client the refusal concerns
             ctx.facts.refused(client.id, client.vendor_id, client.member_id)
