@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,12 @@ from gateway.snapshot import Snapshot
 
 MAX_PAGE = 10_000
 FILE_CHUNK_BYTES = 256 * 1024
+# An export reads this many records per query: about 1 MB of the demo's records, on a connection held
+# for that query only.
+EXPORT_CHUNK_RECORDS = 5_000
+# How often a running stream checks that its credential, member and licence still allow it: well
+# within the second in which a revocation must take effect on every instance.
+GUARD_SECONDS = 0.1
 
 
 class TermsNotAccepted(Forbidden):
@@ -176,7 +182,7 @@ class Deliveries:
         if quota.warning:
             facts.note(quota_warning=quota.warning)
         if limit is None:
-            return RecordsAnswer(licence, fmt, quota.headers, stream=self._export(scope, fmt, quota))
+            return RecordsAnswer(licence, fmt, quota.headers, stream=self._export(caller, scope, fmt, quota))
         return await self._page(facts, scope, fmt, after, limit, quota)
 
     async def _admit(self, licence: Licence, dataset: Dataset, want_records: int | None) -> Allowance:
@@ -337,23 +343,56 @@ class Deliveries:
             raise
         facts.note(range=f"{start}-{end - 1}", records_charged=charge,
                    **({"quota_warning": quota.warning} if quota.warning else {}))
-        stream = self.file(licence.id, files.path(index), start, end, charge, lambda: self.sharing.uncharge(token_id))
+        stream = self.file(licence.id, files.path(index), start, end, charge, lambda: self.sharing.uncharge(token_id),
+                           self._still_allowed(credential_id, licence_id, [partition], names))
         return FileAnswer(licence, size, file_id, quota.headers, span, stream)
 
-    def _export(self, scope: DeliveryScope, fmt: Format, quota: Allowance) -> Stream:
+    def _export(self, caller: Principal, scope: DeliveryScope, fmt: Format, quota: Allowance) -> Stream:
         pool = self.pool
 
         async def produce(write: Write, stopped: Callable[[], bool]) -> None:
             if fmt == "csv":
                 await write(records.csv_header(scope), 0)
-            async with pool.acquire() as conn:
-                await records.stream(conn, scope, fmt, lambda chunk: write(chunk, None), stopped)
+            async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS):
+                if stopped():
+                    return
+                await write(chunk.body, len(chunk))
 
         return Stream(self, scope.licence.id, EventKind.RECORDS_STREAM_END, produce,
-                      Tally(quota.records or 0, quota.bytes or 0), limit=quota, gives_back=True)
+                      Tally(quota.records or 0, quota.bytes or 0),
+                      self._still_allowed(caller.credential.id, scope.licence.id, scope.partitions, scope.columns),
+                      limit=quota, gives_back=True)
+
+    def _still_allowed(self, credential_id: uuid.UUID, licence_id: uuid.UUID, partitions: Iterable[str],
+                       columns: Iterable[str]) -> Callable[[], str | None]:
+        """What a running stream asks of the snapshot as it goes: None while its credential, member and
+        licence still allow exactly what it delivers, else the reason it must stop."""
+        partitions, columns = frozenset(partitions), frozenset(columns)
+
+        def refusal() -> str | None:
+            snapshot = self.snapshot
+            if not snapshot.ready:
+                return None  # reloading in full: decided at the next look, within a second
+            now = datetime.now(UTC)
+            credential = _member_credential(snapshot, credential_id)
+            if credential is None or credential.revoked_at is not None:
+                return "the key was revoked during the delivery"
+            if credential.expires_at is not None and now >= credential.expires_at:
+                return "the key expired during the delivery"
+            licence = snapshot.licences.get(licence_id)
+            if licence is None:
+                return "the licence was withdrawn during the delivery"
+            decision = licences.check(licence, snapshot.members.get(licence.member_id), now)
+            if isinstance(decision, licences.Denied):
+                return f"{decision.reason} (during the delivery)"
+            if not partitions <= licence.partition_set or not columns <= set(licence.columns):
+                return "the licence was narrowed during the delivery and no longer covers what it delivers"
+            return None
+
+        return refusal
 
     def file(self, licence_id: uuid.UUID, path: Path, start: int, end: int, charge: int,
-             uncharge: Callable[[], None]) -> Stream:
+             uncharge: Callable[[], None], still_allowed: Callable[[], str | None]) -> Stream:
         """A byte range of a cached Parquet file. Its `charge` records are billed once the first byte
         leaves; when nothing does, `uncharge` gives the URL's charge back."""
 
@@ -370,7 +409,7 @@ class Deliveries:
                     sent += len(chunk)
 
         return Stream(self, licence_id, EventKind.SHARING_FILE_STREAM_END, produce, Tally(charge, end - start),
-                      charge=charge, length=end - start, uncharge=uncharge)
+                      still_allowed, charge=charge, length=end - start, uncharge=uncharge)
 
 
 # A stream source hands over chunks with their record count (None: count the newlines, one record each).
@@ -378,7 +417,9 @@ Write = Callable[[bytes, int | None], Awaitable[None]]
 
 
 class Transport(Protocol):
-    """How a stream reaches its client (an HTTP response): the HTTP layer implements it."""
+    """How a stream reaches its client (an HTTP response): the HTTP layer implements it. A stream that
+    is not complete never calls `end`: the HTTP layer then closes the connection without the last
+    chunk, which every client reports as an error."""
 
     gone: asyncio.Event  # set when the client has left
 
@@ -395,16 +436,22 @@ class Stream:
     It reserves `reserved` of the licence's usage while it runs. With `limit` (an export's hard
     quotas) it stops at the record boundary where the quota is reached and says so. With `charge` (a
     file) those records are billed when any byte left, and `complete` means all `length` bytes did.
-    Whatever ends it, what was handed to the transport is settled and recorded: a client gone midway
-    is metered for what it got.
+
+    Access is enforced while it runs, not only when it starts: every `GUARD_SECONDS` it asks
+    `still_allowed` (the snapshot, which LISTEN/NOTIFY keeps current on every instance), and a key
+    revoked, a licence suspended, narrowed or expired stops it. A stream ends cleanly only when it is
+    complete; cut for any reason (revocation, quota, a failed read, shutdown) it ends as an error, so no
+    client mistakes a cut stream for a whole file. Whatever ends it, what was handed to the transport
+    is settled and recorded, with the reason it stopped: a client gone midway is metered for what it got.
     """
 
     def __init__(self, service: Deliveries, licence_id: uuid.UUID, end_kind: EventKind,
-                 produce: Callable[[Write, Callable[[], bool]], Awaitable[None]], reserved: Tally, *,
-                 limit: Allowance | None = None, gives_back: bool = False, charge: int | None = None,
-                 length: int | None = None, uncharge: Callable[[], None] | None = None) -> None:
+                 produce: Callable[[Write, Callable[[], bool]], Awaitable[None]], reserved: Tally,
+                 still_allowed: Callable[[], str | None], *, limit: Allowance | None = None, gives_back: bool = False,
+                 charge: int | None = None, length: int | None = None,
+                 uncharge: Callable[[], None] | None = None) -> None:
         self.service, self.licence_id, self.end_kind, self.produce = service, licence_id, end_kind, produce
-        self.reserved, self.limit, self.gives_back = reserved, limit, gives_back
+        self.reserved, self.still_allowed, self.limit, self.gives_back = reserved, still_allowed, limit, gives_back
         self.charge, self.length, self.uncharge = charge, length, uncharge
 
     async def run(self, authorisation: AuditEvent, transport: Transport) -> None:
@@ -421,9 +468,10 @@ class Stream:
         digest = hashlib.sha256()
         sent = Tally()
         cut = False
+        stopped_because: str | None = None
 
         def stopped() -> bool:
-            return cut or transport.gone.is_set()
+            return cut or stopped_because is not None or transport.gone.is_set()
 
         async def write(chunk: bytes, count: int | None) -> None:
             nonlocal cut
@@ -439,35 +487,62 @@ class Stream:
                 sent.bytes += len(part)
             cut = len(part) < len(chunk)
 
-        await transport.start()
-        try:
-            await self.produce(write, stopped)
-        finally:
-            gone = transport.gone.is_set()
-            try:
-                if not gone:
-                    await transport.end()
-            finally:
-                await self._settle(authorisation, sent, digest.hexdigest(), cut, gone)
+        async def guard(producing: asyncio.Task[None]) -> None:
+            nonlocal stopped_because
+            while not producing.done():
+                await asyncio.sleep(GUARD_SECONDS)
+                reason = self.still_allowed()
+                if reason is not None:
+                    stopped_because = reason
+                    producing.cancel()  # also when it waits on a slow client's socket
+                    return
 
-    async def _settle(self, authorisation: AuditEvent, sent: Tally, sha256: str, cut: bool, gone: bool) -> None:
-        """What was handed over, settled whatever happened to the last message: usage, leases, the event."""
-        book = self.service.usage
+        await transport.start()
+        producing = asyncio.create_task(self.produce(write, stopped))
+        guarding = asyncio.create_task(guard(producing))
+        try:
+            await producing
+        except asyncio.CancelledError:
+            if stopped_because is None:
+                stopped_because = "the gateway stopped the delivery (shutting down)"
+                raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke the read, the stream records it and ends as an error
+            stopped_because = f"the delivery failed: {type(exc).__name__}"
+        finally:
+            guarding.cancel()
+            producing.cancel()
+            if cut and stopped_because is None:
+                stopped_because = "the licence's monthly quota was reached"
+            await self._finish(authorisation, transport, sent, digest.hexdigest(), stopped_because, cut)
+
+    async def _finish(self, authorisation: AuditEvent, transport: Transport, sent: Tally, sha256: str,
+                      stopped_because: str | None, quota_cut: bool) -> None:
+        """End the response (cleanly only when complete), then settle usage and leases and record the end."""
+        gone = transport.gone.is_set()
+        if gone and stopped_because is None:
+            stopped_because = "the client disconnected"
         if self.charge is None:
-            delivered, complete = sent.records, not cut and not gone
+            delivered = sent.records
+            complete = stopped_because is None
         else:
-            delivered, complete = (self.charge if sent.bytes else 0), sent.bytes == self.length
-            if self.charge and not sent.bytes and self.uncharge is not None:
+            delivered = self.charge if sent.bytes else 0
+            complete = stopped_because is None and sent.bytes == self.length
+        try:
+            if complete:
+                await transport.end()
+        finally:
+            book = self.service.usage
+            if self.charge is not None and self.charge and not sent.bytes and self.uncharge is not None:
                 self.uncharge()
-        book.count(self.licence_id, delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
-        if self.gives_back:
-            # The export leased what was left of the quota; return what it did not use.
-            await book.give_back(self.service.pool, [self.licence_id])
-        detail: dict[str, Any] = {"authorised_by": str(authorisation.event_id),
-                                  **({"quota_cut": True} if cut else {}), **(authorisation.detail or {})}
-        self.service.writer.submit(replace(authorisation, kind=self.end_kind, event_id=new_event_id(),
-                                           at=datetime.now(UTC), records=delivered, bytes=sent.bytes,
-                                           sha256=sha256, complete=complete, detail=detail))
+            book.count(self.licence_id, delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
+            if self.gives_back:
+                # The export leased what was left of the quota; return what it did not use.
+                await book.give_back(self.service.pool, [self.licence_id])
+            detail: dict[str, Any] = {"authorised_by": str(authorisation.event_id),
+                                      **({"quota_cut": True} if quota_cut else {}), **(authorisation.detail or {})}
+            self.service.writer.submit(replace(authorisation, kind=self.end_kind, event_id=new_event_id(),
+                                               at=datetime.now(UTC), reason=stopped_because, records=delivered,
+                                               bytes=sent.bytes, sha256=sha256, complete=complete, detail=detail))
 
 
 def _member_credential(snapshot: Snapshot, credential_id: uuid.UUID) -> Credential | None:

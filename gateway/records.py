@@ -1,8 +1,8 @@
-"""Reading a delivery scope's records from PostgreSQL: the scope, pages and streamed exports.
+"""Reading a delivery scope's records from PostgreSQL: the scope, pages, and exports as runs of pages.
 
 PostgreSQL renders the records: NDJSON lines are `(data - <columns outside the licence>)::text` and
-CSV is PostgreSQL's own CSV writer over the licensed columns only, so records are never decoded and
-re-encoded in Python. Records are single-line by construction (gateway/uploads.py refuses control
+CSV fields are quoted by `csv_field` (migration 0007) over the licensed columns only, so records are
+never decoded and re-encoded in Python. Records are single-line by construction (gateway/uploads.py refuses control
 characters), which makes a delivered record exactly one line: metering counts newlines.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,11 +21,6 @@ from gateway.licences import Licence
 
 Format = Literal["ndjson", "csv"]
 MEDIA_TYPES: dict[Format, str] = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
-
-# NDJSON through COPY: with CSV format, a delimiter and quote that JSON text never contains (JSON
-# escapes every control character), the single column comes out byte for byte as jsonb::text.
-_NDJSON_COPY = {"format": "csv", "delimiter": "\x1f", "quote": "\x1e"}
-
 
 @dataclass(frozen=True, slots=True)
 class DeliveryScope:
@@ -129,29 +124,20 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
     return Page(b"".join(bodies), sizes, versions, seqs, spans, False)
 
 
-async def stream(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format,
-                 write: Callable[[bytes], Awaitable[None]], stopped: Callable[[], bool]) -> None:
-    """Every record of the scope, partition by partition, straight from COPY to `write` (constant memory).
-
-    asyncpg hands `write` whole CopyData messages, one record each, so every chunk ends on a record.
-    To stop early, `write` discards and `stopped()` turns true: raising inside asyncpg's COPY sink
-    sends a cancel request that can race the end of the COPY and stall the connection, so the current
-    partition's COPY is read to its end (a bounded waste) and no further partition is started.
-    """
-    for partition in scope.partitions:
-        if stopped():
+async def chunks(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, size: int) -> AsyncIterator[Page]:
+    """Every record of the scope in keyset order, as pages of up to `size` records, each read on a
+    connection held for that one query only. A delivery waiting on a slow client therefore holds no
+    connection, no statement runs long enough to meet the pool's command timeout, and a stream can stop
+    between two pages at no cost (cancelling a long COPY mid-way can stall its connection)."""
+    after: Position | None = None
+    while True:
+        async with pool.acquire() as conn:
+            chunk = await page(conn, scope, fmt, after, size)
+        if len(chunk):
+            yield chunk
+        if not chunk.more:
             return
-        args = [scope.dataset.id, partition, scope.since_version, scope.upto_version]
-        if fmt == "ndjson":
-            await conn.copy_from_query(
-                "SELECT (data - $5::text[])::text FROM records WHERE dataset_id = $1 AND partition = $2 "
-                "AND version > $3 AND version <= $4 ORDER BY version, seq", *args, scope.excluded_columns,
-                output=write, **_NDJSON_COPY)
-        else:
-            selected = ", ".join(f"data ->> '{c}' AS \"{c}\"" for c in scope.columns)
-            await conn.copy_from_query(
-                f"SELECT {selected} FROM records WHERE dataset_id = $1 AND partition = $2 "
-                "AND version > $3 AND version <= $4 ORDER BY version, seq", *args, output=write, format="csv")
+        after = chunk.position(len(chunk) - 1)
 
 
 def csv_header(scope: DeliveryScope) -> bytes:

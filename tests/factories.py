@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
 
 from gateway import credentials, vendors
 from gateway.actors import cli_actor
+from gateway.app import build_app
 from gateway.runtime import Runtime
+from gateway.sharing import SharingState
 from keys.apikeys import KeyKind
 
 COLUMNS = [
@@ -126,3 +133,36 @@ async def licensed_member(runtime: Runtime, client: httpx.AsyncClient, partition
 
 def records_path_of(licensed: Licensed) -> str:
     return f"/v1/datasets/{licensed.dataset['id']}/records"
+
+
+@dataclass
+class Served:
+    base: str
+    app: Starlette
+
+    @property
+    def state(self) -> SharingState:
+        state: SharingState = self.app.state.runtime.deliveries.sharing
+        return state
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(runtime: Runtime) -> AsyncIterator[Served]:
+    """The gateway on 127.0.0.1 over real HTTP (uvicorn, real sockets), in this event loop."""
+    port = _free_port()
+    app = build_app(runtime)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield Served(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        await serving

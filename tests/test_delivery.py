@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 
 import httpx
 import orjson
-import uvicorn
+import pytest
 
-from gateway.app import build_app
 from gateway.runtime import Runtime
-from tests.factories import Licensed, licensed_member, wait_for_snapshot
+from tests.factories import Licensed, licensed_member, serve, wait_for_snapshot
 
 
 def lines(response: httpx.Response) -> list[dict]:
@@ -81,16 +79,25 @@ async def test_hard_records_quota_cuts_then_refuses_with_headers(runtime: Runtim
     assert int(third.headers["retry-after"]) > 0 and "remaining=0" in third.headers["ratelimit-records"]
 
 
-async def test_a_stream_is_cut_at_the_hard_quota(runtime: Runtime, client: httpx.AsyncClient) -> None:
+async def test_a_stream_cut_at_the_hard_quota_ends_as_an_error_and_says_why(runtime: Runtime,
+                                                                            client: httpx.AsyncClient) -> None:
+    """Seven records fit the quota: they are delivered, and then the response breaks off (no last chunk)
+    instead of ending as if the export were whole."""
     licensed = await licensed_member(runtime, client, records_per_month=7)
-    response = await client.get(records_path(licensed), headers=licensed.headers)
-    assert len(lines(response)) == 7
+    received = b""
+    async with serve(runtime) as served, httpx.AsyncClient(base_url=served.base) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", records_path(licensed), headers=licensed.headers) as response:
+                assert response.status_code == 200
+                async for chunk in response.aiter_raw():
+                    received += chunk
+    assert received.count(b"\n") == 7
     await runtime.writer.close()
     async with runtime.pool.acquire() as conn:
         entry = await conn.fetchval("SELECT entry FROM audit_events WHERE kind = 'member:records:stream-end'")
     event = orjson.loads(entry)
     assert event["delivery"]["records"] == 7 and event["delivery"]["complete"] is False
-    assert event["detail"]["quota_cut"] is True
+    assert event["detail"]["quota_cut"] is True and event["reason"] == "the licence's monthly quota was reached"
 
 
 async def test_concurrent_pages_never_exceed_a_hard_quota(runtime: Runtime, client: httpx.AsyncClient) -> None:
@@ -136,12 +143,6 @@ async def test_usage_for_members_and_vendors(runtime: Runtime, client: httpx.Asy
     assert bad.status_code == 400
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_client_that_disconnects_midway_is_metered_for_what_was_sent(runtime: Runtime,
                                                                              client: httpx.AsyncClient) -> None:
     licensed = await licensed_member(runtime, client)
@@ -149,31 +150,22 @@ async def test_a_client_that_disconnects_midway_is_metered_for_what_was_sent(run
     await licensed.vendor.publish(licensed.dataset["id"], big)
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
                             .latest_version == 2)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(runtime), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+    async with serve(runtime) as served:
         received = 0
         async with httpx.AsyncClient() as http, http.stream(
-                "GET", f"http://127.0.0.1:{port}{records_path(licensed)}", headers=licensed.headers) as response:
+                "GET", f"{served.base}{records_path(licensed)}", headers=licensed.headers) as response:
             async for chunk in response.aiter_raw():
                 received += len(chunk)
                 if received > 200_000:
                     break
         await asyncio.sleep(0.5)
-    finally:
-        server.should_exit = True
-        await serving
     await runtime.writer.close()
     async with runtime.pool.acquire() as conn:
         entry = orjson.loads(await conn.fetchval(
             "SELECT entry FROM audit_events WHERE kind = 'member:records:stream-end'"))
     _, records, byte_count = await usage_rows(runtime, licensed.licence["id"])
     delivery = entry["delivery"]
-    assert delivery["complete"] is False
+    assert delivery["complete"] is False and entry["reason"] == "the client disconnected"
     assert received <= delivery["bytes"] < len(big)  # what the server handed over, not what was planned
     assert (records, byte_count) == (delivery["records"], delivery["bytes"])
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,53 +19,17 @@ import delta_sharing
 import httpx
 import orjson
 import pytest
-import uvicorn
 from delta_sharing.protocol import DeltaSharingProfile, Table
 from delta_sharing.rest_client import DataSharingRestClient
 from requests.exceptions import HTTPError
-from starlette.applications import Starlette
 
 from gateway import demo, parquet_files, sharing
-from gateway.app import build_app
 from gateway.runtime import Runtime
-from tests.factories import auth, licensed_member, records_path_of, wait_for_snapshot
+from tests.factories import Served, auth, licensed_member, records_path_of, serve, wait_for_snapshot
 
 T = TypeVar("T")
 SHARE = "example-mobile"
 TABLE = demo.DATASET
-
-
-@dataclass
-class Served:
-    base: str
-    app: Starlette
-
-    @property
-    def state(self) -> sharing.SharingState:
-        state: sharing.SharingState = self.app.state.runtime.deliveries.sharing
-        return state
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve(runtime: Runtime) -> AsyncIterator[Served]:
-    """The gateway on 127.0.0.1 over real HTTP, in this event loop (as tests/test_delivery.py does)."""
-    port = _free_port()
-    app = build_app(runtime)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield Served(f"http://127.0.0.1:{port}", app)
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def in_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -1,0 +1,162 @@
+"""Access is enforced while a delivery streams, not only when it starts, and on every instance.
+
+A member's export runs on a real second gateway process while its client reads slowly; the vendor
+revokes the key (or suspends the licence) through the first. The stream must stop within a second of
+the change being committed, end as an error for the client (no last chunk: no client can take the
+cut stream for a whole file), and its stream-end event must say `complete: false` and why. Ten tries
+of each; the figures are printed (p50 and max from the change's commit to the stream's end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from gateway.runtime import Runtime
+from tests.conftest import client_for, open_runtime
+from tests.factories import Licensed, auth, licensed_member, wait_for_snapshot
+from tests.processes import GatewayProcess
+
+TRIES = 10
+STOP_LIMIT_SECONDS = 1.0
+# About 25 MB of licensed records (the licence below includes the long column): far more than the
+# socket buffers between the second gateway and a client reading 64 KB every 20 ms hold, so the export
+# is still running when the change is committed.
+BIG_ROWS = "".join(f"north,2026-06-01,{i},{'x' * 250}\n" for i in range(80_000))
+ALL_COLUMNS = ["area", "day", "count", "secret_note"]
+
+
+@pytest.fixture
+async def first(dsn: str, tmp_path: Path) -> AsyncIterator[Runtime]:
+    rt = await open_runtime(dsn, tmp_path / "first")
+    yield rt
+    await rt.close()
+
+
+@pytest.fixture
+async def second(dsn: str, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    process = GatewayProcess(dsn, tmp_path, "second")
+    try:
+        await process.ready()
+        yield process
+    finally:
+        process.stop()
+
+
+async def _slow_export(base: str, licensed: Licensed, key: str, started: asyncio.Event) -> tuple[int, bool]:
+    """Read the export 64 KB at a time; the bytes received and whether the response broke off."""
+    received = 0
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        try:
+            async with http.stream("GET", f"/v1/datasets/{licensed.dataset['id']}/records",
+                                   headers=auth(key)) as response:
+                assert response.status_code == 200, await response.aread()
+                async for chunk in response.aiter_raw(65_536):
+                    received += len(chunk)
+                    started.set()
+                    await asyncio.sleep(0.02)
+        except httpx.RemoteProtocolError:
+            return received, True
+    return received, False
+
+
+async def _stream_end(runtime: Runtime, authorised_by: str) -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        entry = await runtime.pool.fetchval(
+            "SELECT entry FROM audit_events WHERE kind = 'member:records:stream-end' "
+            "AND convert_from(entry, 'UTF8')::jsonb -> 'detail' ->> 'authorised_by' = $1", authorised_by)
+        if entry is not None:
+            event: dict[str, object] = orjson.loads(entry)
+            return event
+        assert asyncio.get_running_loop().time() < deadline, "the stream-end event never came"
+        await asyncio.sleep(0.05)
+
+
+async def _authorisation_of(runtime: Runtime, credential_id: str) -> str:
+    event_id = await runtime.pool.fetchval(
+        "SELECT event_id FROM audit_events WHERE kind = 'member:records:deliver' AND credential_id = $1 "
+        "ORDER BY at DESC LIMIT 1", uuid.UUID(credential_id))
+    return str(event_id)
+
+
+async def _tries(first: Runtime, second: GatewayProcess, licensed: Licensed,
+                 change: Callable[[dict[str, str]], Awaitable[datetime]],
+                 undo: Callable[[], Awaitable[None]]) -> tuple[list[float], list[dict[str, object]]]:
+    """TRIES exports on the second instance, each cut by `change` (which returns its commit time)."""
+    seconds, ends = [], []
+    for _ in range(TRIES):
+        key = await licensed.vendor.member_key(licensed.member["id"])
+        # The second instance knows the key and the big version (NOTIFY) before the export is asked of it.
+        async with httpx.AsyncClient(base_url=second.url) as probe:
+            while True:
+                seen = await probe.get(f"/v1/datasets/{licensed.dataset['id']}", headers=auth(key["api_key"]))
+                if seen.status_code == 200 and len(seen.json()["versions"]) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        started = asyncio.Event()
+        export = asyncio.create_task(_slow_export(second.url, licensed, key["api_key"], started))
+        await asyncio.wait_for(started.wait(), 10)
+        committed = await change(key)
+        received, broke_off = await export
+        assert broke_off, f"the export ran to its end ({received} bytes) after the change"
+        end = await _stream_end(first, await _authorisation_of(first, key["id"]))
+        ends.append(end)
+        stopped = datetime.fromisoformat(str(end["at"]))
+        seconds.append((stopped - committed).total_seconds())
+        assert received < len(BIG_ROWS) // 2, "the change came too late to test anything"
+        await undo()
+    return seconds, ends
+
+
+def _report(what: str, seconds: list[float]) -> None:
+    print(f"\n{what}: stream stopped on the other instance {statistics.median(seconds) * 1000:.0f} ms (p50), "
+          f"{max(seconds) * 1000:.0f} ms (max) after the change committed, {len(seconds)} tries")
+
+
+@pytest.mark.slow
+async def test_a_revoked_keys_and_a_suspended_licences_streams_stop_within_a_second_on_another_instance(
+        first: Runtime, second: GatewayProcess) -> None:
+    async with client_for(first) as local:
+        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
+        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
+        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                                .latest_version == 2)
+        licence = licensed.licence["id"]
+
+        async def revoke(key: dict[str, str]) -> datetime:
+            done = await licensed.vendor.ok("POST", f"/v1/admin/keys/{key['id']}/revoke")
+            return datetime.fromisoformat(done["revoked_at"])
+
+        async def nothing() -> None:
+            return None
+
+        revoked, revoked_ends = await _tries(first, second, licensed, revoke, nothing)
+
+        async def suspend(_key: dict[str, str]) -> datetime:
+            await licensed.vendor.ok("POST", f"/v1/admin/licences/{licence}/suspend", json={})
+            return await first.pool.fetchval("SELECT updated_at FROM licences WHERE id = $1", uuid.UUID(licence))
+
+        async def resume() -> None:
+            await licensed.vendor.ok("POST", f"/v1/admin/licences/{licence}/resume", json={})
+            await wait_for_snapshot(first, lambda: first.snapshot.licences[uuid.UUID(licence)].status == "active")
+
+        suspended, suspended_ends = await _tries(first, second, licensed, suspend, resume)
+
+    _report("revoked key", revoked)
+    _report("suspended licence", suspended)
+    for end in revoked_ends:
+        assert end["delivery"]["complete"] is False  # type: ignore[index]
+        assert end["reason"] == "the key was revoked during the delivery"
+    for end in suspended_ends:
+        assert end["delivery"]["complete"] is False  # type: ignore[index]
+        assert "suspended" in str(end["reason"]) and "during the delivery" in str(end["reason"])
+    assert max(revoked) < STOP_LIMIT_SECONDS and max(suspended) < STOP_LIMIT_SECONDS
