@@ -83,6 +83,9 @@ class PostgresProxy:
         self.port = free_port()
         self.server: asyncio.Server | None = None
         self.links: set[asyncio.StreamWriter] = set()
+        # Cleared by freeze(): bytes are held in both directions, as by a server that stopped answering.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     @property
     def dsn(self) -> str:
@@ -99,6 +102,13 @@ class PostgresProxy:
             writer.transport.abort()
         self.links.clear()
 
+    def freeze(self) -> None:
+        """Hold every byte on every connection, new ones included, until thaw(): a frozen PostgreSQL."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
     async def _link(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
             if self.socket_path:
@@ -113,6 +123,7 @@ class PostgresProxy:
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while data := await reader.read(65536):
+                    await self.flowing.wait()
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):

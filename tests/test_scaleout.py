@@ -167,6 +167,46 @@ async def test_database_stopped_under_load_fails_closed_and_recovers(runtime: Ru
     print(f"\nrecovered {recovered_after * 1000:.0f} ms after PostgreSQL came back")
 
 
+async def test_a_frozen_database_leaves_no_allow_event_and_no_usage_for_a_503(runtime: Runtime,
+                                                                           client: httpx.AsyncClient, dsn: str,
+                                                                           tmp_path: Path) -> None:
+    """PostgreSQL stops answering for longer than the audit deadline, then answers again. The clients
+    answered 503 at the deadline must have no event claiming a delivery, and usage must count exactly
+    the records the clients answered 200 received (the INSERT in flight used to commit afterwards)."""
+    licensed = await licensed_member(runtime, client)
+    proxy = PostgresProxy(dsn)
+    await proxy.start()
+    gateway = GatewayProcess(proxy.dsn, tmp_path, "frozen", GATEWAY_AUDIT_DEADLINE_SECONDS="1")
+    path = records_path_of(licensed) + "?limit=3"
+    try:
+        await gateway.ready()
+        result = LoadResult()
+        running = asyncio.create_task(load([gateway.url], path, licensed.headers, seconds=7, workers=8,
+                                           result=result))
+        await asyncio.sleep(1.5)
+        proxy.freeze()
+        await asyncio.sleep(3.0)
+        proxy.thaw()
+        await running
+        await asyncio.sleep(3.0)  # past every deadline: what the writer held is written or dropped by now
+    finally:
+        gateway.stop()
+        await proxy.stop()
+    refused = result.ids(503)
+    assert refused, "the freeze produced no 503: the test did not test anything"
+    async with runtime.pool.acquire() as conn:
+        claimed = await conn.fetch(
+            "SELECT convert_from(entry, 'UTF8')::jsonb -> 'request' ->> 'id' AS request_id FROM audit_events "
+            "WHERE outcome = 'allow' AND convert_from(entry, 'UTF8')::jsonb -> 'request' ->> 'id' = ANY($1::text[])",
+            refused)
+        records = await conn.fetchval("SELECT coalesce(sum(records), 0) FROM usage_daily WHERE licence_id = $1",
+                                      uuid.UUID(licensed.licence["id"]))
+    assert [row["request_id"] for row in claimed] == [], "a client answered 503 has an event claiming a delivery"
+    assert records == result.records, f"usage counts {records} records, the clients received {result.records}"
+    missing = set(result.ids(200)) - await audited_request_ids(runtime)
+    assert not missing, "a request was answered without its audit event"
+
+
 async def test_sigterm_drains_in_flight_requests_and_the_writer(runtime: Runtime, client: httpx.AsyncClient,
                                                                  dsn: str, tmp_path: Path) -> None:
     licensed = await licensed_member(runtime, client)

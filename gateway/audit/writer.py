@@ -101,25 +101,30 @@ class _Numbered:
 
 @dataclass(slots=True)
 class _Group:
-    """Events that commit together, their shared outcome and the timer of their deadline."""
+    """Events that commit together, their shared outcome and the timer of their deadline.
+
+    The deadline fails the waiters of a group that has not been sent to PostgreSQL yet, and such a
+    group is then never written: a client answered 503 has no event that claims a delivery. Once
+    `sent`, a group's waiters wait for the write's own outcome instead (schemas/audit-format.md §2.1.1)."""
 
     events: list[AuditEvent]
     done: asyncio.Future[None]
-    timer: asyncio.TimerHandle
+    timer: asyncio.TimerHandle | None = None
+    sent: bool = False
 
     def settle(self, error: AuditUnavailable | None) -> None:
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         if self.done.done():
-            return  # the deadline passed first: the waiters have failed closed already
+            return
         if error is None:
             self.done.set_result(None)
         else:
             self.done.set_exception(error)
 
-
-def _expire(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_exception(AuditUnavailable())
+    def expire(self) -> None:
+        if not self.sent and not self.done.done():
+            self.done.set_exception(AuditUnavailable())
 
 
 class AuditWriter:
@@ -210,8 +215,9 @@ class AuditWriter:
             raise AuditUnavailable("the gateway is shutting down; retry on another instance")
         if not self._groups or len(self._groups[-1].events) >= self.batch_max:
             loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            self._groups.append(_Group([], done, loop.call_later(self.deadline, _expire, done)))
+            fresh = _Group([], loop.create_future())
+            fresh.timer = loop.call_later(self.deadline, fresh.expire)
+            self._groups.append(fresh)
         group = self._groups[-1]
         group.events.append(event)
         self._wakeup.set()
@@ -254,6 +260,9 @@ class AuditWriter:
         try:
             async with self.pool.acquire() as conn, self._append:
                 await self._resolve(conn)
+                if group.done.done():
+                    return  # its deadline passed while it waited: its clients were answered 503, never write it
+                group.sent = True  # from here its waiters wait for this write's outcome
                 if numbered.base is not self._last:
                     numbered = self._number(group.events, None)
                 if len(group.events) <= _ONE_STATEMENT_MAX:
@@ -267,11 +276,30 @@ class AuditWriter:
                         await _rollback_if_open(transaction)
                         raise
         except Exception as exc:  # noqa: BLE001 - whatever failed, every waiter fails closed
+            if group.sent and self._unresolved is not None and await self._committed_after_all():
+                group.settle(None)  # the write committed, only its answer was lost: the response may go
+                return
             self._fail(group, exc)
         else:
             metrics.AUDIT_BATCH_EVENTS.observe(len(group.events))
             metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
             group.settle(None)
+
+    async def _committed_after_all(self) -> bool:
+        """After a write failed on its way back, whether it committed: read back on a fresh connection
+        within the deadline. Unknown counts as not committed (the waiters fail closed) and is logged, since
+        the events may still turn out written (schemas/audit-format.md §2.1.1)."""
+        unresolved = self._unresolved
+        try:
+            async with asyncio.timeout(self.deadline):
+                async with self.pool.acquire() as conn, self._append:
+                    await self._resolve(conn)
+        except Exception:  # noqa: BLE001 - any failure to read back leaves the outcome unknown
+            log.error("audit write outcome unknown for %d events of log %s from seq %d; their clients were "
+                      "answered 503", len(unresolved.leaves) if unresolved else 0, self.log_id,
+                      unresolved.first if unresolved else -1)
+            return False
+        return unresolved is not None and self._last is unresolved
 
     @staticmethod
     def _fail(group: _Group, exc: Exception) -> None:
