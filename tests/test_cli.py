@@ -14,14 +14,16 @@ import httpx
 import orjson
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli import build_parser, walk
 from tests.conftest import TEST_MASTER_KEY
 
 GATEWAY = [sys.executable, "-m", "gateway.cli"]
 
 
-def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(GATEWAY + args, env=env, capture_output=True, text=True, timeout=120, check=False)
+def run(args: list[str], env: dict[str, str], check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(GATEWAY + args, env=env, capture_output=True, text=True, timeout=120, check=False,
+                            cwd=cwd)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -34,17 +36,15 @@ def cli_env(dsn: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_every_command_has_help_with_an_example() -> None:
+    """Every command and every group of commands (`gateway vendor --help` lists its commands' examples)."""
     parser = build_parser()
     assert "example:" in parser.format_help()
-    pending = [parser]
-    while pending:
-        current = pending.pop()
-        for action in current._actions:  # argparse offers no public walk of subcommands
-            if hasattr(action, "choices") and isinstance(action.choices, dict):
-                for sub in action.choices.values():
-                    if sub._subparsers is None:
-                        assert "example:" in sub.format_help(), sub.prog
-                    pending.append(sub)
+    found = walk(parser)
+    assert {"init", "vendor", "vendor create", "audit", "audit verify"} <= {" ".join(words) for words, _ in found}
+    for words, sub in found:
+        help_text = sub.format_help()
+        assert "example:" in help_text or "examples:" in help_text, sub.prog
+        assert "gateway " in help_text.rsplit("example", 1)[1], sub.prog
 
 
 def test_a_vendor_administers_through_the_cli(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -80,6 +80,22 @@ def test_a_vendor_administers_through_the_cli(cli_env: dict[str, str], tmp_path:
     # Same rules as the API: another vendor's name does not resolve.
     other = run(["member", "list", "--vendor", "Nobody"], cli_env, check=False)
     assert other.returncode == 1 and "no such vendor" in other.stderr
+
+
+@pytest.mark.slow
+def test_init_makes_the_gateway_that_the_other_commands_then_find(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    home = tmp_path / ".gateway"
+    refused = run(["vendor", "create", "Early"], env, check=False, cwd=tmp_path)
+    assert refused.returncode == 1 and f"no gateway in {home}" in refused.stderr and not home.exists()
+    made = run(["init"], env, cwd=tmp_path)
+    assert orjson.loads(made.stdout)["made"] == [str(home), str(home / "pgdata"), str(home / "master.key")]
+    assert made.stderr.startswith(f"Created a gateway in {home}")
+    again = run(["init"], env, cwd=tmp_path)
+    assert orjson.loads(again.stdout)["made"] == [] and "already in place" in again.stderr
+    created = orjson.loads(run(["vendor", "create", "Initialised"], env, cwd=tmp_path).stdout)
+    assert created["name"] == "Initialised"
+    assert orjson.loads(run(["audit", "check"], env, cwd=tmp_path).stdout)["ok"] is True
 
 
 def _free_port() -> int:
