@@ -24,10 +24,11 @@ import pytest
 from gateway import cli, datasets, members, vendors
 from gateway.actors import cli_actor
 from gateway.cli_audit import path_arg
+from tests import REPOSITORY
 from tests.conftest import TEST_MASTER_KEY, open_runtime
 
 GATEWAY = [sys.executable, "-m", "gateway.cli"]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPOSITORY
 VENDOR, MEMBER, DATASET = "Errors Vendor", "Errors Member", "counts"
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import REPOSITORY
+
+ROOT = REPOSITORY
 PACKAGE = ROOT / "gateway"
 # What gateway/audit/ may import besides itself: none of the domain's nouns, only what every layer shares.
 AUDIT_MAY_IMPORT = frozenset({"gateway.errors", "gateway.metrics", "gateway.signing_keys", "gateway.times"})

@@ -6,7 +6,6 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import rfc8785
@@ -14,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.events import AuditEvent, EventKind, Outcome, canonical, new_event_id, utc_text
+from tests import REPOSITORY
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = REPOSITORY / "schemas"
 # Any text but lone surrogates (a str that cannot be UTF-8 at all): controls, U+2028, emoji, RTL marks...
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 ODD = st.sampled_from(["", "\u2028\u2029", "\x00\x1f\x7f", "日本語のUA/1.0", "\U0001f600 emoji", "\u202e rtl",

@@ -18,10 +18,11 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.runtime import Runtime
+from tests import REPOSITORY
 from tests.processes import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+SHIPPED = REPOSITORY / "deploy" / "nginx.conf"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +17,9 @@ from starlette.routing import Route
 from gateway.app import build_app
 from gateway.http import openapi
 from gateway.runtime import Runtime
+from tests import REPOSITORY
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPOSITORY
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
@@ -11,8 +10,9 @@ import pytest
 from gateway import config as config_module
 from gateway.errors import all_error_types
 from gateway.runtime import Runtime
+from tests import REPOSITORY
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPOSITORY
 
 
 async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:
