@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway import times
 from gateway.actors import Actor
 from gateway.audit.events import EventKind, Outcome
 from gateway.audit.writer import AuditWriter
@@ -149,7 +150,7 @@ async def grant(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, member_
         if declared is None:
             raise NotFound("dataset")
         _validate(values, tuple(c["name"] for c in orjson.loads(declared)))
-        values = {"valid_from": datetime.now(UTC), **values}
+        values = {"valid_from": times.now(), **values}
         licence_id = uuid.uuid4()
         names = ["id", "vendor_id", "member_id", "dataset_id", *values]
         try:

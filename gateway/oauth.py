@@ -8,7 +8,6 @@ of the snapshot's keyring. The tokens, their keys and their verification are gat
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -26,7 +25,7 @@ from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization, scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 
-from gateway import oauth_clients
+from gateway import oauth_clients, times
 from gateway.access_tokens import audience, issuer, sign
 from gateway.config import Config
 from gateway.oauth_clients import OAuthClient
@@ -211,7 +210,7 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
     def _access_token(self, client: _Client, grant_type: str, user: Any, scope: str) -> str:
         signer = self.snapshot.jwt.signer
         assert signer is not None, "the snapshot loads the current JWT key before it is ready"
-        now = int(time.time())
+        now = int(times.timestamp())
         claims = {"iss": self.issuer, "sub": str(client.client.member_id), "aud": self.audience,
                   "exp": now + self.ttl, "iat": now, "nbf": now, "jti": str(uuid.uuid4()),
                   "client_id": client.client.client_id, "scope": scope}

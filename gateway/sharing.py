@@ -33,7 +33,6 @@ import hmac
 import operator
 import re
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -529,7 +528,7 @@ def file_id(key: str, index: int) -> str:
 
 
 def expiry(now: float | None = None) -> int:
-    return int((now if now is not None else time.time()) + FILE_URL_SECONDS)
+    return int((now if now is not None else times.timestamp()) + FILE_URL_SECONDS)
 
 
 # -- byte ranges ------------------------------------------------------------------------------------
@@ -579,7 +578,7 @@ class SharingState:
     def charge(self, token_id: str, expires: int) -> bool:
         """True the first time a URL delivers bytes: its file's records are counted then, once.
         Synchronous, so that concurrent first requests of one URL cannot both be charged."""
-        now = time.time()
+        now = times.timestamp()
         if len(self.charged) > 10_000:
             self.charged = {t: x for t, x in self.charged.items() if x > now}
         if token_id in self.charged:

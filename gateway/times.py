@@ -3,13 +3,45 @@
 Billing periods are JST days and months (the vendors and members are in Japan). Date-times arrive
 from the API, the CLI and Delta Sharing queries; `parse_moment` reads all of them, and each caller
 says what a date-time without an offset means there (refused, or a zone to assume).
+
+One clock for every instance: the database's. Each process measures how far its own clock is from
+PostgreSQL's when it starts and at every heartbeat (gateway/liveness.py), and `now()` is its own
+clock corrected by that offset. So quota months, licence validity, token lifetimes and event times
+agree across instances even when one machine's clock is days off (an instance 31 days ahead would
+otherwise take next month's quota early).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 JST = timezone(timedelta(hours=9), "JST")
+
+# The database's clock less this process's, as last measured (zero until the first measurement).
+_offset = timedelta(0)
+
+
+def now() -> datetime:
+    """The current time in UTC by the database's clock."""
+    return datetime.now(UTC) + _offset
+
+
+def timestamp() -> float:
+    """`now()` as POSIX seconds (for JWTs and signed URLs)."""
+    return time.time() + _offset.total_seconds()
+
+
+def observe_database_clock(database_now: datetime, asked_at: float, answered_at: float) -> None:
+    """Take the database's time, read by a query sent at `asked_at` and answered at `answered_at`
+    (this process's POSIX seconds), as the clock: the middle of the round trip is when it was read."""
+    global _offset
+    _offset = timedelta(seconds=database_now.timestamp() - (asked_at + answered_at) / 2)
+
+
+def offset_seconds() -> float:
+    """How far this process's clock is behind the database's (negative: ahead)."""
+    return _offset.total_seconds()
 
 
 def jst_day(moment: datetime) -> date:

@@ -40,6 +40,7 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
+from gateway import times
 from gateway.audit import report
 from gateway.audit.checkpoints import PackedTree, leaf_hashes
 from gateway.audit.events import utc_text
@@ -198,7 +199,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progre
                 handle.close()
         keys_json = orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n"
         manifest: dict[str, Any] = {
-            "format": FORMAT, "created_at": utc_text(datetime.now(UTC)), "scope": scope.to_json(),
+            "format": FORMAT, "created_at": utc_text(times.now()), "scope": scope.to_json(),
             "series": scope.series, "report": report.GENERATOR, "logs": logs,
             "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs]}
         page = report.render(summary, manifest).encode("utf-8")

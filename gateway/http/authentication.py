@@ -7,11 +7,9 @@ Everything is answered from the in-memory snapshot: no database round trip.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
-from gateway import access_tokens, credentials, oauth
+from gateway import access_tokens, credentials, oauth, times
 from gateway.audit.events import EventKind
 from gateway.backoff import FailureBackoff
 from gateway.credentials import Principal
@@ -60,7 +58,7 @@ class ApiKeyAuthenticator:
         if credential is None or credential.kind != key.kind:
             raise Unauthenticated("API key not recognised")
         assert self.snapshot.hasher is not None
-        refusal = credentials.check(credential, token, self.snapshot.hasher, datetime.now(UTC), ctx.client,
+        refusal = credentials.check(credential, token, self.snapshot.hasher, times.now(), ctx.client,
                                     self.forwarding.client_cert_sha256(scope))
         if refusal is not None:
             if refusal != credentials.NOT_RECOGNISED:
@@ -91,7 +89,7 @@ class JwtAuthenticator:
             return None
         try:
             claims = access_tokens.verify(token, self.snapshot.jwt, issuer=self.issuer, audience=self.audience,
-                                  max_lifetime=self.max_lifetime, now=time.time())
+                                  max_lifetime=self.max_lifetime, now=times.timestamp())
         except access_tokens.InvalidToken as exc:
             raise Unauthenticated(exc.reason) from None
         client = self.snapshot.oauth_clients_by_client_id.get(claims["client_id"])

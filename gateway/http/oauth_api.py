@@ -9,7 +9,6 @@ and failed client authentications count towards the per-address backoff (gateway
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from typing import Any
 
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import oauth
+from gateway import oauth, times
 from gateway.audit.events import EventKind
 from gateway.credentials import Principal
 from gateway.errors import ServiceUnavailable
@@ -113,7 +112,7 @@ async def jwks(request: Request) -> Response:
     if not snapshot.ready:
         raise ServiceUnavailable("keys are being reloaded; retry in a second", headers={"Retry-After": "1"})
     # Short caching: verifiers refetch on an unknown kid anyway, and a retired key should go soon.
-    return _json(200, snapshot.jwt.jwks(time.time()), {"cache-control": "public, max-age=60"})
+    return _json(200, snapshot.jwt.jwks(times.timestamp()), {"cache-control": "public, max-age=60"})
 
 
 async def metadata(request: Request) -> Response:

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import credentials, delivery, sharing
+from gateway import credentials, delivery, sharing, times
 from gateway.audit.events import EventKind
 from gateway.credentials import Principal
 from gateway.errors import (
@@ -173,7 +173,7 @@ async def table_query(request: Request) -> Response:
     runtime = runtime_of(request)
     ctx = context(request.scope)
     dataset, licence = shared.dataset, shared.licence
-    delivery.authorise(runtime.snapshot, licence, datetime.now(UTC))
+    delivery.authorise(runtime.snapshot, licence, times.now())
     query = sharing.parse_query(await _body(request))
     version = sharing.version_as_of(dataset, query.version, query.timestamp)
     runtime.deliveries.rate_limit(caller.credential.id, licence)
@@ -264,7 +264,7 @@ async def profile(request: Request) -> Response:
     if caller.credential.id not in runtime.snapshot.credentials:
         # A five-minute OAuth access token must not mint a thirty-day key.
         raise Forbidden("a profile is issued to a member API key; OAuth access tokens cannot create keys")
-    now = datetime.now(UTC)
+    now = times.now()
     expires = now + timedelta(days=PROFILE_DAYS)
     # The new key never outlives, nor reaches beyond the networks and certificate of, the key asking.
     if caller.credential.expires_at is not None:
