@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 
 import asyncpg
 from starlette.applications import Starlette
@@ -100,12 +102,25 @@ class GatewayApp:
         assert self.app is not None, "the server must run the lifespan protocol"
         await self.app(scope, receive, send)
 
+    def stopping(self) -> None:
+        """The server was told to stop: running streams end now, recorded, while the server waits for
+        its connections (uvicorn's graceful timeout), so that their stream-end events are written and
+        their leases returned before the process exits."""
+        if self.runtime is not None:
+            self.runtime.deliveries.stopping = True
+
+    @staticmethod
+    def _ended() -> None:
+        """Another instance ended this process's log (it took the process for dead): nothing more can be
+        written, so stop, and let the supervisor start a new process with a new log."""
+        os.kill(os.getpid(), signal.SIGTERM)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.runtime = await Runtime.open(self.config, serving=True)
+                    self.runtime = await Runtime.open(self.config, serving=True, on_ended=self._ended)
                 except Exception as exc:  # noqa: BLE001 - any start failure is reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

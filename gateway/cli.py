@@ -693,9 +693,21 @@ def serve(config: config_module.Config, app: Any = None) -> None:
     # a sixth of a request's CPU (loadtests/README.md). uvloop and httptools come with
     # uvicorn[standard]; naming them makes a missing one an error instead of a silent fall-back to
     # the pure-Python loop and parser.
-    uvicorn.run(GatewayApp(config) if app is None else app, host=config.host, port=config.port,
-                log_level=config.log_level.lower(), access_log=False, loop="uvloop", http="httptools",
-                server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
+    served = GatewayApp(config) if app is None else app
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Before uvicorn waits for the open connections: streams must end within its graceful timeout.
+            if isinstance(served, GatewayApp):
+                served.stopping()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(served, host=config.host, port=config.port, log_level=config.log_level.lower(),
+                                   access_log=False, loop="uvloop", http="httptools", server_header=False,
+                                   proxy_headers=False, timeout_graceful_shutdown=10))
+    server.run()
+    if not server.started:
+        sys.exit(3)  # the lifespan failed to start (uvicorn.run's status for it); uvicorn logged why
 
 
 def _pgdata(config: config_module.Config) -> Path:

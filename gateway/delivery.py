@@ -8,8 +8,9 @@ scope and cursor, and fills in what the request's audit event records (`EventFac
 decision goes, so that a refusal midway still names the licence.
 
 A streamed delivery (a full export, a Delta Sharing file) is a `Stream`. It reserves its quota,
-commits the authorisation event before the first byte and streams. It stops when the client
-leaves, settles what was sent and writes the stream-end event.
+commits the authorisation event before the first byte and streams, leasing hard quota as it goes and
+recording its progress durably. It stops when the client leaves, its access ends or the gateway
+stops, settles what was sent and writes the stream-end event.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from gateway import cursors, licences, metering, metrics, records, sharing
+from gateway import cursors, licences, metering, metrics, records, sharing, times
 from gateway.audit.events import AuditEvent, EventFacts, EventKind, new_event_id
-from gateway.audit.writer import AuditWriter
+from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.columns import Column
 from gateway.credentials import Credential, Principal
 from gateway.datasets import Dataset
@@ -50,6 +51,11 @@ EXPORT_CHUNK_RECORDS = 5_000
 # How often a running stream checks that its credential, member and licence still allow it: well
 # within the second in which a revocation must take effect on every instance.
 GUARD_SECONDS = 0.1
+# A stream commits a progress event before it hands over more than this since its last one, so a
+# process killed mid-stream leaves at most this much delivered and unmetered (plus one chunk, when a
+# chunk alone is larger): schemas/audit-format.md §2.1.1.
+PROGRESS_BYTES = 4 * 1024 * 1024
+PROGRESS_RECORDS = 20_000
 
 
 class TermsNotAccepted(Forbidden):
@@ -145,6 +151,9 @@ class Deliveries:
                  pages: PageCache, writer: AuditWriter, home: Path) -> None:
         self.snapshot, self.usage, self.pool = snapshot, usage, pool
         self.rate_limiter, self.pages, self.writer = rate_limiter, pages, writer
+        # Set when the process is told to stop (SIGTERM): running streams end at once, recorded, so that
+        # their stream-end events are written and their leases returned within the graceful timeout.
+        self.stopping = False
         # Delta Sharing's Parquet files and which file URLs have had their records counted (this process).
         self.sharing = SharingState(ParquetCache(home / CACHE_FOLDER))
 
@@ -165,7 +174,7 @@ class Deliveries:
                       asked: RecordsRequest) -> RecordsAnswer:
         """A page of a dataset's records within the caller's licence, or its full export."""
         dataset, licence = licensed(self.snapshot, caller, dataset_id)
-        authorise(self.snapshot, licence, datetime.now(UTC))
+        authorise(self.snapshot, licence, times.now())
         note_subject(facts, licence)
         fmt, limit, after = asked.fmt, asked.limit, None
         if asked.cursor is not None:
@@ -186,12 +195,10 @@ class Deliveries:
         return await self._page(facts, scope, fmt, after, limit, quota)
 
     async def _admit(self, licence: Licence, dataset: Dataset, want_records: int | None) -> Allowance:
-        """The licence's monthly quotas: lease for `want_records` records, or everything left (a full
-        export, None); 429 when a hard quota is reached."""
-        everything = max(licence.records_per_month or 0, licence.bytes_per_month or 0)
-        wanted = everything if want_records is None else want_records
-        byte_count = everything if want_records is None else _estimated_bytes(dataset, want_records)
-        quota = await self.lease(licence, wanted, byte_count)
+        """The licence's monthly quotas: lease for `want_records` records, or an export's first chunk
+        (None; it leases the rest as it goes); 429 when a hard quota is reached."""
+        wanted = EXPORT_CHUNK_RECORDS if want_records is None else want_records
+        quota = await self.lease(licence, wanted, _estimated_bytes(dataset, wanted))
         if quota.exhausted:
             metrics.QUOTA_DENIALS.labels("quota").inc()
             raise TooManyRequests(quota.exhausted, headers=quota.headers)
@@ -292,7 +299,7 @@ class Deliveries:
         except (KeyError, TypeError, ValueError):
             raise NotFound("file") from None
         credential = _member_credential(snapshot, credential_id)
-        now = datetime.now(UTC)
+        now = times.now()
         if credential is None or credential.member_id != member_id:
             raise NotFound("file")
         if presented is not None and presented.credential.id != credential_id and presented.member_id != member_id:
@@ -358,10 +365,12 @@ class Deliveries:
                     return
                 await write(chunk.body, len(chunk))
 
-        return Stream(self, scope.licence.id, EventKind.RECORDS_STREAM_END, produce,
-                      Tally(quota.records or 0, quota.bytes or 0),
+        first = Tally(min(quota.records, EXPORT_CHUNK_RECORDS) if quota.records is not None else 0,
+                      min(quota.bytes, _estimated_bytes(scope.dataset, EXPORT_CHUNK_RECORDS))
+                      if quota.bytes is not None else 0)
+        return Stream(self, scope.licence.id, EventKind.RECORDS_STREAM_END, produce, first,
                       self._still_allowed(caller.credential.id, scope.licence.id, scope.partitions, scope.columns),
-                      limit=quota, gives_back=True)
+                      hard=scope.licence if (quota.records, quota.bytes) != (None, None) else None)
 
     def _still_allowed(self, credential_id: uuid.UUID, licence_id: uuid.UUID, partitions: Iterable[str],
                        columns: Iterable[str]) -> Callable[[], str | None]:
@@ -371,9 +380,11 @@ class Deliveries:
 
         def refusal() -> str | None:
             snapshot = self.snapshot
+            if self.stopping:
+                return "the gateway is shutting down"
             if not snapshot.ready:
                 return None  # reloading in full: decided at the next look, within a second
-            now = datetime.now(UTC)
+            now = times.now()
             credential = _member_credential(snapshot, credential_id)
             if credential is None or credential.revoked_at is not None:
                 return "the key was revoked during the delivery"
@@ -433,26 +444,36 @@ class Transport(Protocol):
 class Stream:
     """One streamed delivery, from the authorisation event before its first byte to its stream-end event.
 
-    It reserves `reserved` of the licence's usage while it runs. With `limit` (an export's hard
-    quotas) it stops at the record boundary where the quota is reached and says so. With `charge` (a
-    file) those records are billed when any byte left, and `complete` means all `length` bytes did.
+    It reserves `reserved` of the licence's usage while it runs. With `hard` (an export under a hard
+    quota) it leases more as it goes, a chunk's worth at a time (the lease rounds up to a share), and
+    stops at the record boundary where the quota is reached, saying so. With `charge` (a file) those
+    records are billed when any byte left, and `complete` means all `length` bytes did.
 
     Access is enforced while it runs, not only when it starts: every `GUARD_SECONDS` it asks
     `still_allowed` (the snapshot, which LISTEN/NOTIFY keeps current on every instance), and a key
-    revoked, a licence suspended, narrowed or expired stops it. A stream ends cleanly only when it is
-    complete; cut for any reason (revocation, quota, a failed read, shutdown) it ends as an error, so no
-    client mistakes a cut stream for a whole file. Whatever ends it, what was handed to the transport
-    is settled and recorded, with the reason it stopped: a client gone midway is metered for what it got.
+    revoked, a licence suspended, narrowed or expired, or the gateway stopping, stops it. A stream ends
+    cleanly only when it is complete; cut for any reason (revocation, quota, a failed read, shutdown)
+    it ends as an error, so no client mistakes a cut stream for a whole file. Whatever ends it, what
+    was handed to the transport is settled and recorded, with the reason it stopped: a client gone
+    midway is metered for what it got. Before more than PROGRESS_BYTES or PROGRESS_RECORDS leave
+    unmetered, and before each new lease, a progress event commits what was sent so far.
     """
 
     def __init__(self, service: Deliveries, licence_id: uuid.UUID, end_kind: EventKind,
                  produce: Callable[[Write, Callable[[], bool]], Awaitable[None]], reserved: Tally,
-                 still_allowed: Callable[[], str | None], *, limit: Allowance | None = None, gives_back: bool = False,
+                 still_allowed: Callable[[], str | None], *, hard: Licence | None = None,
                  charge: int | None = None, length: int | None = None,
                  uncharge: Callable[[], None] | None = None) -> None:
         self.service, self.licence_id, self.end_kind, self.produce = service, licence_id, end_kind, produce
-        self.reserved, self.still_allowed, self.limit, self.gives_back = reserved, still_allowed, limit, gives_back
+        self.reserved, self.still_allowed, self.hard = Tally(reserved.records, reserved.bytes), still_allowed, hard
         self.charge, self.length, self.uncharge = charge, length, uncharge
+        self.progress_kind = _PROGRESS_KINDS[end_kind]
+
+    def delivered(self, sent: Tally) -> int:
+        """The records a stream that handed over `sent` has delivered (a file: its charge, once a byte left)."""
+        if self.charge is None:
+            return sent.records
+        return self.charge if sent.bytes else 0
 
     async def run(self, authorisation: AuditEvent, transport: Transport) -> None:
         book, writer, reserved = self.service.usage, self.service.writer, self.reserved
@@ -466,20 +487,35 @@ class Stream:
                 self.uncharge()
             raise
         digest = hashlib.sha256()
-        sent = Tally()
+        sent, metered = Tally(), Tally()
         cut = False
         stopped_because: str | None = None
 
         def stopped() -> bool:
             return cut or stopped_because is not None or transport.gone.is_set()
 
+        async def record_progress() -> None:
+            """Commit what was sent so far: a process killed after this leaves it metered."""
+            records = self.delivered(sent)
+            if (records, sent.bytes) == (metered.records, metered.bytes):
+                return
+            await writer.commit(self._event(authorisation, self.progress_kind, records, sent.bytes,
+                                            digest.copy().hexdigest(), False, None, metered))
+            metered.records, metered.bytes = records, sent.bytes
+
         async def write(chunk: bytes, count: int | None) -> None:
             nonlocal cut
             if stopped():
                 return
             count = chunk.count(b"\n") if count is None else count
-            part, count = _within(chunk, count, self.limit, sent) if self.limit is not None else (chunk, count)
+            part = chunk
+            if self.hard is not None:
+                await self._make_room(count, len(chunk), sent, record_progress)
+                part, count = _within(chunk, count, self._limits(), sent)
             if part:
+                if (sent.bytes - metered.bytes + len(part) > PROGRESS_BYTES
+                        or sent.records - metered.records + count > PROGRESS_RECORDS):
+                    await record_progress()
                 await transport.write(part)
                 # Counted once handed to the server: a client gone midway is metered for what it got.
                 digest.update(part)
@@ -506,6 +542,10 @@ class Stream:
             if stopped_because is None:
                 stopped_because = "the gateway stopped the delivery (shutting down)"
                 raise
+        except AuditUnavailable:
+            stopped_because = "the audit log could not record the delivery's progress"
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ServiceUnavailable):
+            stopped_because = "the quota could not be leased or the records read (the database did not answer)"
         except Exception as exc:  # noqa: BLE001 - whatever broke the read, the stream records it and ends as an error
             stopped_because = f"the delivery failed: {type(exc).__name__}"
         finally:
@@ -513,36 +553,73 @@ class Stream:
             producing.cancel()
             if cut and stopped_because is None:
                 stopped_because = "the licence's monthly quota was reached"
-            await self._finish(authorisation, transport, sent, digest.hexdigest(), stopped_because, cut)
+            await self._finish(authorisation, transport, sent, digest.hexdigest(), stopped_because, cut, metered)
+
+    def _limits(self) -> tuple[int | None, int | None]:
+        """How far the stream may go under its hard quotas: what it has reserved of the lease."""
+        assert self.hard is not None
+        return (self.reserved.records if self.hard.records_quota_hard and self.hard.records_per_month is not None
+                else None,
+                self.reserved.bytes if self.hard.bytes_quota_hard and self.hard.bytes_per_month is not None else None)
+
+    async def _make_room(self, records: int, byte_count: int, sent: Tally,
+                         record_progress: Callable[[], Awaitable[None]]) -> None:
+        """Reserve enough of the lease for the next chunk, leasing more when this instance holds too
+        little; what the grant cannot give is left out, and the stream is cut at the quota."""
+        assert self.hard is not None
+        records_limit, bytes_limit = self._limits()
+        need = Tally(0 if records_limit is None else max(sent.records + records - records_limit, 0),
+                     0 if bytes_limit is None else max(sent.bytes + byte_count - bytes_limit, 0))
+        if not need.records and not need.bytes:
+            return
+        await record_progress()  # what was sent is metered before more is leased
+        book = self.service.usage
+        room = book.room(self.licence_id)
+        if room.records < need.records or room.bytes < need.bytes:
+            await book.lease(self.service.pool, self.hard, need.records, need.bytes)
+            room = book.room(self.licence_id)
+        # Synchronous from here: the reservation is taken before another delivery can see the room.
+        take = Tally(min(need.records, max(room.records, 0)), min(need.bytes, max(room.bytes, 0)))
+        book.count(self.licence_id, take.records, take.bytes)
+        self.reserved.records += take.records
+        self.reserved.bytes += take.bytes
+
+    def _event(self, authorisation: AuditEvent, kind: EventKind, records: int, byte_count: int, sha256: str,
+               complete: bool, reason: str | None, metered: Tally, **detail: Any) -> AuditEvent:
+        return replace(authorisation, kind=kind, event_id=new_event_id(), at=times.now(), reason=reason,
+                       records=records, bytes=byte_count, sha256=sha256, complete=complete,
+                       detail={"authorised_by": str(authorisation.event_id), **detail, **(authorisation.detail or {})},
+                       metered_before=(metered.records, metered.bytes))
 
     async def _finish(self, authorisation: AuditEvent, transport: Transport, sent: Tally, sha256: str,
-                      stopped_because: str | None, quota_cut: bool) -> None:
+                      stopped_because: str | None, quota_cut: bool, metered: Tally) -> None:
         """End the response (cleanly only when complete), then settle usage and leases and record the end."""
         gone = transport.gone.is_set()
         if gone and stopped_because is None:
             stopped_because = "the client disconnected"
-        if self.charge is None:
-            delivered = sent.records
-            complete = stopped_because is None
-        else:
-            delivered = self.charge if sent.bytes else 0
-            complete = stopped_because is None and sent.bytes == self.length
+        delivered = self.delivered(sent)
+        complete = stopped_because is None and (self.charge is None or sent.bytes == self.length)
         try:
             if complete:
                 await transport.end()
         finally:
             book = self.service.usage
-            if self.charge is not None and self.charge and not sent.bytes and self.uncharge is not None:
+            if self.charge and not sent.bytes and self.uncharge is not None:
                 self.uncharge()
             book.count(self.licence_id, delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
-            if self.gives_back:
-                # The export leased what was left of the quota; return what it did not use.
-                await book.give_back(self.service.pool, [self.licence_id])
-            detail: dict[str, Any] = {"authorised_by": str(authorisation.event_id),
-                                      **({"quota_cut": True} if quota_cut else {}), **(authorisation.detail or {})}
-            self.service.writer.submit(replace(authorisation, kind=self.end_kind, event_id=new_event_id(),
-                                               at=datetime.now(UTC), reason=stopped_because, records=delivered,
-                                               bytes=sent.bytes, sha256=sha256, complete=complete, detail=detail))
+            self.service.writer.submit(self._event(authorisation, self.end_kind, delivered, sent.bytes, sha256,
+                                                   complete, stopped_because, metered,
+                                                   **({"quota_cut": True} if quota_cut else {})))
+            if self.hard is not None:
+                # Return what this instance leased for the export and did not use (a share at most).
+                try:
+                    await book.give_back(self.service.pool, [self.licence_id])
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    pass  # returned when idle, or when the log ends
+
+
+_PROGRESS_KINDS = {EventKind.RECORDS_STREAM_END: EventKind.RECORDS_STREAM_PROGRESS,
+                   EventKind.SHARING_FILE_STREAM_END: EventKind.SHARING_FILE_STREAM_PROGRESS}
 
 
 def _member_credential(snapshot: Snapshot, credential_id: uuid.UUID) -> Credential | None:
@@ -555,12 +632,11 @@ def _member_credential(snapshot: Snapshot, credential_id: uuid.UUID) -> Credenti
     return found
 
 
-def _within(chunk: bytes, count: int, quota: Allowance, sent: Tally) -> tuple[bytes, int]:
-    """The part of `chunk` (whole records) that fits in the hard quotas after what was sent."""
-    if quota.records is None and quota.bytes is None:
-        return chunk, count
-    room_records = count if quota.records is None else min(count, quota.records - sent.records)
-    room_bytes = len(chunk) if quota.bytes is None else quota.bytes - sent.bytes
+def _within(chunk: bytes, count: int, limits: tuple[int | None, int | None], sent: Tally) -> tuple[bytes, int]:
+    """The part of `chunk` (whole records) that fits in the (records, bytes) limits after what was sent."""
+    records_limit, bytes_limit = limits
+    room_records = count if records_limit is None else min(count, records_limit - sent.records)
+    room_bytes = len(chunk) if bytes_limit is None else bytes_limit - sent.bytes
     if room_records >= count and room_bytes >= len(chunk):
         return chunk, count
     end = 0

@@ -7,14 +7,20 @@ months) and per writer. Quota decisions need no database round trip: each instan
 other instances' deliveries as last read from PostgreSQL (every `SYNC_SECONDS`) — and decides from it.
 
 Hard quotas across instances: leases. An instance may deliver under a hard quota only what it has
-leased from the licence's monthly grant in PostgreSQL (`quota_grants`, one row lock per lease); leases
-are taken in shares of 1/LEASE_SHARES of the quota, so a round trip happens once per share, not per
-request, and the sum of all leases never exceeds the quota: zero overshoot, on any number of
-instances. The price is undershoot: a share leased by one instance is not available to another until
-that instance gives it back (at shutdown, and at the end of every full export) — at most
-(N−1)/LEASE_SHARES of the quota, plus the share of an instance that crashed. Within an instance, a
-delivery reserves its part of the lease before its first await, so concurrent requests stay exact.
-If a lease cannot be taken (PostgreSQL unreachable), the delivery is refused: never unlimited.
+leased for its log (`quota_leases`, per licence, JST month and process, taken under the row lock of
+`quota_grants`); leases are taken in shares of 1/LEASE_SHARES of the quota, so a round trip happens
+once per share, not per request, and the sum of all leases never exceeds the quota: zero overshoot,
+on any number of instances. The price is undershoot: a share leased by one instance is not available
+to another until that instance gives it back — when the licence has been idle on it for
+LEASE_IDLE_SECONDS, at the end of every export, and when its log ends (gateway/liveness.py: at
+shutdown, or by a survivor within seconds of a crash, shrinking the lease to what the log metered).
+A refusal says which it is: the quota used up (Retry-After: the next month), or held by deliveries in
+progress (Retry-After: seconds). Within an instance, a delivery reserves its part of the lease before
+its first await, so concurrent requests stay exact. If a lease cannot be taken (PostgreSQL
+unreachable), the delivery is refused: never unlimited.
+
+The month is the database's (gateway/times.py): an instance whose own clock is days ahead still
+leases from the current month's grant.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway import tasks
+from gateway import tasks, times
 from gateway.errors import ServiceUnavailable
 from gateway.licences import Licence
 from gateway.times import JST, jst_day, month_start, next_month
@@ -38,6 +44,11 @@ log = logging.getLogger(__name__)
 
 SYNC_SECONDS = 1.0
 LEASE_SHARES = 20
+# A lease this instance has not drawn on for this long goes back to the grant for the other instances.
+LEASE_IDLE_SECONDS = 5.0
+# What a refusal for quota held by deliveries in progress tells the client to wait: an idle lease is
+# back within LEASE_IDLE_SECONDS plus a sync.
+LEASE_RETRY_SECONDS = 7
 
 
 @dataclass(slots=True)
@@ -51,10 +62,14 @@ class UsageBook:
     """One instance's view of each licence's usage in the current JST month."""
 
     log_id: str
-    month: date = field(default_factory=lambda: month_start(jst_day(datetime.now(JST))))
+    month: date = field(default_factory=lambda: current_month())
     mine: dict[uuid.UUID, Tally] = field(default_factory=dict)
     others: dict[uuid.UUID, Tally] = field(default_factory=dict)
     leased: dict[uuid.UUID, Tally] = field(default_factory=dict)
+    # What the other instances held leased when this one last leased: a refusal says so.
+    elsewhere: dict[uuid.UUID, Tally] = field(default_factory=dict)
+    # When (monotonic) each licence was last counted here: idle leases go back (LEASE_IDLE_SECONDS).
+    drawn_at: dict[uuid.UUID, float] = field(default_factory=dict)
     _leasing: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
 
     def room(self, licence_id: uuid.UUID) -> Tally:
@@ -76,20 +91,30 @@ class UsageBook:
                     for limit, room_now, want in zip(limits, (room.records, room.bytes), (records, byte_count))]
             if not any(asks):
                 return
+            month = self.month
             async with pool.acquire() as conn, conn.transaction():
+                # A log that was ended (this process was taken for dead) can no longer lease.
+                await conn.execute("SELECT audit_log_open($1)", self.log_id)
                 await conn.execute("INSERT INTO quota_grants (licence_id, month) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                                   licence.id, self.month)
-                granted = await conn.fetchrow(
-                    "SELECT records_granted, bytes_granted FROM quota_grants WHERE licence_id = $1 AND month = $2 "
-                    "FOR UPDATE", licence.id, self.month)
+                                   licence.id, month)
+                await conn.execute("SELECT FROM quota_grants WHERE licence_id = $1 AND month = $2 FOR UPDATE",
+                                   licence.id, month)
+                held = await conn.fetchrow(
+                    "SELECT coalesce(sum(records_leased), 0)::bigint, coalesce(sum(bytes_leased), 0)::bigint "
+                    "FROM quota_leases WHERE licence_id = $1 AND month = $2", licence.id, month)
                 gives = [0 if limit is None else max(0, min(ask, limit - already))
-                         for limit, ask, already in zip(limits, asks, (granted[0], granted[1]))]
+                         for limit, ask, already in zip(limits, asks, (held[0], held[1]))]
                 await conn.execute(
-                    "UPDATE quota_grants SET records_granted = records_granted + $3, bytes_granted = bytes_granted + $4 "
-                    "WHERE licence_id = $1 AND month = $2", licence.id, self.month, *gives)
+                    "INSERT INTO quota_leases AS q (licence_id, month, log_id, records_leased, bytes_leased) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (licence_id, month, log_id) DO UPDATE SET "
+                    "records_leased = q.records_leased + EXCLUDED.records_leased, "
+                    "bytes_leased = q.bytes_leased + EXCLUDED.bytes_leased", licence.id, month, self.log_id, *gives)
+            if month != self.month:
+                return  # the month turned while leasing: that lease belongs to the month just ended
             tally = self.leased.setdefault(licence.id, Tally())
             tally.records += gives[0]
             tally.bytes += gives[1]
+            self.elsewhere[licence.id] = Tally(held[0] - (tally.records - gives[0]), held[1] - (tally.bytes - gives[1]))
 
     async def give_back(self, pool: asyncpg.Pool, licence_ids: list[uuid.UUID] | None = None) -> None:
         """Return unused leases to the month's grant, so that other instances can use them."""
@@ -100,9 +125,9 @@ class UsageBook:
             return
         async with pool.acquire() as conn:
             await conn.executemany(
-                "UPDATE quota_grants SET records_granted = greatest(records_granted - $3, 0), "
-                "bytes_granted = greatest(bytes_granted - $4, 0) WHERE licence_id = $1 AND month = $2",
-                [(licence_id, self.month, records, byte_count) for licence_id, records, byte_count in returns])
+                "UPDATE quota_leases SET records_leased = greatest(records_leased - $4, 0), "
+                "bytes_leased = greatest(bytes_leased - $5, 0) WHERE licence_id = $1 AND month = $2 AND log_id = $3",
+                [(licence_id, self.month, self.log_id, records, byte_count) for licence_id, records, byte_count in returns])
         for licence_id, records, byte_count in returns:
             self.leased[licence_id].records -= records
             self.leased[licence_id].bytes -= byte_count
@@ -119,11 +144,18 @@ class UsageBook:
         tally = self.mine.setdefault(licence_id, Tally())
         tally.records += records
         tally.bytes += byte_count
+        self.drawn_at[licence_id] = time.monotonic()
+
+    def idle(self) -> list[uuid.UUID]:
+        """Licences with leased room here that no delivery has drawn on for LEASE_IDLE_SECONDS."""
+        since = time.monotonic() - LEASE_IDLE_SECONDS
+        return [licence_id for licence_id in self.leased
+                if self.drawn_at.get(licence_id, 0.0) < since and (room := self.room(licence_id)).records + room.bytes > 0]
 
     def _roll_month(self) -> None:
-        month = month_start(jst_day(datetime.now(JST)))
+        month = current_month()
         if month != self.month:
-            self.month, self.mine, self.others, self.leased = month, {}, {}, {}
+            self.month, self.mine, self.others, self.leased, self.elsewhere = month, {}, {}, {}, {}
 
     async def sync(self, conn: asyncpg.Connection, licence_ids: list[uuid.UUID]) -> None:
         """Re-read the other writers' totals for the month."""
@@ -153,6 +185,7 @@ def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
     hard: dict[str, int | None] = {"records": None, "bytes": None}
     warnings = []
     exhausted = None
+    retry = 0
     for unit, limit, is_hard, spent in (("records", licence.records_per_month, licence.records_quota_hard,
                                          used.records),
                                         ("bytes", licence.bytes_per_month, licence.bytes_quota_hard, used.bytes)):
@@ -164,12 +197,20 @@ def allowance(licence: Licence, book: UsageBook, now: datetime) -> Allowance:
             # What this instance may deliver is what it holds leased (see the module docstring).
             room = book.room(licence.id)
             hard[unit] = max(room.records if unit == "records" else room.bytes, 0)
-            if hard[unit] == 0:
-                exhausted = f"monthly {unit} quota of {limit} reached; it resets at the start of next month (JST)"
+            if hard[unit] == 0 and exhausted is None:
+                elsewhere = book.elsewhere.get(licence.id, Tally())
+                held = elsewhere.records if unit == "records" else elsewhere.bytes
+                if spent < limit and held > 0:
+                    exhausted = (f"{left} of the monthly {unit} quota of {limit} are held by deliveries in progress "
+                                 f"for this licence; retry in {LEASE_RETRY_SECONDS} seconds")
+                    retry = LEASE_RETRY_SECONDS
+                else:
+                    exhausted = f"monthly {unit} quota of {limit} reached; it resets at the start of next month (JST)"
+                    retry = max(reset, 1)
         elif spent >= limit:
             warnings.append(f"monthly {unit} soft quota of {limit} exceeded ({spent} used)")
     if exhausted:
-        headers["retry-after"] = str(max(reset, 1))
+        headers["retry-after"] = str(retry)
     warning = "; ".join(warnings) or None
     if warning:
         headers["quota-warning"] = warning
@@ -185,7 +226,12 @@ async def lease_and_decide(book: UsageBook, pool: asyncpg.Pool, licence: Licence
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
                                  headers={"retry-after": "2"}) from None
-    return allowance(licence, book, datetime.now(JST))
+    return allowance(licence, book, times.now())
+
+
+def current_month() -> date:
+    """The first day of the current JST month, by the database's clock."""
+    return month_start(jst_day(times.now()))
 
 
 def _hard_limits(licence: Licence) -> tuple[int | None, int | None]:
@@ -236,15 +282,15 @@ class UsageSync:
             await asyncio.sleep(SYNC_SECONDS)
             try:
                 await self.sync_once()
+                idle = self.book.idle()
+                if idle:
+                    await self.book.give_back(self.pool, idle)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 # Keep deciding from the last figures plus local counts; they only grow until the next sync.
                 log.warning("usage sync failed: %s", exc)
 
     async def close(self) -> None:
-        try:
-            await self.book.give_back(self.pool)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("unused quota leases could not be returned: %s", exc)
+        """Stop syncing; the leases go back when the log ends (gateway/liveness.py)."""
         await tasks.stop(self._task)
 
 
@@ -272,7 +318,7 @@ async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
 
 def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
     """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint."""
-    today = jst_day(datetime.now(JST))
+    today = jst_day(times.now())
     # Only an absent bound takes the default: `to=` (empty) is a malformed date, not "the default".
     first = date.fromisoformat(start) if start is not None else month_start(today)
     last = date.fromisoformat(end) if end is not None else next_month(today)

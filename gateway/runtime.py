@@ -6,6 +6,7 @@ migrations and the audit path that the API runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +16,7 @@ from gateway.audit.writer import AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
 from gateway.delivery import Deliveries
+from gateway.liveness import Liveness
 from gateway.metering import RateLimiter, UsageBook, UsageSync
 from gateway.page_cache import PageCache
 from gateway.server_secrets import ServerSecrets
@@ -34,6 +36,7 @@ class Runtime:
     snapshot: Snapshot
     usage: UsageBook
     refresher: SnapshotRefresher | None = None
+    liveness: Liveness | None = None
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     usage_sync: UsageSync | None = None
     # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
@@ -42,10 +45,14 @@ class Runtime:
     _deliveries: Deliveries | None = field(default=None, repr=False)
 
     @classmethod
-    async def open(cls, config: Config, *, serving: bool, role: str = "gateway") -> Runtime:
-        """Connect (starting the embedded PostgreSQL if configured so), migrate, and start the audit writer.
+    async def open(cls, config: Config, *, serving: bool, role: str = "gateway",
+                   on_ended: Callable[[], None] | None = None) -> Runtime:
+        """Connect (starting the embedded PostgreSQL if configured so), migrate, and start the audit writer
+        and the heartbeat (gateway/liveness.py).
 
-        `serving` also loads the snapshot and keeps it current; the CLI reads the database directly.
+        `serving` also loads the snapshot and keeps it current, and ends the logs of dead processes; the
+        CLI reads the database directly. `on_ended` is called if another process ends this one's log
+        (it was taken for dead): nothing more can be written, and the process should stop.
         """
         dsn = await database.resolve_dsn(config)
         master = server_secrets.load_master_key(config)
@@ -61,11 +68,13 @@ class Runtime:
                              deadline=config.audit_deadline_seconds, master=master,
                              checkpoint_events=config.checkpoint_events, checkpoint_seconds=config.checkpoint_seconds)
         await writer.start()
+        liveness = Liveness(dsn, writer.log_id, writer.signer, reaps=serving, on_ended=on_ended)
+        await liveness.start()
         snapshot = Snapshot()
         runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id),
                       backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
                                              config.auth_backoff_max_seconds),
-                      pages=PageCache(config.page_cache_bytes))
+                      pages=PageCache(config.page_cache_bytes), liveness=liveness)
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()
@@ -86,10 +95,13 @@ class Runtime:
         return self.snapshot.hasher or self.secrets.hasher()
 
     async def close(self) -> None:
-        """Drain the audit writer first: events of answered requests must reach the database."""
+        """Drain the audit writer first: events of answered requests must reach the database. Then end
+        the log, which returns this process's unspent quota leases."""
         await self.writer.close()
         if self.usage_sync is not None:
             await self.usage_sync.close()
+        if self.liveness is not None:
+            await self.liveness.close()
         if self.refresher is not None:
             await self.refresher.close()
         await self.pool.close()

@@ -219,6 +219,9 @@ class CheckResult:
         return {"ok": self.ok, "logs": [entry.to_json() for entry in self.logs]}
 
 
+# A log not seen for this long belongs to a dead process (gateway/liveness.py keeps the same bound).
+DEAD_AFTER_SECONDS = 6.0
+
 # The columns that repeat fields of the entry (for queries): they must agree with it.
 _CHECKED_COLUMNS = ("event_id", "kind", "outcome", "vendor_id", "member_id", "dataset_id", "licence_id")
 
@@ -227,15 +230,24 @@ async def check(conn: asyncpg.Connection, progress: Any = None) -> CheckResult:
     """Re-verify every log in PostgreSQL: numbering, entries against their columns, and each checkpoint's
     signature and root recomputed from the entries. Reads everything; for a batch job, not a request."""
     keys = await signing_keys.public_keys(conn, AUDIT)
-    log_ids = [r["log_id"] for r in await conn.fetch(
-        "SELECT log_id FROM audit_logs UNION SELECT DISTINCT log_id FROM audit_events ORDER BY 1")]
+    logs = await conn.fetch(
+        "SELECT e.log_id, l.ended_at IS NOT NULL AS ended, "
+        "l.seen_at < clock_timestamp() - make_interval(secs => $1) AS silent FROM "
+        "(SELECT log_id FROM audit_logs UNION SELECT DISTINCT log_id FROM audit_events) e "
+        "LEFT JOIN audit_logs l USING (log_id) ORDER BY 1", DEAD_AFTER_SECONDS)
     result = CheckResult()
     done = 0
-    for log_id in log_ids:
-        entry = LogCheck(log_id)
+    for row in logs:
+        entry = LogCheck(row["log_id"])
         result.logs.append(entry)
         try:
-            done = await _check_log(conn, log_id, keys, entry, done, progress)
+            done = await _check_log(conn, row["log_id"], keys, entry, done, progress)
+            if entry.uncovered and (row["ended"] or row["silent"]):
+                # A running process signs within seconds; one that ended or died never will by itself.
+                state = "has ended" if row["ended"] else "stopped answering"
+                raise _Failed(f"{entry.uncovered} events are covered by no signed checkpoint and the log's process "
+                              f"{state}: start a gateway (`gateway serve`), which signs the final checkpoint "
+                              "within seconds, then check again")
         except _Failed as failed:
             entry.problem = str(failed)
     return result

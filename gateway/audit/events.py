@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from gateway import times
+
 FORMAT_VERSION = 1
 
 
@@ -30,6 +32,7 @@ class EventKind(enum.StrEnum):
     DATASET_READ = "member:dataset:read"
     RECORDS_DELIVER = "member:records:deliver"
     RECORDS_STREAM_END = "member:records:stream-end"
+    RECORDS_STREAM_PROGRESS = "member:records:stream-progress"
     USAGE_READ = "member:usage:read"
     TERMS_READ = "member:terms:read"
     TERMS_ACCEPT = "member:terms:accept"
@@ -67,6 +70,7 @@ class EventKind(enum.StrEnum):
     SHARING_QUERY = "member:sharing-table:query"
     SHARING_FILE_DELIVER = "member:sharing-file:deliver"
     SHARING_FILE_STREAM_END = "member:sharing-file:stream-end"
+    SHARING_FILE_STREAM_PROGRESS = "member:sharing-file:stream-progress"
     SHARING_PROFILE_ISSUE = "member:sharing-profile:issue"
     # The evidence API: checkpoints for any authenticated caller, public keys for anyone.
     CHECKPOINT_READ = "audit:checkpoint:read"
@@ -110,7 +114,7 @@ class AuditEvent:
     kind: EventKind
     outcome: Outcome
     reason: str | None = None
-    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    at: datetime = field(default_factory=times.now)
     event_id: uuid.UUID = field(default_factory=new_event_id)
     request_id: str | None = None
     method: str | None = None
@@ -132,6 +136,9 @@ class AuditEvent:
     sha256: str | None = None
     complete: bool | None = None
     detail: dict[str, Any] | None = None
+    # Not in the entry: what earlier events of the same stream already counted (records, bytes), so that
+    # usage adds only the difference (a stream's usage is its last event's delivery; §2.1.1).
+    metered_before: tuple[int, int] = (0, 0)
 
     def body(self, log_id: str, seq: int, instance: str) -> dict[str, Any]:
         """The event as the JSON object that is canonicalised and hashed (schemas/audit-event.schema.json)."""

@@ -20,8 +20,9 @@ from gateway.times import jst_day
 # Events that count as a member request, and those that carry delivered records and bytes.
 REQUEST_KINDS = frozenset({EventKind.DATASET_READ, EventKind.RECORDS_DELIVER, EventKind.SHARING_TABLE_READ,
                            EventKind.SHARING_QUERY, EventKind.SHARING_FILE_DELIVER})
-DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END,
-                            EventKind.SHARING_FILE_DELIVER, EventKind.SHARING_FILE_STREAM_END})
+DELIVERY_KINDS = frozenset({EventKind.RECORDS_DELIVER, EventKind.RECORDS_STREAM_END, EventKind.RECORDS_STREAM_PROGRESS,
+                            EventKind.SHARING_FILE_DELIVER, EventKind.SHARING_FILE_STREAM_END,
+                            EventKind.SHARING_FILE_STREAM_PROGRESS})
 
 # Adds a group's counts to usage_daily; parameters $1..$7 are the columns of usage_columns().
 UPSERT_USAGE = (
@@ -52,8 +53,9 @@ def usage_columns(events: Sequence[AuditEvent], log_id: str) -> list[list[Any]]:
         row = totals.setdefault((event.licence_id, jst_day(event.at)), [0, 0, 0, False])
         row[0] += counts_request
         if delivered:
-            row[1] += event.records or 0
-            row[2] += event.bytes or 0
+            # A stream's progress and end events each say what it had sent so far: count the difference.
+            row[1] += (event.records or 0) - event.metered_before[0]
+            row[2] += (event.bytes or 0) - event.metered_before[1]
         row[3] = row[3] or bool(event.detail and event.detail.get("quota_warning"))
     keys = list(totals)
     return [[licence_id for licence_id, _ in keys], [day for _, day in keys], [log_id] * len(keys),

@@ -57,7 +57,9 @@ _NUMBERING_SLICE = 200
 _WRITE_GROUP = (
     f"WITH usage AS ({usage.UPSERT_USAGE}) INSERT INTO audit_events ({', '.join(_COLUMNS)}) "
     "SELECT * FROM unnest($8::timestamptz[], $9::text[], $10::bigint[], $11::uuid[], $12::text[], $13::text[], "
-    "$14::uuid[], $15::uuid[], $16::uuid[], $17::uuid[], $18::uuid[], $19::bytea[])")
+    "$14::uuid[], $15::uuid[], $16::uuid[], $17::uuid[], $18::uuid[], $19::bytea[]) "
+    # Evaluated once: nothing is appended to a log that was ended (schemas/migrations/0008).
+    "WHERE (SELECT audit_log_open(($9::text[])[1]))")
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -372,6 +374,7 @@ class AuditWriter:
     async def _write(self, conn: asyncpg.Connection, events: Sequence[AuditEvent], numbered: _Numbered,
                      transaction: Transaction) -> None:
         """Write numbered events, commit, then extend the tree. Caller holds `_append`."""
+        await conn.execute("SELECT audit_log_open($1)", self.log_id)
         await conn.copy_records_to_table("audit_events", records=numbered.rows, columns=_COLUMNS)
         # Usage commits with the events that count it: the bill and the evidence never disagree.
         await usage.write_usage(conn, events, self.log_id)

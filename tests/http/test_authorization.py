@@ -29,7 +29,7 @@ from gateway.runtime import Runtime
 from tests.factories import COLUMNS, ROWS, VendorFixture, auth, make_vendor, wait_for_snapshot
 
 # Usage is written behind the deliveries of the setup, on its own schedule: not compared.
-METERED = frozenset({"usage_daily", "quota_grants"})
+METERED = frozenset({"usage_daily", "quota_grants", "quota_leases"})
 # Values that differ from one request to the next by design; everything else must be identical.
 PER_REQUEST_HEADERS = frozenset({"x-request-id", "audit-event", "date"})
 READ_METHODS = frozenset({"GET", "HEAD"})
