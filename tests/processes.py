@@ -29,7 +29,8 @@ def free_port() -> int:
 class GatewayProcess:
     """`gateway serve` in a child process, on its own port, against a given database."""
 
-    def __init__(self, dsn: str, home: Path, name: str, **settings: str) -> None:
+    def __init__(self, dsn: str, home: Path, name: str, *, wrapper: tuple[str, ...] = (), **settings: str) -> None:
+        """`wrapper` runs the process under another command, e.g. ("faketime", "-f", "+31d")."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home / f"{name}.log"
@@ -37,7 +38,7 @@ class GatewayProcess:
         env.update(GATEWAY_DATABASE_URL=dsn, GATEWAY_MASTER_KEY=TEST_MASTER_KEY, GATEWAY_HOME=str(home),
                    GATEWAY_PORT=str(self.port), GATEWAY_INSTANCE=name, GATEWAY_LOG_LEVEL="WARNING", **settings)
         with self.log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+            self.process = subprocess.Popen([*wrapper, sys.executable, "-m", "gateway.cli", "serve"], env=env,
                                             stdout=out, stderr=subprocess.STDOUT)
 
     async def ready(self, timeout: float = 30.0) -> None:
