@@ -377,19 +377,13 @@ class Deliveries:
         """What a running stream asks of the snapshot as it goes: None while its credential, member and
         licence still allow exactly what it delivers, else the reason it must stop."""
         partitions, columns = frozenset(partitions), frozenset(columns)
+        credential_allows = self._credential_allows(credential_id)
 
         def refusal() -> str | None:
-            snapshot = self.snapshot
-            if self.stopping:
-                return "the gateway is shutting down"
-            if not snapshot.ready:
-                return None  # reloading in full: decided at the next look, within a second
-            now = times.now()
-            credential = _member_credential(snapshot, credential_id)
-            if credential is None or credential.revoked_at is not None:
-                return "the key was revoked during the delivery"
-            if credential.expires_at is not None and now >= credential.expires_at:
-                return "the key expired during the delivery"
+            reason = credential_allows()
+            if reason is not None or not self.snapshot.ready:
+                return reason
+            snapshot, now = self.snapshot, times.now()
             licence = snapshot.licences.get(licence_id)
             if licence is None:
                 return "the licence was withdrawn during the delivery"
@@ -401,6 +395,38 @@ class Deliveries:
             return None
 
         return refusal
+
+    def _credential_allows(self, credential_id: uuid.UUID) -> Callable[[], str | None]:
+        """The part of a running stream's check that every stream makes: the gateway is not stopping and
+        the credential is neither revoked nor expired."""
+
+        def refusal() -> str | None:
+            snapshot = self.snapshot
+            if self.stopping:
+                return "the gateway is shutting down"
+            if not snapshot.ready:
+                return None  # reloading in full: decided at the next look, within a second
+            credential = _member_credential(snapshot, credential_id)
+            if credential is None or credential.revoked_at is not None:
+                return "the key was revoked during the delivery"
+            if credential.expires_at is not None and times.now() >= credential.expires_at:
+                return "the key expired during the delivery"
+            return None
+
+        return refusal
+
+    def bundle(self, caller: Principal, path: Path) -> Stream:
+        """An evidence bundle built on disk, streamed to a compliance officer or vendor admin while their
+        key stays valid; the stream-end event records how much of it left and its digest."""
+
+        async def produce(write: Write, stopped: Callable[[], bool]) -> None:
+            handle = await asyncio.to_thread(open, path, "rb")
+            with handle:
+                while not stopped() and (chunk := await asyncio.to_thread(handle.read, FILE_CHUNK_BYTES)):
+                    await write(chunk, 0)
+
+        return Stream(self, None, EventKind.AUDIT_EXPORT_STREAM_END, produce, Tally(),
+                      self._credential_allows(caller.credential.id), length=path.stat().st_size)
 
     def file(self, licence_id: uuid.UUID, path: Path, start: int, end: int, charge: int,
              uncharge: Callable[[], None], still_allowed: Callable[[], str | None]) -> Stream:
@@ -444,7 +470,8 @@ class Transport(Protocol):
 class Stream:
     """One streamed delivery, from the authorisation event before its first byte to its stream-end event.
 
-    It reserves `reserved` of the licence's usage while it runs. With `hard` (an export under a hard
+    It reserves `reserved` of the licence's usage while it runs (a stream with no licence, an evidence
+    bundle, meters nothing). With `hard` (an export under a hard
     quota) it leases more as it goes, a chunk's worth at a time (the lease rounds up to a share), and
     stops at the record boundary where the quota is reached, saying so. With `charge` (a file) those
     records are billed when any byte left, and `complete` means all `length` bytes did.
@@ -459,7 +486,7 @@ class Stream:
     unmetered, and before each new lease, a progress event commits what was sent so far.
     """
 
-    def __init__(self, service: Deliveries, licence_id: uuid.UUID, end_kind: EventKind,
+    def __init__(self, service: Deliveries, licence_id: uuid.UUID | None, end_kind: EventKind,
                  produce: Callable[[Write, Callable[[], bool]], Awaitable[None]], reserved: Tally,
                  still_allowed: Callable[[], str | None], *, hard: Licence | None = None,
                  charge: int | None = None, length: int | None = None,
@@ -467,7 +494,7 @@ class Stream:
         self.service, self.licence_id, self.end_kind, self.produce = service, licence_id, end_kind, produce
         self.reserved, self.still_allowed, self.hard = Tally(reserved.records, reserved.bytes), still_allowed, hard
         self.charge, self.length, self.uncharge = charge, length, uncharge
-        self.progress_kind = _PROGRESS_KINDS[end_kind]
+        self.progress_kind = _PROGRESS_KINDS.get(end_kind)
 
     def delivered(self, sent: Tally) -> int:
         """The records a stream that handed over `sent` has delivered (a file: its charge, once a byte left)."""
@@ -476,13 +503,13 @@ class Stream:
         return self.charge if sent.bytes else 0
 
     async def run(self, authorisation: AuditEvent, transport: Transport) -> None:
-        book, writer, reserved = self.service.usage, self.service.writer, self.reserved
+        writer, reserved = self.service.writer, self.reserved
         # Reserve before the first await: concurrent deliveries of this licence see it.
-        book.count(self.licence_id, reserved.records, reserved.bytes)
+        self._count(reserved.records, reserved.bytes)
         try:
             await writer.commit(authorisation)
         except BaseException:
-            book.count(self.licence_id, -reserved.records, -reserved.bytes)
+            self._count(-reserved.records, -reserved.bytes)
             if self.uncharge is not None:
                 self.uncharge()
             raise
@@ -497,8 +524,8 @@ class Stream:
         async def record_progress() -> None:
             """Commit what was sent so far: a process killed after this leaves it metered."""
             records = self.delivered(sent)
-            if (records, sent.bytes) == (metered.records, metered.bytes):
-                return
+            if self.progress_kind is None or (records, sent.bytes) == (metered.records, metered.bytes):
+                return  # nothing metered (an evidence bundle), or nothing new
             await writer.commit(self._event(authorisation, self.progress_kind, records, sent.bytes,
                                             digest.copy().hexdigest(), False, None, metered))
             metered.records, metered.bytes = records, sent.bytes
@@ -555,6 +582,10 @@ class Stream:
                 stopped_because = "the licence's monthly quota was reached"
             await self._finish(authorisation, transport, sent, digest.hexdigest(), stopped_because, cut, metered)
 
+    def _count(self, records: int, byte_count: int) -> None:
+        if self.licence_id is not None:
+            self.service.usage.count(self.licence_id, records, byte_count)
+
     def _limits(self) -> tuple[int | None, int | None]:
         """How far the stream may go under its hard quotas: what it has reserved of the lease."""
         assert self.hard is not None
@@ -574,13 +605,13 @@ class Stream:
             return
         await record_progress()  # what was sent is metered before more is leased
         book = self.service.usage
-        room = book.room(self.licence_id)
+        room = book.room(self.hard.id)
         if room.records < need.records or room.bytes < need.bytes:
             await book.lease(self.service.pool, self.hard, need.records, need.bytes)
-            room = book.room(self.licence_id)
+            room = book.room(self.hard.id)
         # Synchronous from here: the reservation is taken before another delivery can see the room.
         take = Tally(min(need.records, max(room.records, 0)), min(need.bytes, max(room.bytes, 0)))
-        book.count(self.licence_id, take.records, take.bytes)
+        book.count(self.hard.id, take.records, take.bytes)
         self.reserved.records += take.records
         self.reserved.bytes += take.bytes
 
@@ -598,7 +629,7 @@ class Stream:
         if gone and stopped_because is None:
             stopped_because = "the client disconnected"
         delivered = self.delivered(sent)
-        complete = stopped_because is None and (self.charge is None or sent.bytes == self.length)
+        complete = stopped_because is None and (self.length is None or sent.bytes == self.length)
         try:
             if complete:
                 await transport.end()
@@ -606,14 +637,14 @@ class Stream:
             book = self.service.usage
             if self.charge and not sent.bytes and self.uncharge is not None:
                 self.uncharge()
-            book.count(self.licence_id, delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
+            self._count(delivered - self.reserved.records, sent.bytes - self.reserved.bytes)
             self.service.writer.submit(self._event(authorisation, self.end_kind, delivered, sent.bytes, sha256,
                                                    complete, stopped_because, metered,
                                                    **({"quota_cut": True} if quota_cut else {})))
             if self.hard is not None:
                 # Return what this instance leased for the export and did not use (a share at most).
                 try:
-                    await book.give_back(self.service.pool, [self.licence_id])
+                    await book.give_back(self.service.pool, [self.hard.id])
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # returned when idle, or when the log ends
 

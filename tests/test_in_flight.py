@@ -10,6 +10,7 @@ of each; the figures are printed (p50 and max from the change's commit to the st
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,9 +21,10 @@ import httpx
 import orjson
 import pytest
 
+from gateway.audit.events import AuditEvent, EventKind, Outcome
 from gateway.runtime import Runtime
 from tests.conftest import client_for, open_runtime
-from tests.factories import Licensed, auth, licensed_member, wait_for_snapshot
+from tests.factories import Licensed, auth, licensed_member, make_vendor, wait_for_snapshot
 from tests.processes import GatewayProcess
 
 TRIES = 10
@@ -160,3 +162,43 @@ async def test_a_revoked_keys_and_a_suspended_licences_streams_stop_within_a_sec
         assert end["delivery"]["complete"] is False  # type: ignore[index]
         assert "suspended" in str(end["reason"]) and "during the delivery" in str(end["reason"])
     assert max(revoked) < STOP_LIMIT_SECONDS and max(suspended) < STOP_LIMIT_SECONDS
+
+
+@pytest.mark.slow
+async def test_a_revoked_compliance_keys_bundle_download_stops_and_is_recorded_as_cut(
+        first: Runtime, second: GatewayProcess) -> None:
+    async with client_for(first) as local:
+        vendor = await make_vendor(first, local)
+        officer = await vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance", "label": "officer"})
+        # Evidence enough to outlast the socket buffers between the second gateway and a slow client:
+        # about 20 MB of bundle, incompressible.
+        for _ in range(20):
+            await asyncio.gather(*(first.writer.commit(AuditEvent(
+                EventKind.ADMIN_READ, Outcome.ALLOW, vendor_id=vendor.id, detail={"noise": os.urandom(250).hex()}))
+                for _ in range(2_000)))
+        received, broke_off, length = 0, False, 0
+        async with httpx.AsyncClient(base_url=second.url, timeout=60) as http:
+            while (await http.get("/v1/audit/checkpoint", headers=auth(officer["api_key"]))).status_code != 200:
+                await asyncio.sleep(0.01)
+            try:
+                async with http.stream("GET", "/v1/audit/export", headers=auth(officer["api_key"]),
+                                       params={"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}) as bundle:
+                    assert bundle.status_code == 200, await bundle.aread()
+                    length = int(bundle.headers["content-length"])
+                    async for chunk in bundle.aiter_raw(65_536):
+                        if not received:
+                            await vendor.ok("POST", f"/v1/admin/keys/{officer['id']}/revoke")
+                        received += len(chunk)
+                        await asyncio.sleep(0.02)
+            except httpx.RemoteProtocolError:
+                broke_off = True
+    assert broke_off and received < length, f"the whole bundle ({length} bytes) left after the revocation"
+    deadline = asyncio.get_running_loop().time() + 10
+    while (entry := await first.pool.fetchval(
+            "SELECT entry FROM audit_events WHERE kind = 'compliance:audit-export:stream-end' "
+            "AND credential_id = $1", uuid.UUID(officer["id"]))) is None:
+        assert asyncio.get_running_loop().time() < deadline, "the stream-end event never came"
+        await asyncio.sleep(0.05)
+    end = orjson.loads(entry)
+    assert end["delivery"]["complete"] is False and end["reason"] == "the key was revoked during the delivery"
+    assert received <= end["delivery"]["bytes"] < length

@@ -55,6 +55,7 @@ class EventKind(enum.StrEnum):
     # Reads by vendor admins and compliance officers.
     ADMIN_READ = "vendor:admin:read"
     AUDIT_READ = "compliance:audit:read"
+    AUDIT_EXPORT_STREAM_END = "compliance:audit-export:stream-end"
     # Anything else that reached the gateway (unknown paths, methods): still evidence of access.
     REQUEST_OTHER = "request:other:reject"
     # OAuth 2.0 client credentials and the keyring (issue 5).

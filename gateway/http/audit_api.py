@@ -7,25 +7,30 @@ the public keys that verify it.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import times
 from gateway.audit import checkpoints, evidence
-from gateway.audit.events import EventKind, Outcome
+from gateway.audit.events import EventKind
 from gateway.errors import BadRequest
 from gateway.http.context import context
-from gateway.http.endpoints import NO_STORE, json_response, path_id, principal, runtime_of, vendor_of
+from gateway.http.endpoints import (
+    NO_STORE,
+    StreamingDelivery,
+    json_response,
+    path_id,
+    principal,
+    runtime_of,
+    vendor_of,
+)
 
 MEMBER = ("member", "sharing")
 ANY_CALLER = ("member", "sharing", "vendor", "compliance")
@@ -75,33 +80,26 @@ async def export(request: Request) -> Response:
     query = request.query_params
     start, end = _moment(query.get("from"), "from"), _moment(query.get("to"), "to")
     member_id, dataset_id = _optional_id(query.get("member"), "member"), _optional_id(query.get("dataset"), "dataset")
+    runtime = runtime_of(request)
     folder = Path(tempfile.mkdtemp(prefix="lpd-export-"))
     try:
-        result, digest = await evidence.export_apart(runtime_of(request).dsn, vendor_of(caller), start, end, member_id,
+        result, digest = await evidence.export_apart(runtime.dsn, vendor_of(caller), start, end, member_id,
                                                      dataset_id, path=folder / "bundle.zip")
-        ctx = context(request.scope)
-        # The event names exactly what is handed out: the bundle's digest and what it covers. It is
-        # committed before the first byte, as for any streamed delivery; the bundle then streams from
-        # disk, never whole in memory.
-        ctx.facts.detail = {**result.to_json(), "path": None, "bundle_sha256": digest}
-        await runtime_of(request).writer.commit(ctx.event(Outcome.ALLOW, 200))
-        ctx.audited = True
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    path = folder / "bundle.zip"
+    # The event names exactly what is handed out: the bundle's digest and what it covers. As for any
+    # streamed delivery it is committed before the first byte, the key is checked while the bundle
+    # streams from disk (never whole in memory), and the stream-end event says how much of it left.
     # Not a FileResponse: it would answer Range requests with parts of a bundle that is built anew for
     # every request, while the event records the whole of this one.
-    return StreamingResponse(_chunks(path), media_type="application/zip", headers={
-        **NO_STORE, "content-length": str(path.stat().st_size),
+    ctx = context(request.scope)
+    ctx.facts.detail = {**result.to_json(), "path": None, "bundle_sha256": digest}
+    path = folder / "bundle.zip"
+    return StreamingDelivery(ctx, runtime.deliveries.bundle(caller, path), 200, {
+        **NO_STORE, "content-type": "application/zip", "content-length": str(path.stat().st_size),
         "content-disposition": f'attachment; filename="audit-{start:%Y%m%d}-{end:%Y%m%d}.zip"'},
-        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))  # also when the client left
-
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, 1 << 20):
-            yield chunk
+        cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))  # also when the client left
 
 
 routes = [

@@ -69,8 +69,9 @@ class StreamingDelivery(Response):
     """A `delivery.Stream` as an HTTP response: the status line leaves once the authorisation event is
     committed, the body as the stream produces it; the client's disconnect stops the stream."""
 
-    def __init__(self, ctx: RequestContext, stream: Stream, status: int, headers: dict[str, str]) -> None:
-        self.ctx, self.stream, self.status_code = ctx, stream, status
+    def __init__(self, ctx: RequestContext, stream: Stream, status: int, headers: dict[str, str], *,
+                 cleanup: Callable[[], None] | None = None) -> None:
+        self.ctx, self.stream, self.status_code, self.cleanup = ctx, stream, status, cleanup
         self.raw_headers = encode_headers(headers)
         self.background = None
 
@@ -87,6 +88,8 @@ class StreamingDelivery(Response):
             await self.stream.run(self.ctx.event(Outcome.ALLOW, self.status_code), transport)
         finally:
             watcher.cancel()
+            if self.cleanup is not None:
+                self.cleanup()
 
 
 class _AsgiTransport:
