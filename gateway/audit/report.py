@@ -18,9 +18,12 @@ from typing import Any
 
 GENERATOR = "lpd-gateway report/1"
 # A delivery is authorised by one event (a page carries its records) and a stream's records come with
-# its end event; Delta Sharing file downloads follow the same pattern.
+# its progress and end events, each repeating the stream's totals so far (audit-format.md §2.1.1: a
+# stream's delivery is its last event's); Delta Sharing file downloads follow the same pattern.
 DELIVERY_REQUESTS = frozenset({"member:records:deliver", "member:sharing-file:deliver"})
-DELIVERIES = DELIVERY_REQUESTS | {"member:records:stream-end", "member:sharing-file:stream-end"}
+STREAM_EVENTS = frozenset({"member:records:stream-end", "member:sharing-file:stream-end",
+                           "member:records:stream-progress", "member:sharing-file:stream-progress"})
+DELIVERIES = DELIVERY_REQUESTS | STREAM_EVENTS
 LICENCE_KINDS = {"vendor:licence:grant": "grant", "vendor:licence:amend": "amend",
                  "vendor:licence:suspend": "suspend", "vendor:licence:resume": "resume",
                  "vendor:licence:revoke": "revoke"}
@@ -60,6 +63,8 @@ class Summary:
     denials_by_reason: Counter[str] = field(default_factory=Counter)
     members: dict[str, MemberRow] = field(default_factory=dict)
     datasets: dict[str, DatasetRow] = field(default_factory=dict)
+    # What the streams still running in the events so far have counted: (records, bytes) by authorising event.
+    streams: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, event: dict[str, Any]) -> None:
         at = event.get("at")
@@ -101,6 +106,13 @@ class Summary:
         records, size = delivery.get("records"), delivery.get("bytes")
         records = records if type(records) is int else 0
         size = size if type(size) is int else 0
+        if kind in STREAM_EVENTS:
+            detail = event.get("detail")
+            stream = str(detail.get("authorised_by")) if type(detail) is dict else ""
+            counted = self.streams.pop(stream, (0, 0))
+            if kind.endswith(":stream-progress"):
+                self.streams[stream] = (records, size)
+            records, size = records - counted[0], size - counted[1]
         self.records += records
         self.bytes += size
         if member is not None:

@@ -458,3 +458,19 @@ async def test_a_checkpoint_signed_with_a_rotated_out_key_is_caught(dsn: str, tm
 
     verdict = verify_bundle(tampered(Case(dsn, path, files, None), tmp_path, forge))  # type: ignore[arg-type]
     assert verdict.code == "key-validity", verdict.line()
+
+
+def test_the_report_counts_a_stream_once_as_its_last_event_says() -> None:
+    def event(kind: str, records: int, size: int, stream: str) -> dict[str, object]:
+        return {"at": "2026-06-01T00:00:00.000000Z", "kind": kind, "outcome": "allow", "member_id": "m",
+                "delivery": {"records": records, "bytes": size}, "detail": {"authorised_by": stream}}
+
+    summary = report.Summary("2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z")
+    # A stream that progressed twice and ended, and one whose process died after one progress event.
+    for kind, records, size, stream in [("member:records:stream-progress", 20_000, 4_000_000, "a"),
+                                        ("member:records:stream-progress", 40_000, 8_000_000, "a"),
+                                        ("member:records:stream-progress", 20_000, 4_100_000, "b"),
+                                        ("member:records:stream-end", 45_000, 9_000_000, "a")]:
+        summary.add(event(kind, records, size, stream))
+    assert (summary.records, summary.bytes) == (65_000, 13_100_000)
+    assert summary.members["m"].records == 65_000
