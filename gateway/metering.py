@@ -117,20 +117,25 @@ class UsageBook:
             self.elsewhere[licence.id] = Tally(held[0] - (tally.records - gives[0]), held[1] - (tally.bytes - gives[1]))
 
     async def give_back(self, pool: asyncpg.Pool, licence_ids: list[uuid.UUID] | None = None) -> None:
-        """Return unused leases to the month's grant, so that other instances can use them."""
+        """Return unused leases to the month's grant, so that other instances can use them.
+
+        The room leaves this instance's book before the first await: a delivery deciding meanwhile
+        cannot reserve what is on its way back. If the database does not take it, it stays leased
+        there (and idle) until the log ends: too little delivered, never too much."""
+        month = self.month
         returns = [(licence_id, max(room.records, 0), max(room.bytes, 0))
                    for licence_id in (licence_ids if licence_ids is not None else list(self.leased))
                    if (room := self.room(licence_id)).records > 0 or room.bytes > 0]
         if not returns:
             return
+        for licence_id, records, byte_count in returns:
+            self.leased[licence_id].records -= records
+            self.leased[licence_id].bytes -= byte_count
         async with pool.acquire() as conn:
             await conn.executemany(
                 "UPDATE quota_leases SET records_leased = greatest(records_leased - $4, 0), "
                 "bytes_leased = greatest(bytes_leased - $5, 0) WHERE licence_id = $1 AND month = $2 AND log_id = $3",
-                [(licence_id, self.month, self.log_id, records, byte_count) for licence_id, records, byte_count in returns])
-        for licence_id, records, byte_count in returns:
-            self.leased[licence_id].records -= records
-            self.leased[licence_id].bytes -= byte_count
+                [(licence_id, month, self.log_id, records, byte_count) for licence_id, records, byte_count in returns])
 
     def used(self, licence_id: uuid.UUID) -> Tally:
         own = self.mine.get(licence_id, Tally())

@@ -14,8 +14,10 @@ ALTER TABLE audit_logs
     ADD COLUMN ended_by   text,                                -- the log of the process that ended it
     ADD COLUMN final_size bigint;                              -- tree size of the final checkpoint, once signed
 
--- Logs whose end a survivor still has to finish (sign the final checkpoint): found without a scan.
-CREATE INDEX audit_logs_unfinished ON audit_logs (log_id) WHERE final_size IS NULL;
+-- The logs a survivor looks at every second: those still open, and those whose end it still has to
+-- finish (sign the final checkpoint). Found without a scan of every log there ever was.
+CREATE INDEX audit_logs_open ON audit_logs (seen_at) WHERE ended_at IS NULL;
+CREATE INDEX audit_logs_unfinished ON audit_logs (log_id) WHERE final_size IS NULL AND ended_at IS NOT NULL;
 
 -- The hard quota one process holds for a licence and JST month (database clock). The sum over the
 -- processes never exceeds the licence's quota; leases are taken under the row lock of quota_grants.
