@@ -20,13 +20,19 @@ class RequestInfo:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """`kind` is a credential kind (operator, vendor, compliance, member, sharing) or "cli"."""
+    """`kind` is a credential kind (operator, vendor, compliance, member, sharing) or "cli".
+
+    `credential_label` is the acting key's label, for the admin API: a vendor may hold several admin keys,
+    and its events say which one acted by its name as well as its id (detail.actor_label,
+    schemas/audit-format.md §2.1.2). None elsewhere: member deliveries do not carry it.
+    """
 
     kind: str
     vendor_id: UUID | None = None
     member_id: UUID | None = None
     credential_id: UUID | None = None
     request: RequestInfo | None = None
+    credential_label: str | None = None
 
     def event(self, kind: EventKind, outcome: Outcome, facts: EventFacts | None = None, **fields: Any) -> AuditEvent:
         """The audit event of what this actor did: the one place an event is built (API, CLI, streams)."""
@@ -39,6 +45,8 @@ class Actor:
         event = AuditEvent(kind, outcome, **(known | fields if fields else known))
         if facts is not None:
             facts.fill(event)
+        if self.credential_label is not None:
+            event.detail = {**(event.detail or {}), "actor_label": self.credential_label}
         return event
 
 

@@ -17,6 +17,8 @@ import asyncio
 import csv
 import math
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -49,7 +51,7 @@ from gateway import config as config_module
 from gateway.actors import cli_actor
 from gateway.audit.events import EventKind, Outcome
 from gateway.cli_audit import moment_arg, path_arg, read_file, read_text
-from gateway.errors import GatewayError, InvalidInput
+from gateway.errors import Conflict, GatewayError, InvalidInput
 from gateway.runtime import Runtime
 from keys.apikeys import KeyKind
 
@@ -97,7 +99,12 @@ class Progress:
 async def cmd_vendor_create(runtime: Runtime, args: argparse.Namespace) -> Any:
     if not 1 <= len(args.name) <= 200:  # the vendors table's CHECK; vendors.create does not translate it
         raise InvalidInput("name must be 1 to 200 characters", field="name")
-    vendor = await vendors.create(runtime.writer, cli_actor(), args.name)
+    credentials.check_label(KeyKind.VENDOR, args.label)  # before the vendor exists: no vendor without its key
+    try:
+        vendor = await vendors.create(runtime.writer, cli_actor(), args.name)
+    except Conflict as exc:  # the vendor is there already: perhaps its admin key was lost, which has a way out
+        raise Conflict(f"{exc.detail}; to give it another admin key: gateway key issue --vendor {shlex.quote(args.name)} "
+                       "--kind vendor --label NAME (then revoke a lost one with 'gateway key revoke')") from None
     _, key = await credentials.issue(runtime.writer, cli_actor(vendor.id), runtime.hasher(), KeyKind.VENDOR,
                                      vendor.id, label=args.label)
     return {"vendor_id": str(vendor.id), "name": vendor.name, "vendor_admin_key": key,
@@ -253,10 +260,9 @@ async def cmd_licence_list(runtime: Runtime, args: argparse.Namespace) -> Any:
 
 async def cmd_key_issue(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
-    kind = KeyKind(args.kind)
     member_id = (await members.find(runtime.pool, vendor.id, args.member)).id if args.member else None
-    if (kind == KeyKind.MEMBER) != (member_id is not None):  # the API's rule, in the options' names
-        raise InvalidInput("member keys need --member; compliance keys take none", field="member_id")
+    # The API's rule, in the options' names.
+    kind = credentials.issuable(args.kind, member_id is not None, args.label, member_field="--member")
     credential, token = await credentials.issue(
         runtime.writer, cli_actor(vendor.id), runtime.hasher(), kind, vendor.id, member_id, label=args.label,
         expires_at=args.expires_at,
@@ -273,6 +279,13 @@ async def cmd_key_list(runtime: Runtime, args: argparse.Namespace) -> Any:
 async def cmd_key_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
     return (await credentials.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, _uuid(args.key))).to_json()
+
+
+async def cmd_key_rotate(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    old, new, token = await credentials.rotate(runtime.writer, cli_actor(vendor.id), runtime.hasher(), vendor.id,
+                                               _uuid(args.key), args.overlap)
+    return {**new.to_json(), "api_key": token, "replaces": old.to_json()}
 
 
 async def cmd_oauth_client_create(runtime: Runtime, args: argparse.Namespace) -> Any:
@@ -455,6 +468,18 @@ def _overlap(text: str) -> float:
     return value
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """An argparse type: whole seconds, written 90, 90s, 30m, 1h or 2d. Whether the value is allowed is the
+    domain's to say: a negative one parses, and is refused in the API's words (status 1, not 2)."""
+    found = re.fullmatch(r"(-?[0-9]{1,9})([smhd]?)", text.strip())  # [0-9], not \d: no other scripts' digits
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 1h or 2d")
+    return int(found[1]) * _DURATION_UNITS[found[2]]
+
+
 def _subcommands(parser: argparse.ArgumentParser, name: str, help_text: str) -> Any:
     """A group of commands (`gateway vendor ...`); its --help lists its commands' examples (see build_parser)."""
     group = parser.add_parser(name, help=help_text, description=help_text,
@@ -545,10 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
              "gateway demo").set_defaults(makes_gateway=True)
 
     vendor = _subcommands(sub, "vendor", "operator: vendors")
-    p = _command(vendor, "create", cmd_vendor_create, "create a vendor and print its first admin key",
-                 'gateway vendor create "Example Mobile"')
+    p = _command(vendor, "create", cmd_vendor_create, "create a vendor and print its first admin key "
+                 "(more with 'gateway key issue --kind vendor')", 'gateway vendor create "Example Mobile"')
     p.add_argument("name")
-    p.add_argument("--label", default="vendor admin")
+    p.add_argument("--label", default="vendor admin", help="the first admin key's label (default: vendor admin)")
 
     dataset = _subcommands(sub, "dataset", "datasets and versions")
     p = _command(dataset, "create", cmd_dataset_create, "declare a dataset",
@@ -608,24 +633,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(licence, "list", cmd_licence_list, "list licences", "gateway licence list --vendor 'Example Mobile'")
     _vendor_arg(p)
 
-    key = _subcommands(sub, "key", "API keys")
-    p = _command(key, "issue", cmd_key_issue, "issue a member or compliance key (shown once)",
+    key = _subcommands(sub, "key", "API keys: member, compliance and vendor admin keys")
+    p = _command(key, "issue", cmd_key_issue, "issue a member, compliance or vendor admin key (shown once)",
                  "gateway key issue --vendor 'Example Mobile' --kind member --member 'Shibuya Analytics' "
-                 "--allowed-networks 203.0.113.0/24")
+                 "--allowed-networks 203.0.113.0/24\n"
+                 "  gateway key issue --vendor 'Example Mobile' --kind vendor --label 'ci deploy'")
     _vendor_arg(p)
-    p.add_argument("--kind", choices=("member", "compliance"), required=True)
-    p.add_argument("--member")
-    p.add_argument("--label", default="")
+    p.add_argument("--kind", choices=("member", "compliance", "vendor"), required=True)
+    p.add_argument("--member", help="member keys: the member's name or id")
+    p.add_argument("--label", default="", help="what the key is for; vendor admin keys need one")
     p.add_argument("--expires-at", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
     p.add_argument("--allowed-networks", help="comma-separated CIDR blocks")
     p.add_argument("--client-cert-sha256", help="SHA-256 fingerprint of the client certificate the key is bound to "
                                                 "(sent by a trusted proxy as X-Client-Cert-SHA256)")
-    p = _command(key, "list", cmd_key_list, "list keys (never their secrets)", "gateway key list --vendor 'Example Mobile'")
+    p = _command(key, "list", cmd_key_list, "list keys, vendor admin keys included (never their secrets)",
+                 "gateway key list --vendor 'Example Mobile'")
     _vendor_arg(p)
     p = _command(key, "revoke", cmd_key_revoke, "revoke a key on every instance within a second",
                  "gateway key revoke --vendor 'Example Mobile' KEY_ID")
     _vendor_arg(p)
     p.add_argument("key", help="the key's id (from 'gateway key list')")
+    p = _command(key, "rotate", cmd_key_rotate, "issue a key in place of another (same label and policy, shown "
+                 "once); the old one keeps working for the overlap", "gateway key rotate --vendor 'Example Mobile' "
+                 "KEY_ID --overlap 1h")
+    _vendor_arg(p)
+    p.add_argument("key", help="the key's id (from 'gateway key list')")
+    p.add_argument("--overlap", type=_duration, default=credentials.DEFAULT_OVERLAP_SECONDS,
+                   help="how long the old key keeps working: 90s, 30m, 1h (the default), 2d, up to 30d; "
+                        "0 stops it at once")
 
     client = _subcommands(sub, "oauth-client", "OAuth clients of members (client credentials)")
     p = _command(client, "create", cmd_oauth_client_create, "create an OAuth client for a member (secret shown once)",

@@ -3,6 +3,10 @@
 A key is shown once, at issue; the database keeps only its keyed hash (keys/hashing.py). Each key may
 carry a policy — expiry, allowed client networks (the statute's "specific terminals") and a client
 certificate fingerprint — that `check()` applies on every request from the in-memory snapshot.
+
+A vendor may hold several named admin keys: its admins (and the operator, from the CLI) issue, list,
+revoke and rotate them like any other key. Rotation issues a key with the same label and policy and
+lets the old one work for an overlap, so that its holders switch without an outage.
 """
 
 from __future__ import annotations
@@ -10,13 +14,13 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from gateway.actors import Actor
-from gateway.audit.events import EventKind, Outcome
+from gateway.audit.events import EventKind, Outcome, utc_text
 from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound
 from keys import apikeys
@@ -26,8 +30,16 @@ from keys.hashing import KeyHasher
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Kinds a vendor admin may issue over the API or the CLI; vendor admin keys come from the operator.
-VENDOR_ISSUABLE = frozenset({KeyKind.MEMBER, KeyKind.COMPLIANCE})
+# Kinds a vendor admin (or the operator) may issue and rotate over the API or the CLI. Sharing keys are
+# their member's (GET /v1/delta-sharing/profile); operator keys are no vendor's.
+VENDOR_ISSUABLE = frozenset({KeyKind.MEMBER, KeyKind.COMPLIANCE, KeyKind.VENDOR})
+LABEL_MAX = 200
+# How long a rotated-out key keeps working by default: time to redeploy its holders with the new one.
+DEFAULT_OVERLAP_SECONDS = 3600
+MAX_OVERLAP_SECONDS = 30 * 86400  # a rotated-out key is on its way out; to keep a key longer, do not rotate it
+LAST_ADMIN_KEY = ("this is the vendor's last usable admin key, and the one making this request: revoking it would "
+                  "lock the vendor out; issue another admin key first (POST /v1/admin/keys with kind 'vendor'), "
+                  "or rotate this one")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,42 @@ def parse_cert_fingerprint(text: str | None) -> str | None:
     return fingerprint
 
 
+def issuable(kind: str, member_given: bool, label: str, *, member_field: str = "member_id") -> KeyKind:
+    """The kind of key a vendor admin or the operator asks for, if it may be issued with these fields.
+
+    Member keys name their member, the other kinds none; vendor admin keys are named (several may exist,
+    and every admin event names the one that acted). `member_field` is how the caller spells the member
+    (the API's member_id, the CLI's --member).
+    """
+    if kind not in {k.value for k in VENDOR_ISSUABLE}:
+        raise InvalidInput("kind must be 'member', 'compliance' or 'vendor'", field="kind")
+    chosen = KeyKind(kind)
+    if (chosen == KeyKind.MEMBER) != member_given:
+        raise InvalidInput(f"member keys need {member_field}; compliance and vendor keys take none", field="member_id")
+    check_label(chosen, label)
+    return chosen
+
+
+def check_label(kind: KeyKind, label: str) -> None:
+    _check_length(label)
+    if kind == KeyKind.VENDOR and not label:
+        raise InvalidInput("vendor admin keys need a label naming who or what holds them, e.g. 'ci deploy'",
+                           field="label")
+
+
+def _check_length(label: str) -> None:
+    if len(label) > LABEL_MAX:
+        raise InvalidInput(f"label must be at most {LABEL_MAX} characters", field="label")
+
+
+def parse_overlap(seconds: int) -> timedelta:
+    """How long a rotated-out key keeps working: 0 (it stops at once) to MAX_OVERLAP_SECONDS."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= MAX_OVERLAP_SECONDS:
+        raise InvalidInput(f"overlap_seconds must be a whole number of seconds from 0 (the old key stops at once) "
+                           f"to {MAX_OVERLAP_SECONDS} (30 days)", field="overlap_seconds")
+    return timedelta(seconds=seconds)
+
+
 def parse_networks(raw: list[str]) -> list[IPNetwork]:
     try:
         return [ipaddress.ip_network(text, strict=False) for text in raw]
@@ -134,49 +182,126 @@ async def issue(writer: AuditWriter, actor: Actor, hasher: KeyHasher, kind: KeyK
         raise InvalidInput("expires_at must be a future date-time with a time zone, e.g. 2027-04-01T00:00:00+09:00",
                            field="expires_at")
     client_cert_sha256 = parse_cert_fingerprint(client_cert_sha256)
+    _check_length(label)  # not check_label: callers that need a named key (API, CLI) check with issuable()
+    async with writer.change() as change:
+        credential, token = await _insert(change.conn, hasher, kind, vendor_id, member_id, label, expires_at,
+                                          allowed_networks or [], client_cert_sha256)
+        change.record(actor.event(EventKind.KEY_ISSUE, Outcome.CHANGE, vendor_id=vendor_id, member_id=member_id,
+                                  detail=_issued_detail(credential)))
+    return credential, token
+
+
+async def _insert(conn: asyncpg.Connection, hasher: KeyHasher, kind: KeyKind, vendor_id: uuid.UUID | None,
+                  member_id: uuid.UUID | None, label: str, expires_at: datetime | None,
+                  allowed_networks: list[IPNetwork] | tuple[IPNetwork, ...],
+                  client_cert_sha256: str | None) -> tuple[Credential, str]:
+    """A new key in the caller's transaction (issue and rotate): its row, and its token, shown once."""
+    if member_id is not None:
+        status = await conn.fetchval("SELECT status FROM members WHERE id = $1 AND vendor_id = $2", member_id,
+                                     vendor_id)
+        if status is None:
+            raise NotFound("member")
+        if status != "active":
+            raise Conflict("this member's access was revoked; it cannot get new keys")
     key = apikeys.generate(kind)
     version, digest = hasher.hash(key.token)
-    credential_id = uuid.uuid4()
-    async with writer.change() as change:
-        if member_id is not None:
-            status = await change.conn.fetchval("SELECT status FROM members WHERE id = $1 AND vendor_id = $2",
-                                                member_id, vendor_id)
-            if status is None:
-                raise NotFound("member")
-            if status != "active":
-                raise Conflict("this member's access was revoked; it cannot get new keys")
-        row = await change.conn.fetchrow(
-            "INSERT INTO credentials (id, key_id, kind, vendor_id, member_id, hash_version, hash, label, "
-            "allowed_networks, client_cert_sha256, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-            "RETURNING *", credential_id, key.key_id, kind.value, vendor_id, member_id, version, digest, label,
-            allowed_networks or None, client_cert_sha256, expires_at)
-        credential = Credential.from_row(row)
-        detail = credential.to_json()
-        for name in ("id", "member_id", "created_at", "revoked_at"):
-            detail.pop(name)
-        change.record(actor.event(EventKind.KEY_ISSUE, Outcome.CHANGE, vendor_id=vendor_id, member_id=member_id,
-                                  detail={"credential_id": str(credential_id), **detail}))
-    return credential, key.token
+    row = await conn.fetchrow(
+        "INSERT INTO credentials (id, key_id, kind, vendor_id, member_id, hash_version, hash, label, "
+        "allowed_networks, client_cert_sha256, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "RETURNING *", uuid.uuid4(), key.key_id, kind.value, vendor_id, member_id, version, digest, label,
+        list(allowed_networks) or None, client_cert_sha256, expires_at)
+    return Credential.from_row(row), key.token
+
+
+def _issued_detail(credential: Credential) -> dict[str, Any]:
+    detail = credential.to_json()
+    for name in ("id", "member_id", "created_at", "revoked_at"):
+        detail.pop(name)
+    return {"credential_id": str(credential.id), **detail}
+
+
+async def _lock_admin_keys(conn: asyncpg.Connection, vendor_id: uuid.UUID) -> None:
+    """Take turns at changing a vendor's admin keys (until commit).
+
+    Without it, two admins each revoking their own key at once would each find the other's still usable,
+    and lock the vendor out together. NO KEY UPDATE: rows that merely reference the vendor (new members,
+    keys) are not held up.
+    """
+    await conn.execute("SELECT 1 FROM vendors WHERE id = $1 FOR NO KEY UPDATE", vendor_id)
 
 
 async def revoke(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, credential_id: uuid.UUID) -> Credential:
+    """Revoke any key of the vendor, admin keys included; revoking a revoked key keeps its first revocation.
+
+    One refusal: a vendor admin may not revoke the key it is using when that is the vendor's last usable
+    admin key (nobody could administer the vendor any more but the operator). The operator (CLI, no key)
+    may revoke every admin key of a vendor, and issue it a new one.
+    """
     async with writer.change() as change:
-        row = await change.conn.fetchrow(
-            "UPDATE credentials SET revoked_at = coalesce(revoked_at, now()) "
-            "WHERE id = $1 AND vendor_id = $2 AND kind <> 'vendor' RETURNING *", credential_id, vendor_id)
-        if row is None:
+        conn = change.conn
+        kind = await conn.fetchval("SELECT kind FROM credentials WHERE id = $1 AND vendor_id = $2", credential_id,
+                                   vendor_id)
+        if kind is None:
             raise NotFound("key")
+        if kind == KeyKind.VENDOR:
+            await _lock_admin_keys(conn, vendor_id)
+            if actor.credential_id == credential_id and not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM credentials WHERE vendor_id = $1 AND kind = 'vendor' AND id <> $2 "
+                    "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))", vendor_id, credential_id):
+                raise Conflict(LAST_ADMIN_KEY)
+        row = await conn.fetchrow(
+            "UPDATE credentials SET revoked_at = coalesce(revoked_at, now()) "
+            "WHERE id = $1 AND vendor_id = $2 RETURNING *", credential_id, vendor_id)
         credential = Credential.from_row(row)
         change.record(actor.event(EventKind.KEY_REVOKE, Outcome.CHANGE, vendor_id=vendor_id,
-                                  member_id=credential.member_id, detail={"credential_id": str(credential_id),
-                                                                          "key_id": credential.key_id}))
+                                  member_id=credential.member_id,
+                                  detail={"credential_id": str(credential_id), "key_id": credential.key_id,
+                                          "kind": credential.kind.value, "label": credential.label}))
     return credential
+
+
+async def rotate(writer: AuditWriter, actor: Actor, hasher: KeyHasher, vendor_id: uuid.UUID, credential_id: uuid.UUID,
+                 overlap_seconds: int = DEFAULT_OVERLAP_SECONDS) -> tuple[Credential, Credential, str]:
+    """A new key in place of an old one: the same kind, member, label and policy (networks, certificate,
+    expiry), and the old key's expiry brought forward to now + the overlap (never later than it was).
+
+    Returns (the old key, the new key, the new key's token). One transaction: the new key, the old key's
+    expiry and the event (a `vendor:key:issue` whose detail names the key it `replaces`) commit together.
+    """
+    overlap = parse_overlap(overlap_seconds)
+    async with writer.change() as change:
+        conn = change.conn
+        row = await conn.fetchrow(
+            "SELECT *, expires_at IS NOT NULL AND expires_at <= now() AS expired FROM credentials "
+            "WHERE id = $1 AND vendor_id = $2 FOR UPDATE", credential_id, vendor_id)
+        if row is None:
+            raise NotFound("key")
+        old = Credential.from_row(row)
+        if old.kind not in VENDOR_ISSUABLE:
+            raise Conflict("a sharing key is renewed by its member (GET /v1/delta-sharing/profile); revoke it instead")
+        if old.revoked_at is not None:
+            raise Conflict("this key is revoked; issue a new key instead of rotating it")
+        if row["expired"]:
+            raise Conflict("this key has expired; issue a new key instead of rotating it")
+        new, token = await _insert(conn, hasher, old.kind, vendor_id, old.member_id, old.label, old.expires_at,
+                                   old.allowed_networks, old.client_cert_sha256)
+        row = await conn.fetchrow(
+            "UPDATE credentials SET expires_at = least(coalesce(expires_at, 'infinity'), now() + $3::interval) "
+            "WHERE id = $1 AND vendor_id = $2 RETURNING *", credential_id, vendor_id, overlap)
+        old = Credential.from_row(row)
+        assert old.expires_at is not None
+        change.record(actor.event(EventKind.KEY_ISSUE, Outcome.CHANGE, vendor_id=vendor_id, member_id=old.member_id,
+                                  detail={**_issued_detail(new), "replaces": {
+                                      "credential_id": str(old.id), "key_id": old.key_id,
+                                      "expires_at": utc_text(old.expires_at)}}))
+    return old, new, token
 
 
 async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID,
                           member_id: uuid.UUID | None = None) -> list[Credential]:
+    """Every key of the vendor, its admin keys included (never the hashes: see Credential.to_json)."""
     rows = await conn.fetch(
-        "SELECT * FROM credentials WHERE vendor_id = $1 AND kind <> 'vendor' AND ($2::uuid IS NULL OR member_id = $2) "
+        "SELECT * FROM credentials WHERE vendor_id = $1 AND ($2::uuid IS NULL OR member_id = $2) "
         "ORDER BY created_at", vendor_id, member_id)
     return [Credential.from_row(row) for row in rows]
 

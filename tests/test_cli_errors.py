@@ -266,6 +266,17 @@ def test_the_mistakes_that_printed_tracebacks(gateway_env: dict[str, str], tmp_p
          "RFC 3339"),  # was MomentError
         (["key", "issue", "--vendor", VENDOR, "--kind", "member"], 1, "member keys need --member"),
         (["key", "revoke", "--vendor", VENDOR, "not-an-id"], 1, "is not an id"),
+        (["key", "issue", "--vendor", VENDOR, "--kind", "vendor"], 1, "vendor admin keys need a label"),
+        (["key", "issue", "--vendor", VENDOR, "--kind", "vendor", "--label", "x", "--member", MEMBER], 1,
+         "compliance and vendor keys take none"),
+        (["key", "rotate", "--vendor", VENDOR, "not-an-id"], 1, "is not an id"),
+        (["key", "rotate", "--vendor", VENDOR, "3f1c2a9e-0000-4000-8000-000000000000"], 1, "no such key"),
+        (["key", "rotate", "--vendor", VENDOR, "3f1c2a9e-0000-4000-8000-000000000000", "--overlap=-1h"], 1,
+         "overlap_seconds must be a whole number of seconds from 0"),
+        (["key", "rotate", "--vendor", VENDOR, "3f1c2a9e-0000-4000-8000-000000000000", "--overlap", "soon"], 2,
+         "is not a duration"),
+        (["vendor", "create", VENDOR], 1, "gateway key issue --vendor 'Errors Vendor' --kind vendor"),
+        (["vendor", "create", "Another", "--label", ""], 1, "vendor admin keys need a label"),
         (["keys", "rotate", "--purpose", "jwt", "--overlap-seconds", "nan"], 2, "seconds"),  # was ValueError
         (["keys", "rotate", "--purpose", "jwt", "--overlap-seconds", "-5"], 2, "gateway keys retire"),
         (["usage", "report", "--vendor", VENDOR, "--from", "April"], 1, "--from and --to are dates"),

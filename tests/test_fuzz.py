@@ -261,6 +261,7 @@ ADMIN_JSON_ROUTES: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {
     ("POST", "/v1/admin/oauth-clients"): (admin_api.OAUTH_CLIENT_FIELDS, lambda ids: {"member_id": ids["member"]}),
     ("POST", "/v1/admin/members/{member}/revoke"): ({}, lambda ids: {}),
     ("POST", "/v1/admin/keys/{key}/revoke"): ({}, lambda ids: {}),
+    ("POST", "/v1/admin/keys/{key}/rotate"): (admin_api.ROTATE_FIELDS, lambda ids: {"overlap_seconds": 60}),
     ("POST", "/v1/admin/oauth-clients/{client}/revoke"): ({}, lambda ids: {}),
 }
 FIELD_NAMES = sorted({name for spec, _ in ADMIN_JSON_ROUTES.values() for name in spec})

@@ -2,10 +2,14 @@
 
 A vendor admin sees and touches only its own vendor's objects: every lookup is by (vendor, id), so
 another vendor's id is answered exactly like an id that does not exist (404).
+
+Every event of these routes names the key that acted by its id and its label (detail.actor_label): a
+vendor may hold several admin keys, and the evidence says which one did what.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -14,7 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import access_tokens, credentials, datasets, licences, members, metering, oauth, oauth_clients
+from gateway.actors import Actor
 from gateway.audit.events import EventKind
+from gateway.credentials import Principal
 from gateway.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from gateway.http.context import context
 from gateway.http.endpoints import (
@@ -27,7 +33,6 @@ from gateway.http.endpoints import (
     runtime_of,
     vendor_of,
 )
-from keys.apikeys import KeyKind
 
 ADMIN = ("vendor",)
 READERS = ("vendor", "compliance")
@@ -71,6 +76,7 @@ KEY_FIELDS = {
     "allowed_networks": Field("text_list"),
     "client_cert_sha256": Field("text", nullable=True, max_length=95),  # 64 hex digits, or with colons
 }
+ROTATE_FIELDS = {"overlap_seconds": Field("integer")}
 OAUTH_CLIENT_FIELDS = {"member_id": Field("uuid", required=True), "label": Field("text", max_length=200)}
 
 
@@ -82,9 +88,30 @@ async def _body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
 async def _no_body(request: Request) -> None:
     """For routes that take no body: none, or an empty JSON object. Fields are refused, not ignored
     (no mass assignment): a client sending {"status": "active"} to a revoke must not think it set it."""
+    await _optional_body(request, {})
+
+
+async def _optional_body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
+    """For routes whose fields are all optional: no body at all is an empty object."""
     if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
-        return
-    fields(await read_json(request, runtime_of(request).config.max_body_bytes), {})
+        return {}
+    return await _body(request, spec)
+
+
+def _caller(request: Request, kind: EventKind, *roles: str) -> Principal:
+    """`principal()`, and the label of the key presented in the request's event, whatever its outcome
+    (a refusal too: it names the key that tried)."""
+    ctx = context(request.scope)
+    if ctx.principal is not None:
+        ctx.facts.note(actor_label=ctx.principal.credential.label)
+    return principal(request, kind, *roles)
+
+
+def _actor(request: Request) -> Actor:
+    """Who acts, for the events the domain commits with a change: the request's actor with its key's label."""
+    ctx = context(request.scope)
+    assert ctx.principal is not None  # _caller() came first
+    return dataclasses.replace(ctx.actor, credential_label=ctx.principal.credential.label)
 
 
 def _changed(request: Request) -> None:
@@ -95,29 +122,29 @@ def _changed(request: Request) -> None:
 # -- datasets -------------------------------------------------------------------------------------
 
 async def list_datasets(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     found = await datasets.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [d.to_json() for d in found]})
 
 
 async def create_dataset(request: Request) -> Response:
-    caller = principal(request, EventKind.DATASET_CREATE, *ADMIN)
+    caller = _caller(request, EventKind.DATASET_CREATE, *ADMIN)
     body = await _body(request, DATASET_FIELDS)
     runtime = runtime_of(request)
-    dataset = await datasets.create(runtime.writer, context(request.scope).actor, vendor_of(caller), body["name"],
+    dataset = await datasets.create(runtime.writer, _actor(request), vendor_of(caller), body["name"],
                                     body.get("description", ""), body["columns"], body["partition_column"])
     _changed(request)
     return json_response(dataset.to_json(), status=201)
 
 
 async def get_dataset(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     dataset = await datasets.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
     return json_response(dataset.to_json())
 
 
 async def publish_version(request: Request) -> Response:
-    caller = principal(request, EventKind.VERSION_PUBLISH, *ADMIN)
+    caller = _caller(request, EventKind.VERSION_PUBLISH, *ADMIN)
     runtime = runtime_of(request)
     dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -125,7 +152,7 @@ async def publish_version(request: Request) -> Response:
     if fmt is None:
         raise UnsupportedMediaType("upload records as 'Content-Type: text/csv' (with a header row) or "
                                    "'application/x-ndjson'")
-    version = await datasets.publish(runtime.writer, context(request.scope).actor, dataset, request.stream(), fmt,
+    version = await datasets.publish(runtime.writer, _actor(request), dataset, request.stream(), fmt,
                                      max_bytes=runtime.config.max_upload_bytes)
     _changed(request)
     return json_response(version.to_json(), status=201)
@@ -134,30 +161,30 @@ async def publish_version(request: Request) -> Response:
 # -- members --------------------------------------------------------------------------------------
 
 async def list_members(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     found = await members.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [m.to_json() for m in found]})
 
 
 async def create_member(request: Request) -> Response:
-    caller = principal(request, EventKind.MEMBER_CREATE, *ADMIN)
+    caller = _caller(request, EventKind.MEMBER_CREATE, *ADMIN)
     body = await _body(request, MEMBER_FIELDS)
-    member = await members.create(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    member = await members.create(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                   body["name"])
     _changed(request)
     return json_response(member.to_json(), status=201)
 
 
 async def get_member(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     member = await members.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "member", "member"))
     return json_response(member.to_json())
 
 
 async def revoke_member(request: Request) -> Response:
-    caller = principal(request, EventKind.MEMBER_REVOKE, *ADMIN)
+    caller = _caller(request, EventKind.MEMBER_REVOKE, *ADMIN)
     await _no_body(request)
-    member = await members.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    member = await members.revoke(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                   path_id(request, "member", "member"))
     _changed(request)
     return json_response(member.to_json())
@@ -166,34 +193,34 @@ async def revoke_member(request: Request) -> Response:
 # -- licences -------------------------------------------------------------------------------------
 
 async def list_licences(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     found = await licences.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [lic.to_json() for lic in found]})
 
 
 async def grant_licence(request: Request) -> Response:
-    caller = principal(request, EventKind.LICENCE_GRANT, *ADMIN)
+    caller = _caller(request, EventKind.LICENCE_GRANT, *ADMIN)
     body = await _body(request, GRANT_FIELDS)
     member_id, dataset_id, terms = body.pop("member_id"), body.pop("dataset_id"), body.pop("terms_text")
-    licence = await licences.grant(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    licence = await licences.grant(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                    member_id, dataset_id, terms, body)
     _changed(request)
     return json_response(licence.to_json(), status=201)
 
 
 async def get_licence(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     licence = await licences.get(runtime_of(request).pool, vendor_of(caller), path_id(request, "licence", "licence"))
     return json_response(licence.to_json())
 
 
 async def amend_licence(request: Request) -> Response:
-    caller = principal(request, EventKind.LICENCE_AMEND, *ADMIN)
+    caller = _caller(request, EventKind.LICENCE_AMEND, *ADMIN)
     body = await _body(request, AMEND_FIELDS)
     terms = body.pop("terms_text", None)
     if not body and terms is None:
         raise InvalidInput(f"name at least one field to change: {', '.join(AMEND_FIELDS)}")
-    licence = await licences.amend(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    licence = await licences.amend(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                    path_id(request, "licence", "licence"), body, terms)
     _changed(request)
     return json_response(licence.to_json())
@@ -201,9 +228,9 @@ async def amend_licence(request: Request) -> Response:
 
 def _status_route(action: str, kind: EventKind) -> Any:
     async def change_status(request: Request) -> Response:
-        caller = principal(request, kind, *ADMIN)
+        caller = _caller(request, kind, *ADMIN)
         body = await _body(request, STATUS_FIELDS)
-        licence = await licences.set_status(runtime_of(request).writer, context(request.scope).actor,
+        licence = await licences.set_status(runtime_of(request).writer, _actor(request),
                                             vendor_of(caller), path_id(request, "licence", "licence"), action,
                                             body.get("reason", ""))
         _changed(request)
@@ -216,24 +243,20 @@ def _status_route(action: str, kind: EventKind) -> Any:
 # -- keys -----------------------------------------------------------------------------------------
 
 async def list_keys(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *ADMIN)
+    caller = _caller(request, EventKind.ADMIN_READ, *ADMIN)
     found = await credentials.list_for_vendor(runtime_of(request).pool, vendor_of(caller))
     return json_response({"items": [c.to_json() for c in found]})
 
 
 async def issue_key(request: Request) -> Response:
-    caller = principal(request, EventKind.KEY_ISSUE, *ADMIN)
+    caller = _caller(request, EventKind.KEY_ISSUE, *ADMIN)
     body = await _body(request, KEY_FIELDS)
-    kind = body["kind"]
-    if kind not in {k.value for k in credentials.VENDOR_ISSUABLE}:
-        raise InvalidInput("kind must be 'member' or 'compliance'", field="kind")
-    member_id = body.get("member_id")
-    if (kind == KeyKind.MEMBER) != (member_id is not None):
-        raise InvalidInput("member keys need member_id; compliance keys take none", field="member_id")
+    member_id, label = body.get("member_id"), body.get("label", "")
+    kind = credentials.issuable(body["kind"], member_id is not None, label)
     runtime = runtime_of(request)
     credential, token = await credentials.issue(
-        runtime.writer, context(request.scope).actor, runtime.hasher(),
-        KeyKind(kind), vendor_of(caller), member_id, label=body.get("label", ""), expires_at=body.get("expires_at"),
+        runtime.writer, _actor(request), runtime.hasher(),
+        kind, vendor_of(caller), member_id, label=label, expires_at=body.get("expires_at"),
         allowed_networks=credentials.parse_networks(body.get("allowed_networks", [])),
         client_cert_sha256=body.get("client_cert_sha256"))
     _changed(request)
@@ -241,18 +264,30 @@ async def issue_key(request: Request) -> Response:
 
 
 async def revoke_key(request: Request) -> Response:
-    caller = principal(request, EventKind.KEY_REVOKE, *ADMIN)
+    caller = _caller(request, EventKind.KEY_REVOKE, *ADMIN)
     await _no_body(request)
-    credential = await credentials.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    credential = await credentials.revoke(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                           path_id(request, "key", "key"))
     _changed(request)
     return json_response(credential.to_json())
 
 
+async def rotate_key(request: Request) -> Response:
+    """A new key in place of the old, which keeps working for the overlap (credentials.rotate)."""
+    caller = _caller(request, EventKind.KEY_ISSUE, *ADMIN)
+    body = await _optional_body(request, ROTATE_FIELDS)
+    runtime = runtime_of(request)
+    old, new, token = await credentials.rotate(
+        runtime.writer, _actor(request), runtime.hasher(), vendor_of(caller), path_id(request, "key", "key"),
+        body.get("overlap_seconds", credentials.DEFAULT_OVERLAP_SECONDS))
+    _changed(request)
+    return json_response({**new.to_json(), "api_key": token, "replaces": old.to_json()}, status=201)
+
+
 # -- OAuth clients --------------------------------------------------------------------------------
 
 async def list_oauth_clients(request: Request) -> Response:
-    caller = principal(request, EventKind.ADMIN_READ, *ADMIN)
+    caller = _caller(request, EventKind.ADMIN_READ, *ADMIN)
     try:
         member_id = uuid.UUID(request.query_params["member"]) if "member" in request.query_params else None
     except ValueError:
@@ -262,10 +297,10 @@ async def list_oauth_clients(request: Request) -> Response:
 
 
 async def create_oauth_client(request: Request) -> Response:
-    caller = principal(request, EventKind.OAUTH_CLIENT_CREATE, *ADMIN)
+    caller = _caller(request, EventKind.OAUTH_CLIENT_CREATE, *ADMIN)
     body = await _body(request, OAUTH_CLIENT_FIELDS)
     runtime = runtime_of(request)
-    client, secret = await oauth_clients.create(runtime.writer, context(request.scope).actor, runtime.hasher(),
+    client, secret = await oauth_clients.create(runtime.writer, _actor(request), runtime.hasher(),
                                                 vendor_of(caller), body["member_id"], label=body.get("label", ""))
     _changed(request)
     return json_response({**client.to_json(), "client_secret": secret,
@@ -273,9 +308,9 @@ async def create_oauth_client(request: Request) -> Response:
 
 
 async def revoke_oauth_client(request: Request) -> Response:
-    caller = principal(request, EventKind.OAUTH_CLIENT_REVOKE, *ADMIN)
+    caller = _caller(request, EventKind.OAUTH_CLIENT_REVOKE, *ADMIN)
     await _no_body(request)
-    client = await oauth_clients.revoke(runtime_of(request).writer, context(request.scope).actor, vendor_of(caller),
+    client = await oauth_clients.revoke(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                         path_id(request, "client", "OAuth client"))
     _changed(request)
     return json_response(client.to_json())
@@ -283,7 +318,7 @@ async def revoke_oauth_client(request: Request) -> Response:
 
 async def usage_report(request: Request) -> Response:
     """Usage by member, dataset and period, for vendor admins and compliance officers."""
-    caller = principal(request, EventKind.ADMIN_READ, *READERS)
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
     query = request.query_params
     try:
         start, end = metering.parse_period(query.get("from"), query.get("to"))
@@ -319,6 +354,7 @@ routes = [
     Route("/v1/admin/keys", list_keys, methods=["GET"]),
     Route("/v1/admin/keys", issue_key, methods=["POST"]),
     Route("/v1/admin/keys/{key}/revoke", revoke_key, methods=["POST"]),
+    Route("/v1/admin/keys/{key}/rotate", rotate_key, methods=["POST"]),
     Route("/v1/admin/oauth-clients", list_oauth_clients, methods=["GET"]),
     Route("/v1/admin/oauth-clients", create_oauth_client, methods=["POST"]),
     Route("/v1/admin/oauth-clients/{client}/revoke", revoke_oauth_client, methods=["POST"]),

@@ -289,6 +289,7 @@ ADMIN_WRITES: dict[tuple[str, str], AdminWrite] = {
     ("POST", "/v1/admin/licences/{licence}/revoke"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/keys"): AdminWrite(lambda p, x: {"kind": "member", "member_id": p.member["id"]}),
     ("POST", "/v1/admin/keys/{key}/revoke"): AdminWrite(),
+    ("POST", "/v1/admin/keys/{key}/rotate"): AdminWrite(lambda p, x: {"overlap_seconds": 60}),
     ("POST", "/v1/admin/oauth-clients"): AdminWrite(lambda p, x: {"member_id": p.member["id"]}),
     ("POST", "/v1/admin/oauth-clients/{client}/revoke"): AdminWrite(),
 }
@@ -391,8 +392,9 @@ async def test_unknown_and_privileged_fields_in_admin_bodies_are_422_and_change_
             assert response.status_code == 422, (where, response.text)
             assert response.json()["field"] == name, where
             tried += 1
-    # Values that would raise a privilege are refused too: a vendor admin issues member and compliance keys only.
-    for kind in ("vendor", "operator", "sharing", "VENDOR", "compliance "):
+    # Values that would raise a privilege are refused too: a vendor admin issues member, compliance and (named,
+    # for its own vendor) vendor admin keys only; operator and sharing keys never.
+    for kind in ("operator", "sharing", "VENDOR", "compliance ", "vendor "):
         response = await a.vendor.post("/v1/admin/keys", json={"kind": kind})
         assert response.status_code == 422 and response.json()["field"] == "kind", (kind, response.text)
     assert tried >= 200
