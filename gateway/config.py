@@ -92,7 +92,12 @@ SETTINGS: tuple[Setting, ...] = (
             str),
     Setting("GATEWAY_PUBLIC_URL", "", "Base URL members use (links, demo.json); empty means http://HOST:PORT.", str),
     Setting("GATEWAY_INSTANCE", "", "Name of this instance in audit logs; empty means hostname.", str),
-    Setting("GATEWAY_POOL_SIZE", "8", "PostgreSQL connections per instance.", _positive_int),
+    Setting("GATEWAY_POOL_SIZE", "8",
+            "PostgreSQL connections per instance for requests (the audit writer has 2 of its own besides).",
+            _positive_int),
+    Setting("GATEWAY_STATEMENT_TIMEOUT_SECONDS", "60",
+            "Longest any one PostgreSQL statement may run (a publish's COPY, an evidence export); "
+            "record reads a client waits for give up sooner, at the audit deadline.", _positive_float),
     Setting("GATEWAY_PAGE_CACHE_BYTES", str(64 << 20),
             "Memory for rendered record pages asked for again (0 turns the cache off).", _non_negative_int),
     Setting("GATEWAY_MAX_BODY_BYTES", str(1 << 20), "Largest JSON request body accepted (413 beyond).",
@@ -130,6 +135,7 @@ class Config:
     public_url: str
     instance: str
     pool_size: int
+    statement_timeout_seconds: float
     page_cache_bytes: int
     max_body_bytes: int
     max_upload_bytes: int

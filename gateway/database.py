@@ -1,21 +1,37 @@
 """Where the gateway's PostgreSQL is: an embedded server under GATEWAY_HOME, or GATEWAY_DATABASE_URL.
 
 Both paths end in the same thing, a DSN and an asyncpg pool; nothing else in the gateway knows which.
+What a request waits for (record reads, quota leases) goes through `within`, which gives up at a
+deadline instead of the pool's statement timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
 from gateway.config import Config
+from gateway.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "gateway"
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL did not answer a read in time; the request fails closed and delivers nothing."""
+
+    def __init__(self, detail: str = "the records could not be read in time (the database is not answering); "
+                                     "nothing was delivered. Retry in a few seconds.") -> None:
+        super().__init__(detail, headers={"Retry-After": "2"})
 
 
 def embedded_dsn(home: Path, database: str = EMBEDDED_DATABASE) -> str:
@@ -67,8 +83,38 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, command_timeout=60,
+async def create_pool(dsn: str, size: int, statement_timeout: float) -> asyncpg.Pool:
+    """`statement_timeout` (GATEWAY_STATEMENT_TIMEOUT_SECONDS) bounds any one statement: long enough for a
+    publish's COPY or an evidence export. Reads a client waits for have deadlines of their own (within)."""
+    pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, command_timeout=statement_timeout,
                                      reset=_keep_session)
     assert pool is not None
     return pool
+
+
+async def within(pool: asyncpg.Pool, seconds: float,
+                 work: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]],
+                 *args: P.args, **kwargs: P.kwargs) -> T:
+    """`work(connection, *args, **kwargs)` on a pooled connection, or DatabaseUnavailable once `seconds`
+    have passed, the wait for a connection included: a stalled PostgreSQL or an exhausted pool costs a
+    request its deadline, not the command timeout.
+
+    A connection whose work was abandoned (past the deadline, or the request cancelled) is closed, not
+    released: asyncpg would first send a CancelRequest on a new connection and wait for the server to
+    acknowledge it before the connection could serve again, and a stalled server acknowledges nothing.
+    The pool opens a fresh connection in its place when one is next needed.
+    """
+    conn: asyncpg.Connection | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            conn = await pool.acquire()
+            return await work(conn, *args, **kwargs)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        if conn is not None:
+            conn.terminate()
+        if isinstance(exc, TimeoutError):
+            raise DatabaseUnavailable() from None
+        raise
+    finally:
+        if conn is not None:
+            await pool.release(conn)  # a terminated connection goes back at once, to be replaced

@@ -360,7 +360,9 @@ class Deliveries:
         async def produce(write: Write, stopped: Callable[[], bool]) -> None:
             if fmt == "csv":
                 await write(records.csv_header(scope), 0)
-            async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS):
+            # A chunk takes milliseconds to read; one that takes the audit deadline ends the stream as an
+            # error while this process can still record it (before it is taken for dead, DEAD_AFTER_SECONDS).
+            async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS, read_seconds=self.writer.deadline):
                 if stopped():
                     return
                 await write(chunk.body, len(chunk))

@@ -143,7 +143,7 @@ class Liveness:
                 return
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                 self._steady_since = None
-                log.warning("heartbeat of %s failed: %s", self.log_id, exc)
+                log.warning("heartbeat of %s failed: %s", self.log_id, exc or "no answer in time")
                 await self._drop_connection()
 
     async def reap(self, *, steady: bool) -> None:

@@ -30,12 +30,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from gateway import tasks, times
+from gateway import database, tasks, times
 from gateway.errors import ServiceUnavailable
 from gateway.licences import Licence
 from gateway.times import JST, jst_day, month_start, next_month
@@ -62,6 +62,10 @@ class UsageBook:
     """One instance's view of each licence's usage in the current JST month."""
 
     log_id: str
+    # How long a lease may take (the audit deadline): on a stalled PostgreSQL the delivery is refused with
+    # 503 then. A lease whose commit was sent but not answered stays with this log, unused, until the log
+    # ends and its leases return (gateway/liveness.py): too little delivered, never too much.
+    deadline: float = 2.0
     month: date = field(default_factory=lambda: current_month())
     mine: dict[uuid.UUID, Tally] = field(default_factory=dict)
     others: dict[uuid.UUID, Tally] = field(default_factory=dict)
@@ -92,29 +96,38 @@ class UsageBook:
             if not any(asks):
                 return
             month = self.month
-            async with pool.acquire() as conn, conn.transaction():
-                # A log that was ended (this process was taken for dead) can no longer lease.
-                await conn.execute("SELECT audit_log_open($1)", self.log_id)
-                await conn.execute("INSERT INTO quota_grants (licence_id, month) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                                   licence.id, month)
-                await conn.execute("SELECT FROM quota_grants WHERE licence_id = $1 AND month = $2 FOR UPDATE",
-                                   licence.id, month)
-                held = await conn.fetchrow(
-                    "SELECT coalesce(sum(records_leased), 0)::bigint, coalesce(sum(bytes_leased), 0)::bigint "
-                    "FROM quota_leases WHERE licence_id = $1 AND month = $2", licence.id, month)
-                gives = [0 if limit is None else max(0, min(ask, limit - already))
-                         for limit, ask, already in zip(limits, asks, (held[0], held[1]))]
-                await conn.execute(
-                    "INSERT INTO quota_leases AS q (licence_id, month, log_id, records_leased, bytes_leased) "
-                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (licence_id, month, log_id) DO UPDATE SET "
-                    "records_leased = q.records_leased + EXCLUDED.records_leased, "
-                    "bytes_leased = q.bytes_leased + EXCLUDED.bytes_leased", licence.id, month, self.log_id, *gives)
+            held, gives = await database.within(pool, self.deadline, self._take_lease, licence.id, month, asks,
+                                                limits)
             if month != self.month:
                 return  # the month turned while leasing: that lease belongs to the month just ended
             tally = self.leased.setdefault(licence.id, Tally())
             tally.records += gives[0]
             tally.bytes += gives[1]
             self.elsewhere[licence.id] = Tally(held[0] - (tally.records - gives[0]), held[1] - (tally.bytes - gives[1]))
+
+    async def _take_lease(self, conn: asyncpg.Connection, licence_id: uuid.UUID, month: date, asks: list[int],
+                          limits: tuple[int | None, int | None]) -> tuple[tuple[int, int], list[int]]:
+        """In one transaction: what every log holds of the month's grant, and this log's lease grown by what
+        is left of `asks` under `limits`. Returns (held before, given)."""
+        async with conn.transaction():
+            # A log that was ended (this process was taken for dead) can no longer lease.
+            await conn.execute("SELECT audit_log_open($1)", self.log_id)
+            await conn.execute("INSERT INTO quota_grants (licence_id, month) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               licence_id, month)
+            await conn.execute("SELECT FROM quota_grants WHERE licence_id = $1 AND month = $2 FOR UPDATE",
+                               licence_id, month)
+            row = await conn.fetchrow(
+                "SELECT coalesce(sum(records_leased), 0)::bigint, coalesce(sum(bytes_leased), 0)::bigint "
+                "FROM quota_leases WHERE licence_id = $1 AND month = $2", licence_id, month)
+            held = (row[0], row[1])
+            gives = [0 if limit is None else max(0, min(ask, limit - already))
+                     for limit, ask, already in zip(limits, asks, held, strict=True)]
+            await conn.execute(
+                "INSERT INTO quota_leases AS q (licence_id, month, log_id, records_leased, bytes_leased) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (licence_id, month, log_id) DO UPDATE SET "
+                "records_leased = q.records_leased + EXCLUDED.records_leased, "
+                "bytes_leased = q.bytes_leased + EXCLUDED.bytes_leased", licence_id, month, self.log_id, *gives)
+        return held, gives
 
     async def give_back(self, pool: asyncpg.Pool, licence_ids: list[uuid.UUID] | None = None) -> None:
         """Return unused leases to the month's grant, so that other instances can use them.
@@ -228,7 +241,7 @@ async def lease_and_decide(book: UsageBook, pool: asyncpg.Pool, licence: Licence
     be checked (the lease failed) is not unlimited: the delivery is refused with 503."""
     try:
         await book.lease(pool, licence, records, byte_count)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, database.DatabaseUnavailable):
         raise ServiceUnavailable("the quota cannot be checked right now; nothing was delivered. Retry shortly.",
                                  headers={"retry-after": "2"}) from None
     return allowance(licence, book, times.now())
@@ -322,11 +335,30 @@ async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
 
 
 def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
-    """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint."""
+    """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint.
+
+    A lone bound takes the other's default unless that would leave the period empty; then the other is
+    the bound's own month: `to=2000-01-01` alone is December 1999, `from=2027-03-10` alone runs to
+    2027-04-01. So every date is a valid lone bound but the two no period can hold (0001-01-01 for `to`,
+    9999-12-31 for `from`), as schemas/openapi.yaml says; only both bounds in the wrong order are refused.
+    """
     today = jst_day(times.now())
     # Only an absent bound takes the default: `to=` (empty) is a malformed date, not "the default".
-    first = date.fromisoformat(start) if start is not None else month_start(today)
-    last = date.fromisoformat(end) if end is not None else next_month(today)
+    first = date.fromisoformat(start) if start is not None else None
+    last = date.fromisoformat(end) if end is not None else None
+    if first is None:
+        first = month_start(today)
+        if last is not None and last <= first:
+            if last == date.min:
+                raise ValueError("'to' must be after 0001-01-01, the first day a date can name")
+            first = month_start(last - timedelta(days=1))
+    if last is None:
+        last = next_month(today)
+        if last <= first:
+            if first == date.max:
+                raise ValueError("'from' must be before 9999-12-31, the last day a date can name")
+            # December 9999 has no next month a date can name: its period ends on its last day.
+            last = next_month(first) if (first.year, first.month) < (9999, 12) else date.max
     if last <= first:
         raise ValueError("'to' must be after 'from'")
     return first, last

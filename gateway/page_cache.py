@@ -11,6 +11,11 @@ reaches the cache, and a narrowed one selects other partitions or columns: anoth
 
 Bounded by the bytes of the rendered records it holds (GATEWAY_PAGE_CACHE_BYTES), least recently
 used first out; 0 turns it off.
+
+A page not in memory is read within `read_seconds` (the audit deadline, GATEWAY_AUDIT_DEADLINE_SECONDS),
+the wait for a connection included: on a stalled PostgreSQL or an exhausted pool the request fails
+closed with 503 at that deadline (gateway/database.py `within`), as it would if its audit event
+could not be committed, instead of waiting for the pool's 60 s command timeout.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from collections.abc import Hashable
 
 import asyncpg
 
-from gateway import metrics, records
+from gateway import database, metrics, records
 from gateway.records import DeliveryScope, Format, Page, Position
 
 
 class PageCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, read_seconds: float = 2.0) -> None:
         self.max_bytes = max_bytes
+        self.read_seconds = read_seconds
         self.bytes = 0
         self._pages: OrderedDict[Hashable, tuple[Page, int]] = OrderedDict()
         self._hit = metrics.PAGE_CACHE.labels("hit")
@@ -56,8 +62,6 @@ class PageCache:
                 self.bytes -= dropped
         return page
 
-    @staticmethod
-    async def _read(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
+    async def _read(self, pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, after: Position | None,
                     limit: int) -> Page:
-        async with pool.acquire() as conn:
-            return await records.page(conn, scope, fmt, after, limit)
+        return await database.within(pool, self.read_seconds, records.page, scope, fmt, after, limit)

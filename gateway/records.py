@@ -16,6 +16,7 @@ from typing import Literal
 
 import asyncpg
 
+from gateway import database
 from gateway.datasets import Dataset
 from gateway.licences import Licence
 
@@ -124,15 +125,17 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
     return Page(b"".join(bodies), sizes, versions, seqs, spans, False)
 
 
-async def chunks(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, size: int) -> AsyncIterator[Page]:
+async def chunks(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, size: int, *,
+                 read_seconds: float) -> AsyncIterator[Page]:
     """Every record of the scope in keyset order, as pages of up to `size` records, each read on a
     connection held for that one query only. A delivery waiting on a slow client therefore holds no
     connection, no statement runs long enough to meet the pool's command timeout, and a stream can stop
-    between two pages at no cost (cancelling a long COPY mid-way can stall its connection)."""
+    between two pages at no cost (cancelling a long COPY mid-way can stall its connection). A chunk not
+    read within `read_seconds` raises DatabaseUnavailable (its connection closed, not pooled); the
+    stream then ends as an error, recorded, never as a clean end."""
     after: Position | None = None
     while True:
-        async with pool.acquire() as conn:
-            chunk = await page(conn, scope, fmt, after, size)
+        chunk = await database.within(pool, read_seconds, page, scope, fmt, after, size)
         if len(chunk):
             yield chunk
         if not chunk.more:

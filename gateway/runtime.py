@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gateway import database, migrations, server_secrets
-from gateway.audit.writer import AuditWriter, new_log_id
+from gateway.audit.writer import OWN_CONNECTIONS, AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
 from gateway.delivery import Deliveries
@@ -62,19 +62,22 @@ class Runtime:
             secrets = await server_secrets.load(conn, master)
         finally:
             await conn.close()
-        pool = await database.create_pool(dsn, config.pool_size)
+        pool = await database.create_pool(dsn, config.pool_size, config.statement_timeout_seconds)
         instance = config.instance if role == "gateway" else f"{config.instance}-{role}"
+        # The audit writer's own connections: deliveries holding or awaiting the shared pool never starve it.
         writer = AuditWriter(pool, new_log_id(instance), instance, batch_max=config.audit_batch_max,
+                             own_pool=await database.create_pool(dsn, OWN_CONNECTIONS,
+                                                                  config.statement_timeout_seconds),
                              deadline=config.audit_deadline_seconds, master=master,
                              checkpoint_events=config.checkpoint_events, checkpoint_seconds=config.checkpoint_seconds)
         await writer.start()
         liveness = Liveness(dsn, writer.log_id, writer.signer, reaps=serving, on_ended=on_ended)
         await liveness.start()
         snapshot = Snapshot()
-        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id),
+        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id, config.audit_deadline_seconds),
                       backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
                                              config.auth_backoff_max_seconds),
-                      pages=PageCache(config.page_cache_bytes), liveness=liveness)
+                      pages=PageCache(config.page_cache_bytes, config.audit_deadline_seconds), liveness=liveness)
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()
@@ -105,3 +108,5 @@ class Runtime:
         if self.refresher is not None:
             await self.refresher.close()
         await self.pool.close()
+        if self.writer.own is not self.pool:
+            await self.writer.own.close()

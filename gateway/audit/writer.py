@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction, TransactionState
 
-from gateway import metrics, signing_keys
+from gateway import metrics, signing_keys, times
 from gateway.audit import usage
 from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import AuditEvent, canonical
@@ -129,11 +129,21 @@ class _Group:
             self.done.set_exception(AuditUnavailable())
 
 
+# Connections the writer needs of its own: one for the group in flight (groups commit one at a time,
+# and a lost answer is read back after that connection is released) and one for the checkpoint task.
+OWN_CONNECTIONS = 2
+
+
 class AuditWriter:
-    def __init__(self, pool: asyncpg.Pool, log_id: str, instance: str, *, batch_max: int = 2000,
-                 deadline: float = 2.0, master: MasterKey | None = None, checkpoint_events: int = 1000,
-                 checkpoint_seconds: float = 2.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, log_id: str, instance: str, *, own_pool: asyncpg.Pool | None = None,
+                 batch_max: int = 2000, deadline: float = 2.0, master: MasterKey | None = None,
+                 checkpoint_events: int = 1000, checkpoint_seconds: float = 2.0) -> None:
+        # Group commits, read-backs and checkpoints go through `own` (OWN_CONNECTIONS, not shared): however
+        # many deliveries hold or wait for the shared pool, the writer gets a connection. Administrative
+        # changes use the shared `pool`: their transaction carries the change itself, and holds
+        # `_append` only while its events are written.
         self.pool = pool
+        self.own = own_pool or pool
         self.log_id = log_id
         self.instance = instance
         self.batch_max = batch_max
@@ -168,7 +178,7 @@ class AuditWriter:
 
     async def start(self) -> None:
         """Register the log, make sure this and next month's partitions and an audit key exist, start."""
-        async with self.pool.acquire() as conn:
+        async with self.own.acquire() as conn:
             await conn.execute("INSERT INTO audit_logs (log_id, instance) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                                self.log_id, self.instance)
             await self._ensure_partitions(conn)
@@ -192,7 +202,7 @@ class AuditWriter:
 
     async def checkpoint(self) -> int:
         """Sign a checkpoint over everything committed so far (if not signed yet); returns its size."""
-        async with self.pool.acquire() as conn:
+        async with self.own.acquire() as conn:
             await self._checkpoint_in(conn)
         return self.checkpointed
 
@@ -260,7 +270,7 @@ class AuditWriter:
         """Write and commit one group, then release its waiters, or fail them all closed."""
         started = time.perf_counter()
         try:
-            async with self.pool.acquire() as conn, self._append:
+            async with self.own.acquire() as conn, self._append:
                 await self._resolve(conn)
                 if group.done.done():
                     return  # its deadline passed while it waited: its clients were answered 503, never write it
@@ -294,7 +304,7 @@ class AuditWriter:
         unresolved = self._unresolved
         try:
             async with asyncio.timeout(self.deadline):
-                async with self.pool.acquire() as conn, self._append:
+                async with self.own.acquire() as conn, self._append:
                     await self._resolve(conn)
         except Exception:  # noqa: BLE001 - any failure to read back leaves the outcome unknown
             log.error("audit write outcome unknown for %d events of log %s from seq %d; their clients were "
@@ -432,7 +442,7 @@ class AuditWriter:
             # Read before the round: when close() has set it, every event is in the tree already.
             final = self._stopping
             try:
-                async with self.pool.acquire() as conn:
+                async with self.own.acquire() as conn:
                     await self._ensure_partitions(conn)
                     await self._checkpoint_in(conn)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -456,7 +466,7 @@ class AuditWriter:
 
     async def _ensure_partitions(self, conn: asyncpg.Connection) -> None:
         """This month's and next month's partitions, checked again when the month turns."""
-        now = datetime.now(UTC)
+        now = times.now()
         if self._month == (now.year, now.month):
             return
         try:
