@@ -129,6 +129,11 @@ class _Group:
             self.done.set_exception(AuditUnavailable())
 
 
+def _observe(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 # Connections the writer needs of its own: one for the group in flight (groups commit one at a time,
 # and a lost answer is read back after that connection is released) and one for the checkpoint task.
 OWN_CONNECTIONS = 2
@@ -228,6 +233,9 @@ class AuditWriter:
         if not self._groups or len(self._groups[-1].events) >= self.batch_max:
             loop = asyncio.get_running_loop()
             fresh = _Group([], loop.create_future())
+            # Its waiters may all have gone (answered at their own deadline, or cancelled): the failure is
+            # logged where it happens, not again by asyncio as "never retrieved".
+            fresh.done.add_done_callback(_observe)
             fresh.timer = loop.call_later(self.deadline, fresh.expire)
             self._groups.append(fresh)
         group = self._groups[-1]
