@@ -187,7 +187,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.set_defaults(offline=run_verify)
     p.add_argument("bundle", type=path_arg)
     p.add_argument("--trusted-checkpoint", metavar="FILE", type=path_arg,
-                   help="a checkpoint note kept from earlier (e.g. from GET /v1/audit/checkpoint)")
+                   help="a checkpoint kept from earlier: a signed note (e.g. a receipt's) or the JSON of "
+                        "GET /v1/audit/checkpoint")
     p.add_argument("--trusted-key", metavar="VKEY", action="append",
                    help="accept only checkpoints signed by this C2SP verifier key (repeatable)")
     command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",

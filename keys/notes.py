@@ -248,6 +248,11 @@ def _b64(data: bytes) -> str:
 
 def _b64decode(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except ValueError:  # binascii.Error, or non-ASCII text
         raise NoteError(f"{what} is not standard base64") from None
+    # validate=True still accepts non-zero padding bits: several texts for one value. Only the
+    # canonical one is accepted, so a signature or key has exactly one spelling.
+    if _b64(data) != text:
+        raise NoteError(f"{what} is not canonical base64")
+    return data

@@ -16,6 +16,7 @@ this module, gateway/audit/events.py and gateway/audit/report.py alone.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,18 @@ def origin(log_id: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def from_b64(text: str) -> bytes:
+    """Decode base64 written as b64() writes it, refusing every other spelling (URL-safe alphabet, line
+    breaks, missing padding, non-zero padding bits): each value has one text (schemas/audit-format.md)."""
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError, TypeError):  # ValueError: non-ASCII text
+        raise ValueError("not standard base64") from None
+    if b64(data) != text:
+        raise ValueError("not canonical base64 (non-zero padding bits)")
+    return data
 
 
 def parse_time(text: str) -> datetime:
@@ -138,16 +151,19 @@ def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = N
     found_log = checkpoint.origin.removeprefix(ORIGIN_PREFIX)
     if log_id is not None and found_log != log_id:
         raise CheckpointError("checkpoint-format", f"checkpoint is of log {found_log}, not {log_id}")
-    times = [line.removeprefix(SIGNED_AT) for line in checkpoint.extensions if line.startswith(SIGNED_AT)]
-    if len(times) != 1:
-        raise CheckpointError("checkpoint-format", "checkpoint needs exactly one signed-at line")
+    # Exactly one extension line, the signed-at line: any other, even signed, is text this format does
+    # not define, and a verifier that skipped it would accept notes another reads differently.
+    if len(checkpoint.extensions) != 1 or not checkpoint.extensions[0].startswith(SIGNED_AT):
+        raise CheckpointError("checkpoint-format", "a checkpoint has exactly one extension line, the signed-at "
+                                                   f"line; this one has {list(checkpoint.extensions)}")
+    signed_text = checkpoint.extensions[0].removeprefix(SIGNED_AT)
     try:
-        signed_at = parse_time(times[0])
+        signed_at = parse_time(signed_text)
     except ValueError as e:
         raise CheckpointError("checkpoint-format", str(e)) from None
     key = known[0]
     if not key_valid_at(key, signed_at):
-        raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {times[0]} (valid from "
+        raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {signed_text} (valid from "
                                               f"{utc_text(key.not_before)} to {_until(key)})")
     return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
 
@@ -167,13 +183,20 @@ def _key_hash(key: PublicKey) -> bytes:
 
 
 def public_key_from_json(data: dict[str, Any]) -> PublicKey:
-    """A key as published in keys.json; raises ValueError if its fields disagree or are malformed."""
-    public = base64.b64decode(data["public_key"], validate=True)
-    key = PublicKey(str(data["key_id"]), str(data.get("purpose", AUDIT)), public, parse_time(data["not_before"]),
-                    None if data.get("not_after") is None else parse_time(data["not_after"]),
-                    None if data.get("retired_at") is None else parse_time(data["retired_at"]))
-    if len(public) != 32 or data.get("vkey", key.vkey()) != key.vkey():
-        raise ValueError(f"key {key.key_id}: its vkey does not match its public key")
+    """A key as published in keys.json (its shape already checked, gateway/audit/schema.py); raises
+    ValueError if its public key is not the canonical base64 of 32 bytes or its vkey is not that key's."""
+    key_id = data["key_id"]
+    try:
+        public = from_b64(data["public_key"])
+    except ValueError as e:
+        raise ValueError(f"key {key_id}: public_key is {e}") from None
+    if len(public) != 32:
+        raise ValueError(f"key {key_id}: public_key is not the base64 of 32 bytes")
+    key = PublicKey(key_id, data["purpose"], public, parse_time(data["not_before"]),
+                    None if data["not_after"] is None else parse_time(data["not_after"]),
+                    None if data["retired_at"] is None else parse_time(data["retired_at"]))
+    if data["vkey"] != key.vkey():
+        raise ValueError(f"key {key_id}: its vkey does not match its public key")
     return key
 
 

@@ -23,7 +23,8 @@ import itertools
 import queue
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +32,21 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.audit import report
+from gateway.audit import report, schema
+from gateway.audit.events import utc_text
 from gateway.audit.format import (
     FILES,
-    FORMAT,
     CheckpointError,
     OpenedCheckpoint,
     PublicKey,
+    b64,
     keys_from_vkeys,
     open_checkpoint,
+    origin,
     parse_time,
     public_key_from_json,
 )
+from gateway.audit.schema import ShapeError
 from keys.merkle import HASH_BYTES, ProofError, verify_consistency
 from keys.notes import NoteError
 
@@ -92,18 +96,20 @@ class Verdict:
 
 def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
                   trusted_keys: Iterable[str] | None = None) -> Verdict:
-    """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint note obtained earlier (e.g. from
-    GET /v1/audit/checkpoint or a receipt); `trusted_keys`: C2SP verifier keys to accept instead of
-    trusting keys.json alone (keys.json still supplies each key's validity)."""
+    """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint obtained earlier, as a signed note
+    (e.g. a receipt's) or as the JSON GET /v1/audit/checkpoint returns; `trusted_keys`: C2SP verifier
+    keys to accept instead of trusting keys.json alone (keys.json still supplies each key's validity)."""
     try:
         with zipfile.ZipFile(path) as bundle:
             return _Verifier(path, bundle, trusted_checkpoint, trusted_keys).run()
     except BundleError as e:
         return Verdict(False, e.code, e.message)
-    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as e:
-        return Verdict(False, "bundle-format", f"not a readable ZIP file: {e}")
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
-        # A bundle is untrusted input: content of an unexpected shape is a verdict, never a crash.
+    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, zlib.error, NotImplementedError) as e:
+        # zlib.error: damaged deflate data; NotImplementedError: a compression method zipfile lacks.
+        return Verdict(False, "bundle-format", f"not a readable ZIP file: {type(e).__name__}: {e}")
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
+        # A bundle is untrusted input: whatever slipped past the checks above is a verdict, never a
+        # crash (RuntimeError: zipfile's "encrypted, password required"; RecursionError).
         return Verdict(False, "bundle-format", f"malformed content: {type(e).__name__}: {e}")
 
 
@@ -177,20 +183,19 @@ class _Verifier:
             raise BundleError("bundle-format", f"the bundle's files differ from the format's: missing {missing}, "
                                                f"unexpected {extra}")
         manifest = _json(self._read("manifest.json", _MAX_MANIFEST), "manifest.json")
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise BundleError("bundle-format", f"manifest.json is not a {FORMAT} manifest")
-        files = manifest.get("files")
-        if not isinstance(files, dict) or set(files) != set(FILES):
-            raise BundleError("bundle-format", "manifest.json must list the hash of every other file")
-        scope = manifest.get("scope")
-        if not (isinstance(scope, dict) and isinstance(scope.get("vendor_id"), str) and _time(scope.get("from"))
-                and _time(scope.get("to")) and scope["from"] < scope["to"]):
+        try:
+            schema.manifest(manifest)
+        except ShapeError as e:
+            raise BundleError("bundle-format", str(e)) from None
+        scope = manifest["scope"]
+        if not (_time(manifest["created_at"]) and _time(scope["from"]) and _time(scope["to"])
+                and scope["from"] < scope["to"]):
             raise BundleError("bundle-format", "manifest.json has no valid scope (vendor_id, from, to)")
         self.scope: dict[str, Any] = scope
         # The series follows from the scope, so a manifest cannot switch the gap check off on its own.
         self.series = None if scope.get("dataset_id") else ("member" if scope.get("member_id") else "vendor")
-        if manifest.get("series") != self.series:
-            raise BundleError("bundle-format", f"manifest.json says series {manifest.get('series')!r}; its scope "
+        if manifest["series"] != self.series:
+            raise BundleError("bundle-format", f"manifest.json says series {manifest['series']!r}; its scope "
                                                f"means {self.series!r}")
         return manifest
 
@@ -206,42 +211,49 @@ class _Verifier:
 
     def _compare(self, name: str, found: tuple[str, int]) -> None:
         claimed = self.manifest["files"][name]
-        if not isinstance(claimed, dict) or (claimed.get("sha256"), claimed.get("bytes")) != found:
+        if (claimed["sha256"], claimed["bytes"]) != found:
             raise BundleError("manifest-mismatch", f"{name} does not match its SHA-256 in manifest.json")
 
-    def _jsonl(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _jsonl(self, name: str, shape: Callable[[Any, str], dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The lines of a small JSON Lines file, each checked against its schema (`shape`)."""
         with self.bundle.open(name) as handle:
             for number, line in enumerate(_lines(name, iter(lambda: handle.read(_CHUNK), b"")), 1):
-                value = _json(line, f"{name} line {number}")
-                if not isinstance(value, dict):
-                    raise BundleError("bundle-format", f"{name} line {number} is not a JSON object")
-                yield number, value
+                where = f"{name} line {number}"
+                try:
+                    yield number, shape(_json(line, where), where)
+                except ShapeError as e:
+                    raise BundleError("bundle-format", str(e)) from None
 
     # -- keys and checkpoints ---------------------------------------------------------------------
 
     def _keys(self) -> list[PublicKey]:
-        data = _json(self._read("keys.json", _MAX_MANIFEST), "keys.json")
         try:
-            keys = [public_key_from_json(item) for item in data["keys"]]
-        except (KeyError, TypeError, ValueError, binascii.Error) as e:
-            raise BundleError("bundle-format", f"keys.json: {e}") from None
+            data = _json(self._read("keys.json", _MAX_MANIFEST), "keys.json")
+            keys = [public_key_from_json(item) for item in schema.keys(data)]
+        except BundleError as e:  # not JSON: still step 3's problem
+            raise BundleError("keys", e.message) from None
+        except ValueError as e:  # ShapeError, or a key's fields disagree
+            raise BundleError("keys", f"keys.json: {e}") from None
+        # key_id names one key (checkpoints and receipts name their key by it), and a key is listed once:
+        # a second entry of one public key could only give it a second validity.
+        for what, values in (("key_id", [k.key_id for k in keys]), ("vkey", [k.vkey() for k in keys])):
+            if len(set(values)) != len(values):
+                raise BundleError("keys", f"keys.json lists one {what} twice")
         if self.trusted_keys is not None:
             keys = [key for key in keys if key.vkey() in self.trusted_keys]
         return keys
 
     def _checkpoints(self) -> None:
         previous: tuple[str, int] = ("", 0)
-        for number, line in self._jsonl("checkpoints.jsonl"):
+        for number, line in self._jsonl("checkpoints.jsonl", schema.checkpoint_line):
             where = f"checkpoints.jsonl line {number}"
-            log_id, size, note = line.get("log"), line.get("tree_size"), line.get("note")
-            if not isinstance(log_id, str) or not _is_int(size) or not isinstance(note, str):
-                raise BundleError("bundle-format", f"{where}: needs log, tree_size and note")
+            log_id, size, note = line["log"], line["tree_size"], line["note"]
             try:
                 opened = open_checkpoint(note, self.keys, log_id)
             except CheckpointError as e:
                 raise BundleError(e.code, f"{where} (log {log_id}, size {size}): {e.reason}") from None
-            if opened.size != size:
-                raise BundleError("checkpoint-order", f"{where}: the note is of size {opened.size}, not {size}")
+            if opened.size != size:  # the line misstates its note, as a wrong log would (§6.4 step 4)
+                raise BundleError("checkpoint-format", f"{where}: the note is of size {opened.size}, not {size}")
             if (log_id, size) <= previous:
                 raise BundleError("checkpoint-order", f"{where}: checkpoints must be in (log, tree size) order, "
                                                       "each once")
@@ -253,17 +265,17 @@ class _Verifier:
     def _consistency(self) -> None:
         pairs = iter([(log_id, old, new) for log_id, cps in self.checkpoints.items()
                       for old, new in itertools.pairwise(cps)])
-        for number, line in self._jsonl("consistency.jsonl"):
+        for number, line in self._jsonl("consistency.jsonl", schema.consistency_line):
             where = f"consistency.jsonl line {number}"
             expected = next(pairs, None)
             if expected is None:
                 raise BundleError("consistency", f"{where}: a proof between no two successive checkpoints")
             log_id, old, new = expected
-            if (line.get("log"), line.get("old_size"), line.get("new_size")) != (log_id, old.size, new.size):
+            if (line["log"], line["old_size"], line["new_size"]) != (log_id, old.size, new.size):
                 raise BundleError("consistency", f"{where}: expected the proof of log {log_id} from {old.size} to "
                                                  f"{new.size}")
             try:
-                verify_consistency(old.size, new.size, old.root, new.root, _hashes(line.get("proof"), where))
+                verify_consistency(old.size, new.size, old.root, new.root, _hashes(line["proof"], where))
             except ProofError as e:
                 raise BundleError("consistency", f"log {log_id}: checkpoint {new.size} does not extend checkpoint "
                                                  f"{old.size} (the log was rewritten): {e.reason}") from None
@@ -274,27 +286,41 @@ class _Verifier:
 
     def _trusted(self) -> None:
         assert self.trusted_checkpoint is not None
-        try:
-            trusted = open_checkpoint(self.trusted_checkpoint, self.keys)
-        except CheckpointError as e:
-            raise BundleError("trusted-checkpoint", f"the trusted checkpoint does not verify: {e.reason}") from None
-        cps = self.checkpoints.get(trusted.log_id)
-        if not cps:
+        given = _trusted_checkpoints(self.trusted_checkpoint)
+        opened: list[tuple[str, OpenedCheckpoint]] = []
+        for number, (note, claimed) in enumerate(given, 1):
+            which = "the trusted checkpoint" if len(given) == 1 else f"trusted checkpoint {number}"
+            try:
+                trusted = open_checkpoint(note, self.keys)
+            except CheckpointError as e:
+                raise BundleError("trusted-checkpoint", f"{which} does not verify: {e.reason}") from None
+            _agree(trusted, claimed, which)
+            opened.append((which, trusted))
+        compared = [(which, trusted) for which, trusted in opened if trusted.log_id in self.checkpoints]
+        if not compared:
+            logs = ", ".join(sorted({trusted.log_id for _, trusted in opened}))
             raise BundleError("trusted-checkpoint", f"the bundle has no checkpoint of the trusted checkpoint's log "
-                                                    f"{trusted.log_id}")
-        match = next((c for c in cps if c.size == trusted.size), None)
-        if match is None:
-            where = ("precedes" if trusted.size < cps[0].size else "is newer than" if trusted.size > cps[-1].size
-                     else "falls between")
-            raise BundleError("trusted-checkpoint", f"the trusted checkpoint (size {trusted.size}) {where} the "
-                                                    f"bundle's checkpoints of log {trusted.log_id} "
-                                                    f"({cps[0].size}..{cps[-1].size}): cannot compare them")
-        if match.root != trusted.root:
-            raise BundleError("trusted-checkpoint", f"log {trusted.log_id} was rewritten: its checkpoint of size "
-                                                    f"{trusted.size} in the bundle has another root than the trusted "
-                                                    "one")
-        self.verdict.notes.append(f"consistent with the trusted checkpoint of log {trusted.log_id} at size "
-                                  f"{trusted.size}")
+                                                    f"{logs}")
+        for which, trusted in compared:
+            cps = self.checkpoints[trusted.log_id]
+            match = next((c for c in cps if c.size == trusted.size), None)
+            if match is None:
+                where = ("precedes" if trusted.size < cps[0].size else "is newer than" if trusted.size > cps[-1].size
+                         else "falls between")
+                raise BundleError("trusted-checkpoint", f"{which} (size {trusted.size}) {where} the bundle's "
+                                                        f"checkpoints of log {trusted.log_id} "
+                                                        f"({cps[0].size}..{cps[-1].size}): cannot compare them")
+            if match.root != trusted.root:
+                raise BundleError("trusted-checkpoint", f"log {trusted.log_id} was rewritten: its checkpoint of size "
+                                                        f"{trusted.size} in the bundle has another root than the "
+                                                        "trusted one")
+            self.verdict.notes.append(f"consistent with the trusted checkpoint of log {trusted.log_id} at size "
+                                      f"{trusted.size}")
+        for _, trusted in opened:
+            if trusted.log_id not in self.checkpoints:
+                # GET /v1/audit/checkpoint lists every log; most hold no event of this export.
+                self.verdict.notes.append(f"the trusted checkpoint of log {trusted.log_id} (size {trusted.size}) is "
+                                          "of a log the bundle does not hold: not compared")
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -309,11 +335,12 @@ class _Verifier:
         subject_field, subject = (f"{series}_id", scope[f"{series}_id"]) if series else ("", None)
         vendor_id, start, end = scope["vendor_id"], scope["from"], scope["to"]
         filters = [(name, scope[name]) for name in ("member_id", "dataset_id") if scope.get(name)]
-        loads, sha256, add = orjson.loads, hashlib.sha256, self.summary.add
+        loads, dumps, sort, sha256, add = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, self.summary.add
+        unique, event_valid, proof_valid = schema.check_unique, schema.event_valid, schema.proof_line_valid
         cache = _ProofCache(0, b"")
         high = 0  # the size of the previous event's covering checkpoint: it covers the seqs up to high - 1
         state = _Log()
-        log_id, seq, count, previous, inside = "", -1, 0, -1, False
+        log_id, seq, count, previous, inside, last_inside = "", -1, 0, -1, False, False
         number = 0
         try:
             pairs = itertools.zip_longest(_lines(events.name, events), _lines(proofs.name, proofs))
@@ -323,17 +350,26 @@ class _Verifier:
                 if line is None:
                     raise BundleError("bundle-format", "proofs.jsonl has more lines than events.jsonl")
                 proof, event = loads(found), loads(line)
-                if type(proof) is not dict or type(event) is not dict:
-                    raise BundleError("bundle-format", f"{_at(number)} or its proof line is not a JSON object")
-                claimed_log, claimed_seq = proof.get("log"), proof.get("seq")
-                if type(claimed_log) is not str or type(claimed_seq) is not int or claimed_seq < 0:
-                    raise BundleError("bundle-format", f"proofs.jsonl line {number}: needs log, seq and tree_size")
-                if event.get("log") != claimed_log or event.get("seq") != claimed_seq:
-                    raise BundleError("log-mismatch", f"{_at(number)}: the event names log {event.get('log')} seq "
-                                                      f"{event.get('seq')}, its proof log {claimed_log} seq "
+                # A property named twice (orjson keeps the last) is looked for in the bytes, and a genuine
+                # line is cleared cheaply: a proof line's only colons are its four, one per property (a name
+                # repeated adds one), and an event line is its canonical entry (§2.2), which re-serialising
+                # gives back. Any other line takes the slow, exact path.
+                if found.count(b":") != 4:
+                    unique(found)
+                if dumps(event, option=sort) != line:
+                    unique(line)
+                if not proof_valid(proof):
+                    schema.proof_line(proof, f"proofs.jsonl line {number}")  # raises, saying what is wrong
+                if not event_valid(event):
+                    schema.event(event, _at(number))
+                    raise ShapeError(f"{_at(number)} is not a valid event")  # not reached: both check the same
+                claimed_log, claimed_seq = proof["log"], proof["seq"]
+                if event["log"] != claimed_log or event["seq"] != claimed_seq:
+                    raise BundleError("log-mismatch", f"{_at(number)}: the event names log {event['log']} seq "
+                                                      f"{event['seq']}, its proof log {claimed_log} seq "
                                                       f"{claimed_seq}")
-                at = event.get("at")
-                inside = type(at) is str and start <= at < end
+                at = event["at"]
+                inside = start <= at < end
                 if claimed_log != log_id:
                     if claimed_log < log_id or claimed_log in self.logs:
                         raise BundleError("order", f"{_at(number)}: log {claimed_log} after log {log_id}: events must "
@@ -341,7 +377,8 @@ class _Verifier:
                     if claimed_log not in self.sizes:
                         raise BundleError("log-mismatch", f"{_at(number)}: log {claimed_log} has no checkpoint in the "
                                                           "bundle")
-                    state.events, state.last_seq = count, seq  # the log before
+                    # The log before: its own last event says whether its series' end is witnessed.
+                    state.events, state.last_seq, state.last_inside = count, seq, last_inside
                     state = self.logs[claimed_log] = _Log(first_seq=claimed_seq, first_inside=inside)
                     log_id, seq, count, high = claimed_log, -1, 0, 0
                 elif claimed_seq <= seq:
@@ -355,26 +392,29 @@ class _Verifier:
                         raise BundleError("inclusion", f"{_at(number)}: no checkpoint of log {log_id} covers seq {seq}")
                     high = sizes[index]
                     cache = _ProofCache(high, self.roots[(log_id, high)])
-                if proof.get("tree_size") != high:
+                if proof["tree_size"] != high:
                     raise BundleError("inclusion", f"{_at(number)}: the proof must be against checkpoint {high} of "
                                                    f"log {log_id}, the first covering seq {seq}")
                 try:
-                    cache.verify(sha256(b"\x00" + line).digest(), seq, proof.get("proof"))
+                    cache.verify(sha256(b"\x00" + line).digest(), seq, proof["proof"])
                 except ProofError as e:
+                    if not all(schema.node_valid(node) for node in proof["proof"]):
+                        raise BundleError("bundle-format", f"proofs.jsonl line {number}: a proof node is not the "
+                                                           "canonical base64 of 32 bytes") from None
                     raise BundleError("inclusion", f"{_at(number)} (log {log_id} seq {seq}) is not in checkpoint "
                                                    f"{high}: {e.reason} (the event was altered or inserted)") from None
-                if event.get("vendor_id") != vendor_id:
+                if event["vendor_id"] != vendor_id:
                     raise BundleError("scope", f"{_at(number)}: an event of another vendor")
                 if series is None:
                     for name, value in filters:
-                        if event.get(name) != value:
+                        if event[name] != value:
                             raise BundleError("scope", f"{_at(number)}: outside the export's {name} filter")
                     if not inside:
                         raise BundleError("scope", f"{_at(number)}: the event's time {at} is outside the period")
                 else:
-                    if event.get(subject_field) != subject:
+                    if event[subject_field] != subject:
                         raise BundleError("scope", f"{_at(number)}: not an event of {series} {subject}")
-                    value = event.get(number_field)
+                    value = event[number_field]
                     if type(value) is not int:
                         raise BundleError("gap", f"{_at(number)}: the event has no {number_field}")
                     if count == 0:
@@ -384,16 +424,17 @@ class _Verifier:
                                                  f"{previous}: events are missing or out of order")
                     previous = value
                 count += 1
+                last_inside = inside
                 add(event)
         except orjson.JSONDecodeError:
             raise BundleError("bundle-format", f"{_at(number)} or its proof line is not valid JSON") from None
+        except ShapeError as e:
+            raise BundleError("bundle-format", f"{_at(number)} or its proof line: {e}") from None
         state.events, state.last_seq, state.last_inside = count, seq, inside
 
     def _per_log(self) -> None:
-        claimed = self.manifest.get("logs")
-        if not isinstance(claimed, list) or not all(isinstance(c, dict) for c in claimed):
-            raise BundleError("bundle-format", "manifest.json has no list of logs")
-        names = [c.get("log") for c in claimed]
+        claimed = self.manifest["logs"]
+        names = [c["log"] for c in claimed]
         if names != list(self.logs):
             raise BundleError("count", f"manifest.json lists logs {names}; events.jsonl holds {list(self.logs)}")
         if set(self.checkpoints) != set(self.logs):
@@ -402,12 +443,13 @@ class _Verifier:
         for entry in claimed:
             log_id = entry["log"]
             state = self.logs[log_id]
-            found = {"events": state.events, "first_seq": state.first_seq, "last_seq": state.last_seq,
-                     "checkpoints": len(self.checkpoints[log_id])}
+            # The origin is the one its checkpoints carry (they were opened as origin(log_id)).
+            found = {"origin": origin(log_id), "events": state.events, "first_seq": state.first_seq,
+                     "last_seq": state.last_seq, "checkpoints": len(self.checkpoints[log_id])}
             for name, value in found.items():
-                if entry.get(name) != value:
-                    raise BundleError("count", f"log {log_id}: manifest.json says {name} {entry.get(name)}, the "
-                                               f"bundle holds {value} (events deleted or added?)")
+                if entry[name] != value:
+                    raise BundleError("count", f"log {log_id}: manifest.json says {name} {entry[name]!r}, the "
+                                               f"bundle holds {value!r} (events deleted or added?)")
             if self.series is not None:
                 # A series must start at 0 or at a witness from before the period: otherwise its
                 # first events could have been cut off unseen.
@@ -418,11 +460,20 @@ class _Verifier:
                 if state.last_inside:
                     self.verdict.notes.append(f"log {log_id}: no later event of the {self.series} yet, so the "
                                               "series' end is not witnessed")
-            if entry.get("pending"):
+            if entry["pending"]:
                 self.verdict.notes.append(f"log {log_id}: {entry['pending']} events of the period were not yet "
                                           "checkpointed and are not in the bundle")
-        for pending in self.manifest.get("pending_logs") or []:
-            self.verdict.notes.append(f"log {pending.get('log')}: {pending.get('pending')} events not yet "
+        # pending_logs lists the logs none of whose events are in the bundle, each once (§6.2): a log
+        # with events there has its pending count in manifest.logs.
+        listed: set[str] = set()
+        for pending in self.manifest["pending_logs"]:
+            log_id = pending["log"]
+            if log_id in self.logs or log_id in listed:
+                raise BundleError("count", f"manifest.json lists log {log_id} in pending_logs, but "
+                                           + ("the bundle holds events of it" if log_id in self.logs else "twice"))
+            listed.add(log_id)
+        for pending in self.manifest["pending_logs"]:
+            self.verdict.notes.append(f"log {pending['log']}: {pending['pending']} events not yet "
                                       "checkpointed, not in the bundle")
 
     def _report(self) -> None:
@@ -466,7 +517,7 @@ class _ProofCache:
         self.last = -1
         top = (index ^ last).bit_length() - 1 if 0 <= last != index else self.top
         fn, sn, level, node, k = index, self.size - 1, 0, leaf, 0
-        a2b, sha256 = binascii.a2b_base64, hashlib.sha256
+        a2b, sha256, last_characters = binascii.a2b_base64, hashlib.sha256, schema.NODE_LAST
         try:
             while level != top:
                 path[level] = node
@@ -474,8 +525,10 @@ class _ProofCache:
                     if k == count:
                         raise ProofError("proof has too few nodes")
                     sibling = siblings[level] = a2b(proof[k], strict_mode=True)
-                    if len(sibling) != HASH_BYTES:
-                        raise ProofError(f"a proof node is not the base64 of {HASH_BYTES} bytes")
+                    # Strict base64 of 32 bytes is 43 characters and "="; canonical, the last of the 43
+                    # carries no bits beyond the 256 (schema.node_valid, in one comparison).
+                    if len(sibling) != HASH_BYTES or proof[k][42] not in last_characters:
+                        raise ProofError(f"a proof node is not the canonical base64 of {HASH_BYTES} bytes")
                     rest[level] = count - k
                     # RFC 9162 node hash, inline: this loop is the verifier's innermost.
                     node = sha256(b"\x01" + sibling + node if fn & 1 else b"\x01" + node + sibling).digest()
@@ -483,7 +536,8 @@ class _ProofCache:
                 fn, sn, level = fn >> 1, sn >> 1, level + 1
             if top != self.top:
                 # Level d: this leaf's node and the last leaf's are siblings, each proven by the other proof.
-                if k == count or a2b(proof[k], strict_mode=True) != path[top] or node != siblings[top]:
+                if (k == count or a2b(proof[k], strict_mode=True) != path[top] or proof[k][42] not in last_characters
+                        or node != siblings[top]):
                     raise ProofError("computed root does not match")
                 earlier = self.proof
                 if proof[k + 1:] != earlier[len(earlier) - rest[top] + 1:]:
@@ -584,19 +638,17 @@ def _at(number: int) -> str:
 
 def _json(data: bytes, where: str) -> Any:
     try:
-        return orjson.loads(data)
+        return schema.loads(data)
     except orjson.JSONDecodeError:
         raise BundleError("bundle-format", f"{where} is not valid JSON") from None
+    except ShapeError as e:
+        raise BundleError("bundle-format", f"{where}: {e}") from None
 
 
 def _hash(text: Any, where: str) -> bytes:
-    try:
-        value = binascii.a2b_base64(text, strict_mode=True) if type(text) is str else b""
-    except binascii.Error:
-        value = b""
-    if len(value) != HASH_BYTES:
-        raise BundleError("bundle-format", f"{where}: a proof node is not the base64 of {HASH_BYTES} bytes")
-    return value
+    if not schema.node_valid(text):
+        raise BundleError("bundle-format", f"{where}: a proof node is not the canonical base64 of {HASH_BYTES} bytes")
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def _hashes(items: Any, where: str) -> list[bytes]:
@@ -605,27 +657,60 @@ def _hashes(items: Any, where: str) -> list[bytes]:
     return [_hash(item, where) for item in items]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _vkeys(vkeys: Iterable[str]) -> set[str]:
     try:
         return keys_from_vkeys(vkeys)
     except NoteError as e:
-        raise BundleError("unknown-key", f"a trusted key is not a verifier key: {e.reason}") from None
+        raise BundleError("keys", f"a trusted key is not a verifier key: {e.reason}") from None
+
+
+def _trusted_checkpoints(text: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """The notes of a trusted checkpoint as given: a signed note, or the JSON GET /v1/audit/checkpoint
+    returns ({"checkpoints": [...]}), or one checkpoint object of it (as in a receipt), each with the
+    object it came in, if any."""
+    if not text.lstrip().startswith(("{", "[")):  # a note starts with its origin
+        return [(text, None)]
+    try:
+        value = schema.loads(text.encode("utf-8"))
+    except (orjson.JSONDecodeError, ShapeError, UnicodeError) as e:
+        raise BundleError("trusted-checkpoint", f"the trusted checkpoint is neither a signed note nor valid JSON: "
+                                                f"{e}") from None
+    items = value.get("checkpoints") if type(value) is dict and "checkpoints" in value else [value]
+    if (type(items) is not list or not items
+            or not all(type(item) is dict and type(item.get("note")) is str for item in items)):
+        raise BundleError("trusted-checkpoint", "the trusted checkpoint's JSON is not that of GET "
+                                                '/v1/audit/checkpoint: {"checkpoints": [{"note": ...}, ...]}')
+    return [(item["note"], item) for item in items]
+
+
+def _agree(trusted: OpenedCheckpoint, claimed: dict[str, Any] | None, which: str) -> None:
+    """The fields of a checkpoint object beside its note (unsigned) must say what the note says."""
+    if claimed is None:
+        return
+    signed = {"log": trusted.log_id, "origin": origin(trusted.log_id), "tree_size": trusted.size,
+              "root_hash": b64(trusted.root), "signed_at": utc_text(trusted.signed_at), "key_id": trusted.key.key_id}
+    for name, value in signed.items():
+        if name in claimed and claimed[name] != value:
+            raise BundleError("trusted-checkpoint", f"{which}: its {name} {claimed[name]!r} is not its note's "
+                                                    f"{value!r}")
 
 
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.verify", description=__doc__.split("\n")[0])
     parser.add_argument("bundle")
-    parser.add_argument("--trusted-checkpoint", metavar="FILE", help="a checkpoint note kept from earlier")
+    parser.add_argument("--trusted-checkpoint", metavar="FILE",
+                        help="a checkpoint kept from earlier: a signed note, or the JSON of GET /v1/audit/checkpoint")
     parser.add_argument("--trusted-key", metavar="VKEY", action="append",
                         help="accept only checkpoints signed by this verifier key (repeatable)")
     args = parser.parse_args(argv)
     trusted = None
     if args.trusted_checkpoint:
-        trusted = Path(args.trusted_checkpoint).read_text(encoding="utf-8")
+        try:
+            trusted = Path(args.trusted_checkpoint).read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as e:
+            verdict = Verdict(False, "trusted-checkpoint", f"cannot read {args.trusted_checkpoint}: {e}")
+            out.write(verdict.line() + "\n")
+            return 1
     verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key)
     out.write(verdict.line() + "\n")
     return 0 if verdict.ok else 1
