@@ -28,13 +28,9 @@ from collections.abc import Callable
 import asyncpg
 
 from gateway import tasks, times
-from gateway.audit.checkpoints import (
-    DEAD_AFTER_SECONDS,
-    CheckpointSigner,
-    LogDamaged,
-    PackedTree,
-    leaf_hashes,
-)
+from gateway.audit import tiles
+from gateway.audit.checkpoints import DEAD_AFTER_SECONDS, CheckpointSigner
+from gateway.audit.tiles import LogDamaged
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +74,8 @@ async def finish_log(conn: asyncpg.Connection, signer: CheckpointSigner, log_id:
     covered = await conn.fetchval("SELECT coalesce(max(tree_size), 0) FROM audit_checkpoints WHERE log_id = $1",
                                   log_id)
     if size > covered:
-        root = PackedTree(await leaf_hashes(conn, log_id, size)).root(size)
+        # Its process stored the tiles of its last checkpoint: only the events after it are hashed.
+        root = await tiles.prove(conn, log_id, size, lambda tree: tree.root())
         try:
             await signer.sign(conn, log_id, size, root)
         except asyncpg.UniqueViolationError:

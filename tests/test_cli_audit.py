@@ -44,7 +44,8 @@ async def test_export_verify_and_check_from_the_command_line(dsn: str, tmp_path:
         exported = await run(runtime, "export", "--vendor", str(found.vendor_id), "--from", "2000-01-01",
                              "--to", "2100-01-01T00:00:00+09:00", "--member", "member-a", "-o", str(bundle))
         assert exported["events"] > 5 and exported["series"] == "member"  # type: ignore[index]
-        [latest] = [c for c in await checkpoints.latest_checkpoints(runtime.pool) if c["log"] == runtime.writer.log_id]
+        [latest] = [c for c in await checkpoints.latest_checkpoints(runtime.pool, found.vendor_id)
+                    if c["log"] == runtime.writer.log_id]
         trusted = tmp_path / "checkpoint.txt"
         trusted.write_text(latest["note"], encoding="utf-8")
         checked = await run(runtime, "check")

@@ -14,7 +14,6 @@ signed (key rotation). schemas/audit-format.md is the specification.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -25,11 +24,12 @@ import asyncpg
 import orjson
 
 from gateway import signing_keys
+from gateway.audit import tiles
 from gateway.audit.events import utc_text
 from gateway.audit.format import AUDIT, SIGNED_AT, CheckpointError, PublicKey, b64, open_checkpoint, origin
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.signing_keys import note_signer, open_key
-from keys.merkle import HASH_BYTES, CompactRange, MerkleTree, leaf_hash
+from keys.merkle import CompactRange, ProofError, leaf_hash, verify_inclusion
 from keys.notes import format_checkpoint
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
@@ -73,74 +73,6 @@ class CheckpointSigner:
         return note
 
 
-# -- trees from the database ------------------------------------------------------------------------
-
-class _PackedLevel:
-    """One level of a tree as concatenated 32-byte hashes: 32 bytes per node, no object per node."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data) // HASH_BYTES
-
-    def __getitem__(self, index: int) -> bytes:
-        start = index * HASH_BYTES
-        if not 0 <= start < len(self.data):
-            raise IndexError(index)
-        return self.data[start:start + HASH_BYTES]
-
-
-class PackedTree(MerkleTree):
-    """keys.merkle.MerkleTree's proofs over packed levels: about 64 bytes per leaf for millions of leaves.
-
-    The parent class reads its levels only through len() and [index], which _PackedLevel provides.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, leaves: bytes) -> None:
-        if len(leaves) % HASH_BYTES:
-            raise ValueError("leaf hashes must be a multiple of 32 bytes")
-        levels = [_PackedLevel(leaves)]
-        level = leaves
-        while len(level) > HASH_BYTES:
-            level = _parents(level)
-            levels.append(_PackedLevel(level))
-        self._levels = levels  # type: ignore[assignment]
-
-    def append(self, leaf_hash: bytes) -> None:
-        raise TypeError("a PackedTree is read-only")
-
-
-def _parents(level: bytes) -> bytes:
-    sha256 = hashlib.sha256
-    pairs = len(level) // (2 * HASH_BYTES)
-    return b"".join([sha256(b"\x01" + level[i:i + 64]).digest() for i in range(0, pairs * 64, 64)])
-
-
-async def leaf_hashes(conn: asyncpg.Connection, log_id: str, size: int) -> bytes:
-    """The leaf hashes of events 0..size-1 of a log, computed by PostgreSQL from the stored entries."""
-    chunks = []
-    for start in range(0, size, _LEAF_CHUNK):
-        end = min(start + _LEAF_CHUNK, size)
-        row = await conn.fetchrow(
-            "SELECT string_agg(sha256('\\x00'::bytea || entry), ''::bytea ORDER BY seq) AS leaves, "
-            "count(*) AS n, count(DISTINCT seq) AS distinct_n FROM audit_events "
-            "WHERE log_id = $1 AND seq >= $2 AND seq < $3", log_id, start, end)
-        if row["n"] != end - start or row["distinct_n"] != end - start:
-            raise LogDamaged(f"audit log {log_id} has {row['n']} events ({row['distinct_n']} distinct) numbered "
-                             f"{start}..{end - 1}, not {end - start}: run `gateway audit check`")
-        chunks.append(bytes(row["leaves"]))
-    return b"".join(chunks)
-
-
-class LogDamaged(RuntimeError):
-    """The events of a log in PostgreSQL are not numbered 0, 1, 2, ... without gaps or duplicates."""
-
-
 # -- what the API serves ----------------------------------------------------------------------------
 
 def checkpoint_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -149,15 +81,40 @@ def checkpoint_json(row: asyncpg.Record) -> dict[str, Any]:
             "signed_at": utc_text(row["signed_at"]), "note": row["note"]}
 
 
-async def latest_checkpoints(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
-    """The newest checkpoint of every log (for GET /v1/audit/checkpoint): members keep these."""
-    rows = await conn.fetch("SELECT DISTINCT ON (log_id) * FROM audit_checkpoints ORDER BY log_id, tree_size DESC")
+async def latest_checkpoints(conn: asyncpg.Connection | asyncpg.Pool, vendor_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The newest checkpoint of every log holding events of the vendor (GET /v1/audit/checkpoint):
+    its members keep these. Other logs are none of their business."""
+    rows = await conn.fetch("SELECT DISTINCT ON (c.log_id) c.* FROM audit_checkpoints c "
+                            "JOIN audit_log_vendors v ON v.log_id = c.log_id AND v.vendor_id = $1 "
+                            "ORDER BY c.log_id, c.tree_size DESC", vendor_id)
     return [checkpoint_json(row) for row in rows]
+
+
+async def vendor_log_checkpoint(conn: asyncpg.Connection | asyncpg.Pool, vendor_id: uuid.UUID,
+                                log_id: str) -> asyncpg.Record:
+    """The newest checkpoint of a log holding events of the vendor; NotFound for any other log."""
+    row = await conn.fetchrow("SELECT c.* FROM audit_checkpoints c JOIN audit_log_vendors v "
+                              "ON v.log_id = c.log_id AND v.vendor_id = $1 WHERE c.log_id = $2 "
+                              "ORDER BY c.tree_size DESC LIMIT 1", vendor_id, log_id)
+    if row is None:
+        raise NotFound("audit log")
+    return row
 
 
 async def public_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
     """Every audit key with its validity and C2SP verifier key (for the public keys endpoint)."""
     return [key.to_json() for key in await signing_keys.public_keys(conn, AUDIT)]
+
+
+# An event, its covering checkpoint (if any) and how far its log is tiled: one round trip.
+_RECEIPT = """
+    SELECT e.log_id, e.seq, e.entry, e.vendor_id, e.member_id, l.tiled_size,
+           c.tree_size, c.root_hash, c.note, c.key_id, c.signed_at
+    FROM audit_events e
+    JOIN audit_logs l ON l.log_id = e.log_id
+    LEFT JOIN LATERAL (SELECT * FROM audit_checkpoints c WHERE c.log_id = e.log_id AND c.tree_size > e.seq
+                       ORDER BY c.tree_size LIMIT 1) c ON true
+    WHERE e.event_id = $1"""
 
 
 async def receipt(conn: asyncpg.Connection, event_id: uuid.UUID, *, vendor_id: uuid.UUID | None = None,
@@ -169,27 +126,28 @@ async def receipt(conn: asyncpg.Connection, event_id: uuid.UUID, *, vendor_id: u
     events (an entry names who did what): another's event is NotFound, as a missing one is.
     Raises ServiceUnavailable (with Retry-After) while no checkpoint covers the event yet.
     """
-    event = await conn.fetchrow("SELECT log_id, seq, entry, vendor_id, member_id FROM audit_events "
-                                "WHERE event_id = $1", event_id)
+    event = await conn.fetchrow(_RECEIPT, event_id)
     if (event is None or (vendor_id is not None and event["vendor_id"] != vendor_id)
             or (member_id is not None and event["member_id"] != member_id)):
         raise NotFound("audit event")
-    covering = await conn.fetchrow("SELECT * FROM audit_checkpoints WHERE log_id = $1 AND tree_size > $2 "
-                                   "ORDER BY tree_size LIMIT 1", event["log_id"], event["seq"])
-    if covering is None:
+    if event["tree_size"] is None:
         raise ServiceUnavailable("no signed checkpoint covers this event yet; retry in a few seconds",
                                  headers={"Retry-After": "2"})
-    size = covering["tree_size"]
-    tree = PackedTree(await leaf_hashes(conn, event["log_id"], size))
-    if tree.root(size) != bytes(covering["root_hash"]):
-        # The receipt will not verify, which is the truth about this database: say so in the log too.
-        log.error("audit log %s: the events no longer hash to checkpoint %d; run `gateway audit check`",
-                  event["log_id"], size)
-    key = next(k for k in await signing_keys.public_keys(conn, AUDIT) if k.key_id == covering["key_id"])
+    covering = event
+    size, seq = covering["tree_size"], event["seq"]
+    proof = await tiles.prove(conn, event["log_id"], size, lambda tree: tree.inclusion_proof(seq, size),
+                              tiled=event["tiled_size"])
     entry = bytes(event["entry"])
+    try:
+        verify_inclusion(leaf_hash(entry), seq, size, proof, bytes(covering["root_hash"]))
+    except ProofError:
+        # The receipt will not verify, which is the truth about this database: say so in the log too.
+        log.error("audit log %s: event %d no longer hashes into checkpoint %d; run `gateway audit check`",
+                  event["log_id"], seq, size)
+    key = next(k for k in await signing_keys.public_keys(conn, AUDIT) if k.key_id == covering["key_id"])
     return {"event_id": str(event_id), "log": event["log_id"], "seq": event["seq"], "entry": entry.decode("utf-8"),
             "leaf_hash": b64(leaf_hash(entry)), "checkpoint": checkpoint_json(covering),
-            "inclusion_proof": [b64(h) for h in tree.inclusion_proof(event["seq"], size)], "key": key.to_json()}
+            "inclusion_proof": [b64(h) for h in proof], "key": key.to_json()}
 
 
 # -- gateway audit check ----------------------------------------------------------------------------

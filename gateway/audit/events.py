@@ -75,6 +75,7 @@ class EventKind(enum.StrEnum):
     SHARING_PROFILE_ISSUE = "member:sharing-profile:issue"
     # The evidence API: checkpoints for any authenticated caller, public keys for anyone.
     CHECKPOINT_READ = "audit:checkpoint:read"
+    TILE_READ = "audit:tile:read"  # a log's checkpoint or a hash tile in the tlog-tiles layout
     AUDIT_KEYS_READ = "audit:keys:read"
     # The API description (GET /openapi.json): public, like the OAuth metadata.
     OPENAPI_READ = "api:openapi:read"

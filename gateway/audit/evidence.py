@@ -15,8 +15,9 @@ filter takes, per log, the vendor's events as a gap-free `vendor_seq` series (a 
 `member_seq`), plus the vendor's neighbouring event on each side as a witness that the series starts and
 ends where the bundle says. Filtered exports carry only inclusion proofs.
 
-The export streams: events go from a server-side cursor to the ZIP; per log only the leaf hashes of
-its tree are in memory (about 64 bytes per event, in PackedTree).
+The export streams: events go from a server-side cursor to the ZIP; per log only its hash tiles from
+the first exported event on are in memory (32 bytes per event, gateway/audit/tiles.py), from which
+every proof is read.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ import asyncpg
 import orjson
 
 from gateway import times
-from gateway.audit import report
-from gateway.audit.checkpoints import PackedTree, leaf_hashes
+from gateway.audit import report, tiles
 from gateway.audit.events import utc_text
 from gateway.audit.format import FILES, FORMAT, b64, origin
 from gateway.errors import InvalidInput
 from gateway.signing_keys import AUDIT, public_keys
+from keys.merkle import leaf_hash
 
 _BUFFER = 1 << 20
 
@@ -180,6 +181,10 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progre
         side = {name: open(Path(work) / name, "w+b") for name in FILES[1:4]}  # noqa: SIM115, ASYNC230
         try:
             sinks = {name: _Sink(handle) for name, handle in side.items()}
+            # A log not tiled as far as its checkpoints (written before tiles existed) is tiled first:
+            # the snapshot below is read-only. The writers store tiles before each checkpoint they sign.
+            for plan in await _plan(conn, scope):
+                await tiles.extend_to_checkpoint(conn, plan.log_id)
             # One snapshot for every query: checkpoints and events agree with each other.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 with bundle.open("events.jsonl", "w", force_zip64=True) as raw_events:
@@ -255,25 +260,31 @@ async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, even
     checkpoints = await conn.fetch("SELECT tree_size, root_hash, note FROM audit_checkpoints WHERE log_id = $1 "
                                    "AND tree_size > $2 ORDER BY tree_size", log_id, first_seq)
     sizes = [row["tree_size"] for row in checkpoints]
-    tree = PackedTree(await leaf_hashes(conn, log_id, latest))
+    tree_of = await tiles.reader(conn, log_id, first_seq)
     for row in checkpoints:
-        if tree.root(row["tree_size"]) != bytes(row["root_hash"]):
-            result.warnings.append(f"log {log_id}: the stored events no longer hash to checkpoint {row['tree_size']}; "
+        if tree_of(row["tree_size"]).root() != bytes(row["root_hash"]):
+            result.warnings.append(f"log {log_id}: the stored hash tiles no longer hash to checkpoint {row['tree_size']}; "
                                    "the bundle will not verify (run `gateway audit check`)")
         sinks["checkpoints.jsonl"].write(orjson.dumps({"log": log_id, "tree_size": row["tree_size"],
                                                        "note": row["note"]}) + b"\n")
     for old, new in itertools.pairwise(sizes):
-        proof = [b64(h) for h in tree.consistency_proof(old, new)]
+        proof = [b64(h) for h in tree_of(new).consistency_proof(old, new)]
         sinks["consistency.jsonl"].write(orjson.dumps({"log": log_id, "old_size": old, "new_size": new,
                                                        "proof": proof}) + b"\n")
     proofs = sinks["proofs.jsonl"]
+    trees = {size: tree_of(size) for size in sizes}
+    damaged = False
     count, seq = 0, -1
     async for row in conn.cursor(query, *query_args, prefetch=5_000):
         seq, raw = row["seq"], bytes(row["entry"])
         size = sizes[bisect.bisect_right(sizes, seq)]  # the first checkpoint whose tree holds the event
+        if trees[size].leaf(seq) != leaf_hash(raw) and not damaged:
+            damaged = True
+            result.warnings.append(f"log {log_id}: stored event {seq} no longer hashes to what its checkpoints "
+                                   "signed; the bundle will not verify (run `gateway audit check`)")
         events.write(raw + b"\n")
         proofs.write(orjson.dumps({"log": log_id, "seq": seq, "tree_size": size,
-                                   "proof": [_b64_node(h) for h in tree.inclusion_proof(seq, size)]}) + b"\n")
+                                   "proof": [_b64_node(h) for h in trees[size].inclusion_proof(seq, size)]}) + b"\n")
         summary.add(orjson.loads(raw))
         count += 1
         result.events += 1

@@ -36,12 +36,13 @@ import asyncpg
 from asyncpg.transaction import Transaction, TransactionState
 
 from gateway import metrics, signing_keys, times
-from gateway.audit import usage
+from gateway.audit import tiles, usage
 from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import AuditEvent, canonical
 from gateway.errors import ServiceUnavailable
 from keys.merkle import CompactRange, leaf_hash
 from keys.sealing import MasterKey
+from keys.tiles import RightEdge
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class AuditWriter:
         self.batch_max = batch_max
         self.deadline = deadline
         self.tree = CompactRange()
+        # The tree's right edge as tiles, stored before each checkpoint (gateway/audit/tiles.py).
+        self.edge = RightEdge()
         self.batches = 0
         # Without the master key there is no signing key: events are written, checkpoints are not.
         self.signer = CheckpointSigner(master) if master is not None else None
@@ -418,6 +421,7 @@ class AuditWriter:
     def _extend(self, numbered: _Numbered) -> None:
         for leaf in numbered.leaves:
             self.tree.append(leaf)
+            self.edge.append(leaf)
         self._vendors.update(numbered.vendors)
         self._members.update(numbered.members)
         self._last = numbered
@@ -466,6 +470,7 @@ class AuditWriter:
         size, root = self.tree.size, self.tree.root()
         if size <= self.checkpointed:
             return
+        await tiles.store(conn, self.log_id, self.edge)  # the tiles of every checkpointed tree exist
         try:
             await self.signer.sign(conn, self.log_id, size, root)
         except asyncpg.UniqueViolationError:

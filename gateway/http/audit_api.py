@@ -7,6 +7,7 @@ the public keys that verify it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import uuid
@@ -18,9 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import times
-from gateway.audit import checkpoints, evidence
+from gateway.audit import checkpoints, evidence, tiles
 from gateway.audit.events import EventKind
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
 from gateway.http.context import context
 from gateway.http.endpoints import (
     NO_STORE,
@@ -31,6 +32,8 @@ from gateway.http.endpoints import (
     runtime_of,
     vendor_of,
 )
+from keys.merkle import HASH_BYTES
+from keys.tiles import parse_tile_path, tile_width
 
 MEMBER = ("member", "sharing")
 ANY_CALLER = ("member", "sharing", "vendor", "compliance")
@@ -48,8 +51,39 @@ async def receipt(request: Request) -> Response:
 
 
 async def latest_checkpoint(request: Request) -> Response:
-    principal(request, EventKind.CHECKPOINT_READ, *ANY_CALLER)
-    return json_response({"checkpoints": await checkpoints.latest_checkpoints(runtime_of(request).pool)})
+    caller = principal(request, EventKind.CHECKPOINT_READ, *ANY_CALLER)
+    return json_response({"checkpoints": await checkpoints.latest_checkpoints(runtime_of(request).pool,
+                                                                              vendor_of(caller))})
+
+
+# <log_id>/checkpoint or <log_id>/tile/...: a log id is <instance>/<start time>/<6 hex digits>.
+_TLOG_PATH = re.compile(r"(?P<log>.+/[0-9]{8}T[0-9]{6}Z/[0-9a-f]{6})/(?P<resource>checkpoint|tile/.+)")
+
+
+async def tlog(request: Request) -> Response:
+    """A log of the caller's vendor in the C2SP tlog-tiles layout: its newest checkpoint, or a hash tile
+    of that checkpoint's tree. Entry tiles are not served: entries name members and paths."""
+    caller = principal(request, EventKind.TILE_READ, *ANY_CALLER)
+    match = _TLOG_PATH.fullmatch(request.path_params["path"])
+    if match is None:
+        raise NotFound("audit log resource", reason="the paths are <log>/checkpoint and <log>/tile/<L>/<N>[.p/<W>]")
+    runtime = runtime_of(request)
+    async with runtime.pool.acquire() as conn:
+        latest = await checkpoints.vendor_log_checkpoint(conn, vendor_of(caller), match["log"])
+        if match["resource"] == "checkpoint":
+            return Response(latest["note"], headers=NO_STORE, media_type="text/plain; charset=utf-8")
+        try:
+            level, index, width = parse_tile_path(match["resource"])
+        except ValueError as exc:
+            raise NotFound("tile", reason=str(exc)) from None
+        # Tiles of the signed tree only: a partial tile is served at the width a checkpoint has.
+        signed = tile_width(latest["tree_size"], level, index)
+        hashes = await tiles.tile(conn, match["log"], level, index) if width <= signed else None
+    if hashes is None or len(hashes) < width * HASH_BYTES:
+        raise NotFound("tile", reason=f"the newest checkpoint's tree has {signed} hashes in that tile")
+    # Immutable: a tile of a given width never changes (schemas/audit-format.md §3.1).
+    return Response(hashes[:width * HASH_BYTES], media_type="application/octet-stream",
+                    headers={"cache-control": "private, max-age=31536000, immutable"})
 
 
 async def public_keys(request: Request) -> Response:
@@ -105,6 +139,7 @@ async def export(request: Request) -> Response:
 routes = [
     Route("/v1/receipts/{event}", receipt, methods=["GET"]),
     Route("/v1/audit/checkpoint", latest_checkpoint, methods=["GET"]),
+    Route("/v1/audit/logs/{path:path}", tlog, methods=["GET"]),
     Route("/v1/audit/export", export, methods=["GET"]),
     Route("/.well-known/lpd-audit-keys.json", public_keys, methods=["GET"]),
 ]

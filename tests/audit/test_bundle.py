@@ -20,6 +20,7 @@ from gateway import signing_keys
 from gateway.audit import report, verify
 from gateway.audit.format import PublicKey, b64
 from gateway.audit.verify import verify_bundle
+from keys.merkle import MerkleTree
 from keys.notes import format_checkpoint, parse_note
 from keys.sealing import MasterKey
 from keys.signing import SigningKey
@@ -411,11 +412,16 @@ async def test_a_trusted_checkpoint_exposes_a_log_rewritten_and_re_signed(dsn: s
 
 
 async def _rewrite_and_resign(pool: asyncpg.Pool, log_id: str, seq: int) -> None:
-    from gateway.audit.checkpoints import CheckpointSigner, PackedTree, leaf_hashes
+    from gateway.audit.checkpoints import CheckpointSigner
+    from gateway.audit.tiles import leaf_hashes
 
     async with pool.acquire() as conn:
         await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update")
         await conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_no_update")
+        # The hash tiles are rebuilt from the rewritten events, as a forger would.
+        await conn.execute("ALTER TABLE audit_tiles DISABLE TRIGGER audit_tiles_grow_only")
+        await conn.execute("DELETE FROM audit_tiles WHERE log_id = $1", log_id)
+        await conn.execute("UPDATE audit_logs SET tiled_size = 0 WHERE log_id = $1", log_id)
         entry = orjson.loads(await conn.fetchval("SELECT entry FROM audit_events WHERE log_id = $1 AND seq = $2",
                                                  log_id, seq))
         entry["delivery"]["records"] = 0
@@ -423,7 +429,8 @@ async def _rewrite_and_resign(pool: asyncpg.Pool, log_id: str, seq: int) -> None
                            orjson.dumps(entry, option=orjson.OPT_SORT_KEYS))
         sizes = [r["tree_size"] for r in await conn.fetch(
             "DELETE FROM audit_checkpoints WHERE log_id = $1 RETURNING tree_size", log_id)]
-        tree = PackedTree(await leaf_hashes(conn, log_id, max(sizes)))
+        leaves = await leaf_hashes(conn, log_id, max(sizes))
+        tree = MerkleTree([leaves[i:i + 32] for i in range(0, len(leaves), 32)])
         for size in sorted(sizes):
             await CheckpointSigner(MASTER).sign(conn, log_id, size, tree.root(size))
 

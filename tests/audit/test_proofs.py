@@ -12,7 +12,6 @@ import hashlib
 
 import pytest
 
-from gateway.audit.checkpoints import PackedTree
 from gateway.audit.verify import _ProofCache
 from keys.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
 
@@ -32,18 +31,6 @@ def warmed(tree: MerkleTree, size: int, hashes: list[bytes]) -> _ProofCache:
     for index in range(size):
         cache.verify(hashes[index], index, b64(tree.inclusion_proof(index, size)))
     return cache
-
-
-@pytest.mark.parametrize("n", SIZES)
-def test_packed_trees_prove_like_merkle_trees(n: int) -> None:
-    hashes = leaves(n)
-    packed, plain = PackedTree(b"".join(hashes)), MerkleTree(hashes)
-    for size in range(1, n + 1):
-        assert packed.root(size) == plain.root(size)
-        for index in range(size):
-            assert packed.inclusion_proof(index, size) == plain.inclusion_proof(index, size)
-        if size < n:
-            assert packed.consistency_proof(size, n) == plain.consistency_proof(size, n)
 
 
 @pytest.mark.parametrize("n", SIZES)

@@ -16,12 +16,12 @@ import orjson
 import pytest
 
 from gateway import migrations, signing_keys
-from gateway.audit import checkpoints
+from gateway.audit import checkpoints, tiles
 from gateway.audit.events import AuditEvent
 from gateway.audit.format import CheckpointError, open_checkpoint, public_key_from_json
 from gateway.audit.writer import AuditUnavailable, AuditWriter, new_log_id
 from gateway.errors import NotFound, ServiceUnavailable
-from keys.merkle import leaf_hash, verify_inclusion
+from keys.merkle import MerkleTree, leaf_hash, verify_inclusion
 from keys.sealing import MasterKey
 from tests.audit.support import synthetic
 
@@ -81,11 +81,11 @@ async def test_checkpoints_every_n_events_and_at_close_verify_against_the_events
     conn = await asyncpg.connect(dsn)
     try:
         keys = await signing_keys.public_keys(conn)
-        leaves = await checkpoints.leaf_hashes(conn, log_id, 251)
+        leaves = await tiles.leaf_hashes(conn, log_id, 251)
         result = await checkpoints.check(conn)
     finally:
         await conn.close()
-    tree = checkpoints.PackedTree(leaves)
+    tree = MerkleTree([leaves[i:i + 32] for i in range(0, len(leaves), 32)])
     for row in rows:
         opened = open_checkpoint(row["note"], keys, log_id)
         assert opened.root == tree.root(row["tree_size"]) == bytes(row["root_hash"])
@@ -267,13 +267,15 @@ async def _sealed(dsn: str, key_id: str) -> bytes:
 
 
 async def test_public_keys_and_latest_checkpoints_are_published(dsn: str) -> None:
+    vendor = uuid.uuid4()
     async with writer_on(dsn) as writer:
-        await writer.commit(synthetic(uuid.uuid4()))
+        await writer.commit(synthetic(vendor))
         await writer.checkpoint()
         conn = await asyncpg.connect(dsn)
         try:
             [key] = await checkpoints.public_keys(conn)
-            latest = await checkpoints.latest_checkpoints(conn)
+            latest = await checkpoints.latest_checkpoints(conn, vendor)
+            assert await checkpoints.latest_checkpoints(conn, uuid.uuid4()) == [], "only the vendor's logs"
         finally:
             await conn.close()
     assert key["vkey"].startswith("lpd-gateway-audit+") and key["not_after"] is None

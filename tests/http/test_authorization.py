@@ -25,7 +25,9 @@ import pytest
 from starlette.routing import Route
 
 from gateway.app import build_app
+from gateway.audit.writer import AuditWriter, new_log_id
 from gateway.runtime import Runtime
+from tests.audit.support import synthetic
 from tests.factories import COLUMNS, ROWS, VendorFixture, auth, make_vendor, wait_for_snapshot
 
 # Usage is written behind the deliveries of the setup, on its own schedule: not compared.
@@ -51,6 +53,7 @@ class Party:
     share: str
     delivery_event: str
     file_token: str
+    log: str  # an audit log holding events of this party's vendor only
 
 
 async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: str) -> Party:
@@ -85,7 +88,20 @@ async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: 
     url = next(line["file"]["url"] for line in (httpx.Response(200, content=raw).json()
                                                   for raw in query.content.splitlines()) if "file" in line)
     return Party(vendor, dataset, member, key, licence, compliance, oauth_client, issued.json()["access_token"],
-                 sharing_key, share, delivery.headers["audit-event"], url.rsplit("/", 1)[1])
+                 sharing_key, share, delivery.headers["audit-event"], url.rsplit("/", 1)[1],
+                 await _log_of_its_own(runtime, vendor.id))
+
+
+async def _log_of_its_own(runtime: Runtime, vendor_id: uuid.UUID) -> str:
+    """A second process's log (as another instance writes it) with one checkpointed event of the vendor."""
+    writer = AuditWriter(runtime.pool, new_log_id("other-instance"), "other-instance", master=runtime.master)
+    await writer.start()
+    try:
+        await writer.commit(synthetic(vendor_id))
+        await writer.checkpoint()
+    finally:
+        await writer.close()
+    return writer.log_id
 
 
 def _random_uuid() -> str:
@@ -121,6 +137,8 @@ ID_PARAMS: dict[str, IdParam] = {
     "share": IdParam(lambda p: p.share, _random_name),
     "schema": IdParam(lambda p: "default", lambda: "default", fixed=True),
     "table": IdParam(lambda p: p.dataset["name"], _random_name),
+    # A log of the party's vendor in the tlog-tiles layout (its checkpoint; tiles are probed in tests/audit).
+    "path": IdParam(lambda p: f"{p.log}/checkpoint", lambda: f"x/20260101T000000Z/{secrets.token_hex(3)}/checkpoint"),
     # A signed file URL issued to the party's member key.
     "token": IdParam(lambda p: p.file_token, _random_file_token),
 }
@@ -182,6 +200,8 @@ def expected_status(kind: str, method: str, path: str) -> int:
         return 404 if kind == "vendor" or (kind == "compliance" and method in READ_METHODS) else 403
     if path.startswith("/delta-sharing/files/"):
         return 404  # the URL authorises itself, whoever presents it
+    if path.startswith("/v1/audit/logs/"):
+        return 404  # every role reads its own vendor's logs; another vendor's log is not there
     return 404 if kind == "member" else 403
 
 

@@ -39,7 +39,8 @@ def served(runtime: Runtime) -> set[tuple[str, str]]:
     for route in build_app(runtime).routes:
         assert isinstance(route, Route), f"{route!r}: only plain routes are expected; document any other kind"
         assert route.methods, f"{route.path}: a route without methods answers every method"
-        found |= {(route.path, method) for method in route.methods}
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {path:path} is documented as {path}
+        found |= {(path, method) for method in route.methods}
     return found
 
 
