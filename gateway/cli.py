@@ -696,8 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(usage, "report", cmd_usage_report, "usage by member, dataset and period (JST)",
                  "gateway usage report --vendor 'Example Mobile' --from 2026-04-01 --to 2026-05-01 --format csv")
     _vendor_arg(p)
-    p.add_argument("--from", dest="start", help="first day (default: start of this month)")
-    p.add_argument("--to", dest="end", help="day after the last (default: start of next month)")
+    p.add_argument("--from", dest="start",
+                   help="first day (default: start of this month, or of the month before an earlier --to)")
+    p.add_argument("--to", dest="end",
+                   help="day after the last (default: start of next month, or of the month after a later --from)")
     p.add_argument("--member", help="member name or id")
     p.add_argument("--dataset", help="dataset name or id")
     p.add_argument("--by", choices=("day", "month"), default="month")
