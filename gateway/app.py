@@ -24,7 +24,9 @@ from gateway.http.authentication import ApiKeyAuthenticator, AuthenticationMiddl
 from gateway.http.forwarding import Forwarding
 from gateway.http.problems import handle_gateway_error, problem_response
 from gateway.http.types import Receive, Scope, Send
+from gateway.http.witness_api import build_witness_app
 from gateway.runtime import Runtime
+from gateway.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +138,8 @@ class GatewayApp:
                     await self.runtime.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def witness_app(witness: Witness) -> Starlette:
+    """What `gateway witness serve` serves: the tlog-witness interface of gateway/witness.py."""
+    return build_witness_app(witness)

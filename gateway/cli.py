@@ -35,6 +35,7 @@ import orjson
 from gateway import (
     access_tokens,
     cli_audit,
+    cli_witness,
     credentials,
     datasets,
     licences,
@@ -705,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=("day", "month"), default="month")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     cli_audit.register(sub, _command)
+    cli_witness.register(sub, _command)
     for _, group in walk(parser):  # a group's --help ends with the examples of its commands
         subs = [a for a in group._actions if isinstance(a, argparse._SubParsersAction)]
         if subs and not group.epilog:
