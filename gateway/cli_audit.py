@@ -123,6 +123,7 @@ async def cmd_export(runtime: Runtime, args: argparse.Namespace) -> Any:
         dataset_id=dataset.id if dataset else None,
         detail={"export": {"from": args.start.isoformat(), "to": args.end.isoformat(), "file": Path(args.output).name}}))
     await runtime.writer.checkpoint()
+    await runtime.push_to_witnesses()  # the bundle then carries the cosignatures of that checkpoint
     progress = _Progress(f"exporting {Path(args.output).name}")
     try:
         result = await evidence.export(runtime.pool, vendor.id, args.start, args.end, member.id if member else None,
@@ -161,7 +162,8 @@ def run_verify(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise file_error(args.bundle, "the bundle", exc) from None
     trusted = read_text(args.trusted_checkpoint, "--trusted-checkpoint file") if args.trusted_checkpoint else None
-    verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key)
+    verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key, witnesses=args.witness,
+                            quorum=args.quorum)
     sys.stdout.write(verdict.line() + "\n")
     return 0 if verdict.ok else 1
 
@@ -183,7 +185,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--dataset", help="only this dataset's events (name or id)")
     p.add_argument("-o", "--output", required=True, type=path_arg, help="the bundle to write, e.g. april.zip")
     p = command(actions, "verify", cmd_verify, "verify an evidence bundle offline (no database needed)",
-                 "gateway audit verify april.zip --trusted-checkpoint checkpoint.txt")
+                 "gateway audit verify april.zip --trusted-checkpoint checkpoint.txt --witness W1_VKEY "
+                 "--witness W2_VKEY --quorum 2")
     p.set_defaults(offline=run_verify)
     p.add_argument("bundle", type=path_arg)
     p.add_argument("--trusted-checkpoint", metavar="FILE", type=path_arg,
@@ -191,5 +194,10 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
                         "GET /v1/audit/checkpoint")
     p.add_argument("--trusted-key", metavar="VKEY", action="append",
                    help="accept only checkpoints signed by this C2SP verifier key (repeatable)")
+    p.add_argument("--witness", metavar="VKEY", action="append",
+                   help="a witness's tlog-cosignature/v1 verifier key (repeatable): see --quorum")
+    p.add_argument("--quorum", metavar="K", type=int,
+                   help="refuse the bundle unless each log's events are covered by a checkpoint cosigned by K of "
+                        "the --witness keys (default: all of them)")
     command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
              "gateway audit check")

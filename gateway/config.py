@@ -81,6 +81,29 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _witnesses(text: str) -> tuple[tuple[str, str], ...]:
+    """`URL=VKEY` pairs, comma-separated: each witness's tlog-witness URL and cosignature/v1 verifier key."""
+    from keys.cosignatures import CosignatureVerifier
+    from keys.notes import NoteError
+
+    found: list[tuple[str, str]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        url, equals, vkey = part.partition("=")  # the first "=": a vkey's base64 may end in "="
+        if not equals or not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected URL=VKEY, e.g. https://witness.example/lpd=witness.example/w1+1a2b3c4d+BA..., "
+                             f"not {part!r}")
+        try:
+            CosignatureVerifier.from_vkey(vkey)
+        except NoteError as exc:
+            raise ValueError(f"{vkey!r} is not a witness verifier key: {exc.reason}") from None
+        if any(vkey == known for _, known in found):
+            raise ValueError(f"witness key {vkey!r} is listed twice")
+        found.append((url.rstrip("/"), vkey))
+    return tuple(found)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_HOST", "127.0.0.1", "Address the HTTP server binds to.", str),
     Setting("GATEWAY_PORT", "8080", "TCP port the HTTP server listens on.", _port),
@@ -122,6 +145,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Window in which failed authentications from one address are counted.", _positive_float),
     Setting("GATEWAY_AUTH_BACKOFF_MAX_SECONDS", "300",
             "Longest Retry-After a failing address is made to wait (the wait doubles up to it).", _positive_float),
+    Setting("GATEWAY_WITNESSES", "",
+            "Comma-separated URL=VKEY pairs: C2SP tlog-witnesses that cosign every audit checkpoint (empty: none).",
+            _witnesses),
 )
 
 
@@ -149,6 +175,7 @@ class Config:
     auth_backoff_failures: int = 10
     auth_backoff_window_seconds: float = 60.0
     auth_backoff_max_seconds: float = 300.0
+    witnesses: tuple[tuple[str, str], ...] = ()
 
     @property
     def base_url(self) -> str:

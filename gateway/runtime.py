@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from gateway import database, migrations, server_secrets
+from gateway.audit.witnesses import WitnessPusher
 from gateway.audit.writer import OWN_CONNECTIONS, AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
@@ -42,6 +43,8 @@ class Runtime:
     # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
     backoff: FailureBackoff = field(default_factory=FailureBackoff)
     pages: PageCache = field(default_factory=lambda: PageCache(0))
+    # Pushes each new checkpoint to GATEWAY_WITNESSES (serving processes only) and keeps their cosignatures.
+    witnesses: WitnessPusher | None = None
     _deliveries: Deliveries | None = field(default=None, repr=False)
 
     @classmethod
@@ -83,6 +86,10 @@ class Runtime:
             await runtime.refresher.start()
             runtime.usage_sync = UsageSync(runtime.usage, pool, snapshot.licences)
             await runtime.usage_sync.start()
+            if config.witnesses:
+                runtime.witnesses = WitnessPusher(pool, config.witnesses)
+                writer.on_checkpoint = runtime.witnesses.wake
+                await runtime.witnesses.start()
         return runtime
 
     @property
@@ -93,6 +100,18 @@ class Runtime:
                                           self.writer, self.config.home)
         return self._deliveries
 
+    async def push_to_witnesses(self) -> None:
+        """One round of pushing every log's newest checkpoint to GATEWAY_WITNESSES now (e.g. before an
+        export, so that the bundle carries the cosignatures of the checkpoint just signed)."""
+        if self.witnesses is not None:
+            await self.witnesses.push_all()
+        elif self.config.witnesses:
+            pusher = WitnessPusher(self.pool, self.config.witnesses)
+            try:
+                await pusher.push_all()
+            finally:
+                await pusher.client.aclose()
+
     def hasher(self) -> KeyHasher:
         """The API key hasher: the snapshot's (kept current on rotation) when serving, else the one loaded."""
         return self.snapshot.hasher or self.secrets.hasher()
@@ -101,6 +120,8 @@ class Runtime:
         """Drain the audit writer first: events of answered requests must reach the database. Then end
         the log, which returns this process's unspent quota leases."""
         await self.writer.close()
+        if self.witnesses is not None:
+            await self.witnesses.close()  # after the writer's final checkpoint, which it pushes too
         if self.usage_sync is not None:
             await self.usage_sync.close()
         if self.liveness is not None:

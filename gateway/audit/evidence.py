@@ -242,6 +242,15 @@ def _where(scope: _Scope) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
+# A log's checkpoints from the first covering `first_seq` on, each note followed by the witnesses'
+# cosignature lines (schemas/audit-format.md §8), in byte order: a signed note may carry many signatures.
+_CHECKPOINTS = """
+    SELECT c.tree_size, c.root_hash, c.note || coalesce(
+        (SELECT string_agg(s.signature_line, '' ORDER BY s.signature_line COLLATE "C") FROM audit_cosignatures s
+         WHERE s.log_id = c.log_id AND s.tree_size = c.tree_size), '') AS note
+    FROM audit_checkpoints c WHERE c.log_id = $1 AND c.tree_size > $2 ORDER BY c.tree_size"""
+
+
 async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, events: _Sink, sinks: dict[str, _Sink],
                       summary: report.Summary, result: ExportResult, progress: Progress | None) -> dict[str, Any]:
     log_id = plan.log_id
@@ -257,8 +266,7 @@ async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, even
         return entry
     query, query_args = await _events_query(conn, scope, plan, latest)
     first_seq = await conn.fetchval(f"SELECT min(seq) FROM ({query}) AS selected", *query_args)
-    checkpoints = await conn.fetch("SELECT tree_size, root_hash, note FROM audit_checkpoints WHERE log_id = $1 "
-                                   "AND tree_size > $2 ORDER BY tree_size", log_id, first_seq)
+    checkpoints = await conn.fetch(_CHECKPOINTS, log_id, first_seq)
     sizes = [row["tree_size"] for row in checkpoints]
     tree_of = await tiles.reader(conn, log_id, first_seq)
     for row in checkpoints:

@@ -47,6 +47,7 @@ from gateway.audit.format import (
     public_key_from_json,
 )
 from gateway.audit.schema import ShapeError
+from keys.cosignatures import CosignatureVerifier, cosignatures
 from keys.merkle import HASH_BYTES, ProofError, verify_consistency
 from keys.notes import NoteError
 
@@ -95,13 +96,20 @@ class Verdict:
 
 
 def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
-                  trusted_keys: Iterable[str] | None = None) -> Verdict:
+                  trusted_keys: Iterable[str] | None = None, witnesses: Iterable[str] | None = None,
+                  quorum: int | None = None) -> Verdict:
     """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint obtained earlier, as a signed note
     (e.g. a receipt's) or as the JSON GET /v1/audit/checkpoint returns; `trusted_keys`: C2SP verifier
-    keys to accept instead of trusting keys.json alone (keys.json still supplies each key's validity)."""
+    keys to accept instead of trusting keys.json alone (keys.json still supplies each key's validity);
+    `witnesses` (cosignature/v1 vkeys) and `quorum` (default: all of them): each log's events must be
+    covered by a checkpoint cosigned by `quorum` of those witnesses (schemas/audit-format.md §8.4)."""
+    try:
+        policy = _witness_policy(witnesses, quorum)
+    except BundleError as e:
+        return Verdict(False, e.code, e.message)
     try:
         with zipfile.ZipFile(path) as bundle:
-            return _Verifier(path, bundle, trusted_checkpoint, trusted_keys).run()
+            return _Verifier(path, bundle, trusted_checkpoint, trusted_keys, policy).run()
     except BundleError as e:
         return Verdict(False, e.code, e.message)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, zlib.error, NotImplementedError) as e:
@@ -127,8 +135,10 @@ class _Log:
 
 class _Verifier:
     def __init__(self, path: str | Path, bundle: zipfile.ZipFile, trusted_checkpoint: str | None,
-                 trusted_keys: Iterable[str] | None) -> None:
+                 trusted_keys: Iterable[str] | None,
+                 witnesses: tuple[list[CosignatureVerifier], int] | None = None) -> None:
         self.path = path
+        self.witnesses = witnesses
         self.bundle = bundle
         self.trusted_checkpoint = trusted_checkpoint
         self.trusted_keys = None if trusted_keys is None else _vkeys(trusted_keys)
@@ -164,6 +174,8 @@ class _Verifier:
                 self._compare(stream.name, stream.finish())
         self._per_log()
         self._report()
+        if self.witnesses is not None:
+            self._witnessed(*self.witnesses)
         self.verdict.events = sum(log.events for log in self.logs.values())
         self.verdict.logs = len(self.logs)
         self.verdict.checkpoints = sum(len(c) for c in self.checkpoints.values())
@@ -321,6 +333,25 @@ class _Verifier:
                 # GET /v1/audit/checkpoint lists every log; most hold no event of this export.
                 self.verdict.notes.append(f"the trusted checkpoint of log {trusted.log_id} (size {trusted.size}) is "
                                           "of a log the bundle does not hold: not compared")
+
+    def _witnessed(self, verifiers: list[CosignatureVerifier], quorum: int) -> None:
+        """Step 10: every given witness's cosignature in the bundle verifies, and each log's events are
+        covered by a checkpoint that `quorum` of the witnesses cosigned (§8.4)."""
+        for log_id in sorted(self.logs):
+            last_seq = self.logs[log_id].last_seq
+            covering: OpenedCheckpoint | None = None
+            for checkpoint in self.checkpoints[log_id]:
+                try:
+                    found = cosignatures(checkpoint.note, verifiers)
+                except NoteError as e:
+                    raise BundleError("witness", f"log {log_id}, checkpoint {checkpoint.size}: {e.reason}") from None
+                if covering is None and checkpoint.size > last_seq and len(found) >= quorum:
+                    covering = checkpoint
+            if covering is None:
+                raise BundleError("witness", f"log {log_id}: no checkpoint covering its events up to seq {last_seq} "
+                                             f"is cosigned by {quorum} of the {len(verifiers)} given witnesses")
+        self.verdict.notes.append(f"each log's events are covered by a checkpoint cosigned by at least {quorum} of the "
+                                  f"{len(verifiers)} given witnesses")
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -657,6 +688,28 @@ def _hashes(items: Any, where: str) -> list[bytes]:
     return [_hash(item, where) for item in items]
 
 
+def _witness_policy(witnesses: Iterable[str] | None, quorum: int | None) -> tuple[list[CosignatureVerifier], int] | None:
+    """The given witness keys (each once) and the quorum, checked before the bundle is read."""
+    if witnesses is None:
+        if quorum is not None:
+            raise BundleError("witness", "a quorum needs the witnesses' verifier keys (--witness VKEY)")
+        return None
+    verifiers: dict[str, CosignatureVerifier] = {}
+    for vkey in witnesses:
+        try:
+            verifier = CosignatureVerifier.from_vkey(vkey.strip())
+        except NoteError as e:
+            raise BundleError("witness", f"a witness key is not a cosignature/v1 verifier key: {e.reason}") from None
+        verifiers[verifier.vkey] = verifier
+    if not verifiers:
+        raise BundleError("witness", "no witness keys given")
+    needed = len(verifiers) if quorum is None else quorum
+    if not 1 <= needed <= len(verifiers):
+        raise BundleError("witness", f"the quorum must be 1 to {len(verifiers)} (the distinct witness keys given), "
+                                     f"not {needed}")
+    return list(verifiers.values()), needed
+
+
 def _vkeys(vkeys: Iterable[str]) -> set[str]:
     try:
         return keys_from_vkeys(vkeys)
@@ -702,6 +755,10 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                         help="a checkpoint kept from earlier: a signed note, or the JSON of GET /v1/audit/checkpoint")
     parser.add_argument("--trusted-key", metavar="VKEY", action="append",
                         help="accept only checkpoints signed by this verifier key (repeatable)")
+    parser.add_argument("--witness", metavar="VKEY", action="append",
+                        help="a witness's cosignature/v1 verifier key (repeatable)")
+    parser.add_argument("--quorum", metavar="K", type=int,
+                        help="cosignatures each log's events need from the --witness keys (default: all)")
     args = parser.parse_args(argv)
     trusted = None
     if args.trusted_checkpoint:
@@ -711,7 +768,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
             verdict = Verdict(False, "trusted-checkpoint", f"cannot read {args.trusted_checkpoint}: {e}")
             out.write(verdict.line() + "\n")
             return 1
-    verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key)
+    verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key, witnesses=args.witness,
+                            quorum=args.quorum)
     out.write(verdict.line() + "\n")
     return 0 if verdict.ok else 1
 

@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections import ChainMap, deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,6 +163,7 @@ class AuditWriter:
         self.checkpoint_events = checkpoint_events
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpointed = 0  # tree size of the last stored checkpoint
+        self.on_checkpoint: Callable[[], None] | None = None  # called after each checkpoint (gateway/audit/witnesses.py)
         self._vendors: Series = {}
         self._members: Series = {}
         self._last: _Numbered | None = None  # the batch last applied to the tree and the series
@@ -476,6 +477,8 @@ class AuditWriter:
         except asyncpg.UniqueViolationError:
             pass  # an earlier attempt committed but its answer was lost: that checkpoint stands
         self.checkpointed = max(self.checkpointed, size)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     async def _ensure_partitions(self, conn: asyncpg.Connection) -> None:
         """This month's and next month's partitions, checked again when the month turns."""
