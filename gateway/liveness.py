@@ -16,6 +16,11 @@ first serving process that finds it dead (a starting one looks at once):
    and `final_size` records it: every committed event gets its receipt.
 A survivor reaps only after its own heartbeats have gone through for DEAD_AFTER_SECONDS, so that
 after PostgreSQL itself stalled, the instances that have not renewed yet are not taken for dead.
+
+The command line's log is the exception (`shared`, schemas/migrations/0011): CLI commands append to
+one log per deployment, one command at a time under SHARED_LOG_LOCK (`hold_shared_log`), each resuming
+it where the last one left it and signing a checkpoint over it when done. It belongs to no process, so
+it has no heartbeat, is never taken for dead and never ended.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from gateway import tasks, times
 from gateway.audit import tiles
 from gateway.audit.checkpoints import DEAD_AFTER_SECONDS, CheckpointSigner
 from gateway.audit.tiles import LogDamaged
+from gateway.audit.writer import new_log_id
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +91,39 @@ async def finish_log(conn: asyncpg.Connection, signer: CheckpointSigner, log_id:
     return size
 
 
+# Held (session-level) by the CLI command appending to the command line's log; another one waits for it.
+SHARED_LOG_LOCK = "SELECT pg_advisory_lock(hashtext('audit_shared_log'), 0)"
+SHARED_LOG_QUIET_WAIT = 2.0  # seconds
+
+
+async def hold_shared_log(dsn: str, instance: str) -> tuple[str, asyncpg.Connection]:
+    """The command line's log (a new id if there is none yet) and the connection holding its lock for this
+    command: close it when the command's writer has closed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        # A command that has just ended may still hold it for a moment (its session is being torn down):
+        # say that this one waits only when it is another command at work.
+        for _ in range(round(SHARED_LOG_QUIET_WAIT / 0.1)):
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('audit_shared_log'), 0)"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            log.warning("another gateway command is writing to the audit log; waiting for it to finish")
+            await conn.execute(SHARED_LOG_LOCK)
+        log_id = await conn.fetchval("SELECT log_id FROM audit_logs WHERE shared AND ended_at IS NULL")
+    except BaseException:
+        await conn.close()
+        raise
+    return log_id or new_log_id(instance), conn
+
+
 class Liveness:
     """This process's heartbeat and clock; for a serving process also the reaper of dead ones."""
 
     def __init__(self, dsn: str, log_id: str, signer: CheckpointSigner | None, *, reaps: bool,
-                 on_ended: Callable[[], None] | None = None) -> None:
-        self.dsn, self.log_id, self.signer, self.reaps = dsn, log_id, signer, reaps
+                 on_ended: Callable[[], None] | None = None, shared: bool = False) -> None:
+        # shared: the command line's log, which is not this process's to renew or end: only the clock is read.
+        self.dsn, self.log_id, self.signer, self.reaps, self.shared = dsn, log_id, signer, reaps, shared
         self.on_ended = on_ended
         self.ended = False
         self._conn: asyncpg.Connection | None = None
@@ -116,8 +149,9 @@ class Liveness:
     async def _beat(self) -> None:
         conn = await self._connection()
         asked = time.time()
-        seen = await conn.fetchval("UPDATE audit_logs SET seen_at = clock_timestamp() WHERE log_id = $1 "
-                                   "AND ended_at IS NULL RETURNING seen_at", self.log_id)
+        seen = await conn.fetchval("SELECT clock_timestamp()" if self.shared else
+                                   "UPDATE audit_logs SET seen_at = clock_timestamp() WHERE log_id = $1 "
+                                   "AND ended_at IS NULL RETURNING seen_at", *(() if self.shared else (self.log_id,)))
         answered = time.time()
         if seen is None:
             self.ended = True
@@ -149,7 +183,7 @@ class Liveness:
         conn = await self._connection()
         if steady:
             silent = await conn.fetch(
-                "SELECT log_id FROM audit_logs WHERE ended_at IS NULL AND log_id <> $1 "
+                "SELECT log_id FROM audit_logs WHERE ended_at IS NULL AND NOT shared AND log_id <> $1 "
                 "AND seen_at < clock_timestamp() - make_interval(secs => $2)", self.log_id, DEAD_AFTER_SECONDS)
             for row in silent:
                 if await end_log(conn, row["log_id"], self.log_id, silent_for=DEAD_AFTER_SECONDS):
@@ -167,7 +201,7 @@ class Liveness:
         """End this process's own log (its writer has drained and signed its last checkpoint)."""
         await tasks.stop(self._task)
         self._task = None
-        if self.ended:
+        if self.ended or self.shared:
             await self._drop_connection()
             return
         try:

@@ -17,7 +17,7 @@ from gateway.audit.writer import OWN_CONNECTIONS, AuditWriter, new_log_id
 from gateway.backoff import FailureBackoff
 from gateway.config import Config
 from gateway.delivery import Deliveries
-from gateway.liveness import Liveness
+from gateway.liveness import Liveness, hold_shared_log
 from gateway.metering import RateLimiter, UsageBook, UsageSync
 from gateway.page_cache import PageCache
 from gateway.server_secrets import ServerSecrets
@@ -38,6 +38,8 @@ class Runtime:
     usage: UsageBook
     refresher: SnapshotRefresher | None = None
     liveness: Liveness | None = None
+    # The command line's: the connection holding the shared log's lock while this command writes to it.
+    shared_lock: asyncpg.Connection | None = None
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     usage_sync: UsageSync | None = None
     # Failed authentications per client address (API keys, tokens, OAuth clients), on this instance.
@@ -67,20 +69,24 @@ class Runtime:
             await conn.close()
         pool = await database.create_pool(dsn, config.pool_size, config.statement_timeout_seconds)
         instance = config.instance if role == "gateway" else f"{config.instance}-{role}"
+        # The command line appends to one shared log, a command at a time; every other process to its own.
+        shared = role == "cli"
+        log_id, shared_lock = await hold_shared_log(dsn, instance) if shared else (new_log_id(instance), None)
         # The audit writer's own connections: deliveries holding or awaiting the shared pool never starve it.
-        writer = AuditWriter(pool, new_log_id(instance), instance, batch_max=config.audit_batch_max,
+        writer = AuditWriter(pool, log_id, instance, batch_max=config.audit_batch_max,
                              own_pool=await database.create_pool(dsn, OWN_CONNECTIONS,
                                                                   config.statement_timeout_seconds),
                              deadline=config.audit_deadline_seconds, master=master,
                              checkpoint_events=config.checkpoint_events, checkpoint_seconds=config.checkpoint_seconds)
-        await writer.start()
-        liveness = Liveness(dsn, writer.log_id, writer.signer, reaps=serving, on_ended=on_ended)
+        await writer.start(shared=shared)
+        liveness = Liveness(dsn, writer.log_id, writer.signer, reaps=serving, on_ended=on_ended, shared=shared)
         await liveness.start()
         snapshot = Snapshot()
         runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id, config.audit_deadline_seconds),
                       backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
                                              config.auth_backoff_max_seconds),
-                      pages=PageCache(config.page_cache_bytes, config.audit_deadline_seconds), liveness=liveness)
+                      pages=PageCache(config.page_cache_bytes, config.audit_deadline_seconds), liveness=liveness,
+                      shared_lock=shared_lock)
         if serving:
             runtime.refresher = SnapshotRefresher(snapshot, dsn, master)
             await runtime.refresher.start()
@@ -131,3 +137,5 @@ class Runtime:
         await self.pool.close()
         if self.writer.own is not self.pool:
             await self.writer.own.close()
+        if self.shared_lock is not None:
+            await self.shared_lock.close()  # the next command may append to the shared log

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from keys.merkle import HASH_BYTES, MerkleTree
+from keys.merkle import HASH_BYTES, CompactRange, MerkleTree
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -166,6 +166,15 @@ class TiledTree(MerkleTree):
     def leaf(self, index: int) -> bytes:
         """The leaf hash stored for leaf `index`."""
         return self._levels[0][index]
+
+    def compact_range(self) -> CompactRange:
+        """The tree as a log writer holds it (keys.merkle.CompactRange), to append to it again."""
+        size, start, roots = self.size, 0, []
+        while start < size:
+            height = (size - start).bit_length() - 1
+            roots.append(self._levels[height][start >> height])
+            start += 1 << height
+        return CompactRange.from_state(size, roots)
 
     @classmethod
     def tiles_for(cls, size: int, compute: Callable[[TiledTree], object]) -> set[TileKey]:

@@ -194,8 +194,9 @@ async def gateway_env(dsn: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]
     yield clean_env(GATEWAY_DATABASE_URL=dsn, GATEWAY_MASTER_KEY=TEST_MASTER_KEY, GATEWAY_HOME=str(home))
 
 
-# Arguments that any value is a valid value of: a name for something new, a label, a note, a file to write.
-ANY_TEXT = frozenset({"name", "label", "description", "reason", "output"})
+# Arguments that any value is a valid value of: a name for something new, a label, a note, a file to write,
+# a witness's folder (made on first use).
+ANY_TEXT = frozenset({"name", "label", "description", "reason", "output", "state"})
 
 
 def test_every_argument_given_a_value_that_names_nothing_fails_in_one_line(gateway_env: dict[str, str],

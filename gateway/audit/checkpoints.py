@@ -190,7 +190,7 @@ async def check(conn: asyncpg.Connection, progress: Any = None) -> CheckResult:
     keys = await signing_keys.public_keys(conn, AUDIT)
     logs = await conn.fetch(
         "SELECT e.log_id, l.ended_at IS NOT NULL AS ended, "
-        "l.seen_at < clock_timestamp() - make_interval(secs => $1) AS silent FROM "
+        "NOT l.shared AND l.seen_at < clock_timestamp() - make_interval(secs => $1) AS silent FROM "
         "(SELECT log_id FROM audit_logs UNION SELECT DISTINCT log_id FROM audit_events) e "
         "LEFT JOIN audit_logs l USING (log_id) ORDER BY 1", DEAD_AFTER_SECONDS)
     result = CheckResult()

@@ -60,7 +60,7 @@ async def store(conn: asyncpg.Connection, log_id: str, edge: RightEdge) -> None:
         raise
 
 
-async def _edge(conn: asyncpg.Connection, log_id: str, size: int) -> RightEdge:
+async def right_edge(conn: asyncpg.Connection, log_id: str, size: int) -> RightEdge:
     """The right edge of the stored tiles of a log tiled to `size`."""
     partials: dict[int, bytes] = {}
     level = 0
@@ -83,7 +83,7 @@ async def extend(conn: asyncpg.Connection, log_id: str, size: int) -> None:
         tiled = await conn.fetchval("SELECT tiled_size FROM audit_logs WHERE log_id = $1", log_id)
         if tiled >= size:
             return
-        edge = await _edge(conn, log_id, tiled)
+        edge = await right_edge(conn, log_id, tiled)
         leaves = await leaf_hashes(conn, log_id, size, tiled)
         for start in range(0, len(leaves), 32):
             edge.append(leaves[start:start + 32])

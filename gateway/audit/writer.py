@@ -180,21 +180,51 @@ class AuditWriter:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._month: tuple[int, int] | None = None
+        self.shared = False
+        self._registered = False  # its row in audit_logs exists
 
     @property
     def size(self) -> int:
         return self.tree.size
 
-    async def start(self) -> None:
-        """Register the log, make sure this and next month's partitions and an audit key exist, start."""
+    async def start(self, *, shared: bool = False) -> None:
+        """Register the log, make sure this and next month's partitions and an audit key exist, start.
+
+        `shared`: the log is the command line's (gateway/shared_log.py), appended to by one process at a
+        time: it is resumed where it stands, or, new, registered by its first event."""
         async with self.own.acquire() as conn:
-            await conn.execute("INSERT INTO audit_logs (log_id, instance) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                               self.log_id, self.instance)
+            if shared:
+                self.shared = True
+                if await conn.fetchval("SELECT true FROM audit_logs WHERE log_id = $1", self.log_id):
+                    await self._resume(conn)
+            else:
+                await self._register(conn)
+                self._registered = True
             await self._ensure_partitions(conn)
             if self.signer is not None:
                 await signing_keys.current(conn, self.signer.master)
         self._task = asyncio.create_task(self._flush_forever(), name=f"audit-writer {self.log_id}")
         self._checkpoint_task = asyncio.create_task(self._checkpoint_forever(), name=f"audit-checkpoints {self.log_id}")
+
+    async def _register(self, conn: asyncpg.Connection) -> None:
+        if not self._registered:
+            await conn.execute("INSERT INTO audit_logs (log_id, instance, shared) VALUES ($1, $2, $3) "
+                               "ON CONFLICT DO NOTHING", self.log_id, self.instance, self.shared)
+
+    async def _resume(self, conn: asyncpg.Connection) -> None:
+        """Take up a registered log where it stands: its tree (from its tiles, tiled as far as its
+        events first), its series numbers and its newest checkpoint."""
+        size = await conn.fetchval("SELECT count(*) FROM audit_events WHERE log_id = $1", self.log_id)
+        await tiles.extend(conn, self.log_id, size)  # refuses a log whose numbering has a gap
+        self.tree = await tiles.prove(conn, self.log_id, size, lambda tree: tree.compact_range(), tiled=size)
+        self.edge = await tiles.right_edge(conn, self.log_id, size)
+        for column, series in (("vendor_id", self._vendors), ("member_id", self._members)):
+            for row in await conn.fetch(f"SELECT {column} AS subject, count(*) AS n FROM audit_events "
+                                        f"WHERE log_id = $1 AND {column} IS NOT NULL GROUP BY {column}", self.log_id):
+                series[row["subject"].int] = row["n"]
+        self.checkpointed = await conn.fetchval(
+            "SELECT coalesce(max(tree_size), 0) FROM audit_checkpoints WHERE log_id = $1", self.log_id)
+        self._registered = True
 
     async def close(self) -> None:
         """Drain what the writer holds, sign a final checkpoint over all of it, then stop."""
@@ -396,6 +426,7 @@ class AuditWriter:
     async def _write(self, conn: asyncpg.Connection, events: Sequence[AuditEvent], numbered: _Numbered,
                      transaction: Transaction) -> None:
         """Write numbered events, commit, then extend the tree. Caller holds `_append`."""
+        await self._register(conn)
         await conn.execute("SELECT audit_log_open($1)", self.log_id)
         await conn.copy_records_to_table("audit_events", records=numbered.rows, columns=_COLUMNS)
         # Usage commits with the events that count it: the bill and the evidence never disagree.
@@ -411,6 +442,7 @@ class AuditWriter:
     async def _write_statement(self, conn: asyncpg.Connection, events: Sequence[AuditEvent],
                                numbered: _Numbered) -> None:
         """Write and commit numbered events and their usage in one statement, then extend the tree."""
+        await self._register(conn)
         try:
             await conn.execute(_WRITE_GROUP, *usage.usage_columns(events, self.log_id), *zip(*numbered.rows))
         except BaseException:
@@ -420,6 +452,7 @@ class AuditWriter:
         self._extend(numbered)
 
     def _extend(self, numbered: _Numbered) -> None:
+        self._registered = True
         for leaf in numbered.leaves:
             self.tree.append(leaf)
             self.edge.append(leaf)

@@ -98,3 +98,13 @@ def test_tile_paths_are_spelt_as_tlog_tiles_says(path: str, tile: tuple[int, int
 def test_other_spellings_of_a_tile_path_are_refused(path: str) -> None:
     with pytest.raises(ValueError):
         parse_tile_path(path)
+
+
+@pytest.mark.parametrize("n", [1, 2, 255, 256, 257, 65_537])
+def test_a_writer_resumes_its_compact_range_from_tiles(n: int) -> None:
+    leaves = _leaves(n + 3)
+    tiles = _grown(leaves[:n], set())
+    resumed = TiledTree(n, tiles.__getitem__).compact_range()
+    for leaf in leaves[n:]:
+        resumed.append(leaf)
+    assert resumed.size == n + 3 and resumed.root() == MerkleTree(leaves).root()
