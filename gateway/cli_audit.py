@@ -127,7 +127,8 @@ async def cmd_export(runtime: Runtime, args: argparse.Namespace) -> Any:
     progress = _Progress(f"exporting {Path(args.output).name}")
     try:
         result = await evidence.export(runtime.pool, vendor.id, args.start, args.end, member.id if member else None,
-                                       dataset.id if dataset else None, path=args.output, progress=progress)
+                                       dataset.id if dataset else None, path=args.output,
+                                       signer=checkpoints.CheckpointSigner(runtime.master), progress=progress)
     except OSError as exc:  # checked above, but the disk can still fill up or the folder go away
         raise InvalidInput(f"cannot write the bundle {args.output!r}: {exc.strerror or exc}") from None
     finally:
@@ -163,7 +164,7 @@ def run_verify(args: argparse.Namespace) -> int:
         raise file_error(args.bundle, "the bundle", exc) from None
     trusted = read_text(args.trusted_checkpoint, "--trusted-checkpoint file") if args.trusted_checkpoint else None
     verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key, witnesses=args.witness,
-                            quorum=args.quorum)
+                            quorum=args.quorum, require_signed=args.require_signed)
     sys.stdout.write(verdict.line() + "\n")
     return 0 if verdict.ok else 1
 
@@ -199,5 +200,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--quorum", metavar="K", type=int,
                    help="refuse the bundle unless each log's events are covered by a checkpoint cosigned by K of "
                         "the --witness keys (default: all of them)")
+    p.add_argument("--require-signed", action="store_true",
+                   help="refuse a format 1 bundle, whose manifest is not signed (a format 2 bundle stripped of "
+                        "manifest.sig, terms.jsonl and report.json would otherwise verify as one)")
     command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
              "gateway audit check")

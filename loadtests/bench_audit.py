@@ -35,6 +35,7 @@ import asyncpg
 
 from gateway import migrations
 from gateway.audit import evidence
+from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import AuditEvent, EventKind, Outcome
 from gateway.audit.verify import verify_bundle
 from gateway.audit.writer import AuditWriter, new_log_id
@@ -145,7 +146,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 say("export: the vendor's events as an evidence bundle")
                 started = time.perf_counter()
                 exported = await evidence.export(pool, vendor, events[0].at.replace(year=2000),
-                                                 events[0].at.replace(year=2100), path=bundle)
+                                                 events[0].at.replace(year=2100), path=bundle,
+                                                 signer=CheckpointSigner(master))
                 export_seconds = time.perf_counter() - started
                 say(f"verify: {exported.events:,} events")
                 runs, cpu = [], []

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.audit import evidence
+from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.verify import Verdict, verify_bundle
 from gateway.runtime import Runtime
 from tests.factories import licensed_member, records_path_of
@@ -33,7 +34,8 @@ async def verified_export(runtime: Runtime, vendor_id: uuid.UUID, folder: Path) 
     await runtime.writer.checkpoint()
     now = datetime.now(UTC)
     bundle = folder / f"bundle-{uuid.uuid4().hex[:6]}.zip"
-    await evidence.export(runtime.pool, vendor_id, now - timedelta(hours=1), now + timedelta(minutes=1), path=bundle)
+    await evidence.export(runtime.pool, vendor_id, now - timedelta(hours=1), now + timedelta(minutes=1), path=bundle,
+                          signer=CheckpointSigner(runtime.master))
     verdict = verify_bundle(bundle)
     assert verdict.ok, verdict.line()
     return verdict

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,25 +53,37 @@ class CheckpointSigner:
     async def sign(self, conn: asyncpg.Connection, log_id: str, size: int, root: bytes) -> str:
         """Sign (log, size, root) and store it; returns the note."""
         async with conn.transaction():
-            # FOR SHARE: a rotation (gateway.signing_keys.rotate) waits until this checkpoint is stored,
-            # and its not_after, read from the clock afterwards, is later than our signed-at.
-            for _ in range(3):
-                row = await conn.fetchrow("SELECT key_id, sealed_private FROM signing_keys WHERE purpose = $1 "
-                                          "AND not_after IS NULL FOR SHARE", AUDIT)
-                if row is not None:
-                    break  # None: a rotation committed while we waited for the lock; read the new key
-            else:
-                raise RuntimeError("there is no current audit signing key")
-            signed_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
-            key = self._keys.get(row["key_id"])
-            if key is None:
-                key = self._keys[row["key_id"]] = open_key(self.master, row["key_id"], row["sealed_private"])
+            key, signed_at = await self._current(conn)
             text = format_checkpoint(origin(log_id), size, root, [SIGNED_AT + utc_text(signed_at)])
             note = note_signer(key).sign(text)
             await conn.execute(
                 "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, note, key_id, signed_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6)", log_id, size, root, note, key.key_id, signed_at)
         return note
+
+    async def sign_text(self, conn: asyncpg.Connection, text_at: Callable[[datetime], str]) -> str:
+        """Sign the note text `text_at(signed_at)` with the audit key current at `signed_at`, the database
+        clock read under that key's lock, as checkpoints are (an evidence bundle's manifest.sig)."""
+        async with conn.transaction():
+            key, signed_at = await self._current(conn)
+            return note_signer(key).sign(text_at(signed_at))
+
+    async def _current(self, conn: asyncpg.Connection) -> tuple[SigningKey, datetime]:
+        """The current audit key, locked FOR SHARE until the transaction ends, and the time read after."""
+        # FOR SHARE: a rotation (gateway.signing_keys.rotate) waits until this signature is stored, and
+        # its not_after, read from the clock afterwards, is later than our signed-at.
+        for _ in range(3):
+            row = await conn.fetchrow("SELECT key_id, sealed_private FROM signing_keys WHERE purpose = $1 "
+                                      "AND not_after IS NULL FOR SHARE", AUDIT)
+            if row is not None:
+                break  # None: a rotation committed while we waited for the lock; read the new key
+        else:
+            raise RuntimeError("there is no current audit signing key")
+        signed_at: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        key = self._keys.get(row["key_id"])
+        if key is None:
+            key = self._keys[row["key_id"]] = open_key(self.master, row["key_id"], row["sealed_private"])
+        return key, signed_at
 
 
 # -- what the API serves ----------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 A bundle is a ZIP (layout and verification in schemas/audit-format.md):
 
     manifest.json       scope, per-log summary, SHA-256 of every other file
+    manifest.sig        a signed note over manifest.json's SHA-256 and the export time, by the audit key
     events.jsonl        the selected events' canonical entries, one per line, in (log, seq) order
     proofs.jsonl        line i: the RFC 9162 inclusion proof of events.jsonl line i in its covering checkpoint
     checkpoints.jsonl   per log, every checkpoint from the first covering the log's first event to the newest
     consistency.jsonl   per log, a consistency proof between each two successive checkpoints
     keys.json           the audit public keys with their validity
-    report.html         the statutory report (gateway/audit/report.py), rendered from the manifest and events
+    terms.jsonl         the licence terms texts the events name (licence, version), with their SHA-256
+    report.json         the statutory report's figures (gateway/audit/report.py), from the manifest and events
+    report.html         the report rendered from report.json
 
 Deletion is what an offline verifier finds hardest to see, so an export without a member or dataset
 filter takes, per log, the vendor's events as a gap-free `vendor_seq` series (a member-only filter:
@@ -41,10 +44,10 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
-from gateway import times
 from gateway.audit import report, tiles
+from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import utc_text
-from gateway.audit.format import FILES, FORMAT, b64, origin
+from gateway.audit.format import FILES, FORMAT, MANIFEST_SIG, b64, manifest_signature_text, origin
 from gateway.errors import InvalidInput
 from gateway.signing_keys import AUDIT, public_keys
 from keys.merkle import leaf_hash
@@ -93,8 +96,10 @@ class _Scope:
 
 async def export(conn_or_pool: asyncpg.Connection | asyncpg.Pool, vendor_id: uuid.UUID, start: datetime,
                  end: datetime, member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None, *,
-                 path: str | os.PathLike[str], progress: Progress | None = None) -> ExportResult:
-    """Write the bundle of `vendor_id`'s events with start <= at < end to `path` (atomically)."""
+                 path: str | os.PathLike[str], signer: CheckpointSigner,
+                 progress: Progress | None = None) -> ExportResult:
+    """Write the bundle of `vendor_id`'s events with start <= at < end to `path` (atomically); `signer`
+    signs its manifest with the audit key current at export (manifest.sig)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise InvalidInput("the period's start and end need a time zone, e.g. 2026-04-01T00:00:00Z")
     if not start < end:
@@ -105,9 +110,9 @@ async def export(conn_or_pool: asyncpg.Connection | asyncpg.Pool, vendor_id: uui
     try:
         if isinstance(conn_or_pool, asyncpg.Pool):
             async with conn_or_pool.acquire() as conn:
-                result = await _export(conn, scope, partial, progress)
+                result = await _export(conn, scope, partial, signer, progress)
         else:
-            result = await _export(conn_or_pool, scope, partial, progress)
+            result = await _export(conn_or_pool, scope, partial, signer, progress)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
@@ -117,7 +122,7 @@ async def export(conn_or_pool: asyncpg.Connection | asyncpg.Pool, vendor_id: uui
 
 async def export_apart(dsn: str, vendor_id: uuid.UUID, start: datetime, end: datetime,
                        member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None, *,
-                       path: str | os.PathLike[str]) -> tuple[ExportResult, str]:
+                       path: str | os.PathLike[str], signer: CheckpointSigner) -> tuple[ExportResult, str]:
     """`export` on a thread of its own, with its own connection and event loop, and the bundle's SHA-256.
 
     For the gateway's API: an export is seconds of CPU per hundred thousand events (proofs, hashing,
@@ -128,7 +133,7 @@ async def export_apart(dsn: str, vendor_id: uuid.UUID, start: datetime, end: dat
     async def apart() -> tuple[ExportResult, str]:
         conn = await asyncpg.connect(dsn)
         try:
-            result = await export(conn, vendor_id, start, end, member_id, dataset_id, path=path)
+            result = await export(conn, vendor_id, start, end, member_id, dataset_id, path=path, signer=signer)
         finally:
             await conn.close()
         digest = hashlib.sha256()
@@ -168,9 +173,11 @@ class _Sink:
         return {"sha256": self.sha256.hexdigest(), "bytes": self.size}
 
 
-async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progress: Progress | None) -> ExportResult:
+async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer: CheckpointSigner,
+                  progress: Progress | None) -> ExportResult:
     result = ExportResult(partial, series=scope.series)
     summary = report.Summary(utc_text(scope.start), utc_text(scope.end))
+    terms: set[tuple[str, int]] = set()
     logs: list[dict[str, Any]] = []
     pending_logs: list[dict[str, Any]] = []
     files: dict[str, dict[str, Any]] = {}
@@ -185,15 +192,16 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progre
             # the snapshot below is read-only. The writers store tiles before each checkpoint they sign.
             for plan in await _plan(conn, scope):
                 await tiles.extend_to_checkpoint(conn, plan.log_id)
-            # One snapshot for every query: checkpoints and events agree with each other.
+            # One snapshot for every query: checkpoints, events and terms agree with each other.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 with bundle.open("events.jsonl", "w", force_zip64=True) as raw_events:
                     events = _Sink(raw_events)
                     for plan in await _plan(conn, scope):
-                        entry = await _export_log(conn, scope, plan, events, sinks, summary, result, progress)
+                        entry = await _export_log(conn, scope, plan, events, sinks, summary, terms, result, progress)
                         (logs if entry["events"] else pending_logs).append(entry)
                     files["events.jsonl"] = events.describe()
                 keys = [key.to_json() for key in await public_keys(conn, AUDIT)]
+                terms_jsonl = await _terms(conn, terms, result)
             for name, sink in sinks.items():
                 files[name] = sink.describe()
                 side[name].seek(0)
@@ -202,19 +210,55 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, progre
         finally:
             for handle in side.values():
                 handle.close()
-        keys_json = orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n"
-        manifest: dict[str, Any] = {
-            "format": FORMAT, "created_at": utc_text(times.now()), "scope": scope.to_json(),
-            "series": scope.series, "report": report.GENERATOR, "logs": logs,
-            "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs]}
-        page = report.render(summary, manifest).encode("utf-8")
-        for name, data in (("keys.json", keys_json), ("report.html", page)):
+        written = {"keys.json": orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n",
+                   "terms.jsonl": terms_jsonl}
+
+        def signed_text(signed_at: datetime) -> str:
+            # Called under the signing key's lock, once the time is read: the manifest names the export
+            # time the signature does, and the report shows it.
+            created_at = utc_text(signed_at)
+            manifest: dict[str, Any] = {
+                "format": FORMAT, "created_at": created_at, "scope": scope.to_json(), "series": scope.series,
+                "report": report.GENERATOR, "logs": logs,
+                "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs]}
+            figures = report.figures(summary, manifest)
+            written["report.json"] = report.figures_json(figures)
+            written["report.html"] = report.render(figures, manifest).encode("utf-8")
+            for name, data in written.items():
+                files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            manifest["files"] = {name: files[name] for name in FILES}
+            written["manifest.json"] = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+            return manifest_signature_text(hashlib.sha256(written["manifest.json"]).hexdigest(), created_at)
+
+        written[MANIFEST_SIG] = (await signer.sign_text(conn, signed_text)).encode("utf-8")
+        for name, data in written.items():
             bundle.writestr(name, data)
-            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        manifest["files"] = {name: files[name] for name in FILES}
-        bundle.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     result.logs = len(logs)
     return result
+
+
+async def _terms(conn: asyncpg.Connection, named: set[tuple[str, int]], result: ExportResult) -> bytes:
+    """terms.jsonl: the text of every licence terms version the exported events name, in (licence, version)
+    order, with the SHA-256 the gateway recorded for it (an acceptance event names the same digest)."""
+    pairs = sorted(named)
+    rows = await conn.fetch(
+        "SELECT t.licence_id::text AS licence_id, t.version, t.text, t.sha256 FROM licence_terms t "
+        "JOIN unnest($1::uuid[], $2::int[]) AS n(licence_id, version) ON n.licence_id = t.licence_id "
+        "AND n.version = t.version", [uuid.UUID(lid) for lid, _ in pairs], [v for _, v in pairs])
+    found = {(row["licence_id"], row["version"]): row for row in rows}
+    out = []
+    for pair in pairs:
+        row = found.get(pair)
+        if row is None:
+            result.warnings.append(f"licence {pair[0]}: terms version {pair[1]}, named by an event, is not stored; "
+                                   "the bundle will not verify")
+            continue
+        if hashlib.sha256(row["text"].encode("utf-8")).digest() != bytes(row["sha256"]):
+            result.warnings.append(f"licence {pair[0]}: the stored text of terms version {pair[1]} no longer has "
+                                   "its recorded SHA-256; the bundle will not verify")
+        out.append(orjson.dumps({"licence_id": pair[0], "version": pair[1], "sha256": bytes(row["sha256"]).hex(),
+                                 "text": row["text"]}) + b"\n")
+    return b"".join(out)
 
 
 @dataclass
@@ -252,7 +296,8 @@ _CHECKPOINTS = """
 
 
 async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, events: _Sink, sinks: dict[str, _Sink],
-                      summary: report.Summary, result: ExportResult, progress: Progress | None) -> dict[str, Any]:
+                      summary: report.Summary, terms: set[tuple[str, int]], result: ExportResult,
+                      progress: Progress | None) -> dict[str, Any]:
     log_id = plan.log_id
     latest = await conn.fetchval("SELECT max(tree_size) FROM audit_checkpoints WHERE log_id = $1", log_id) or 0
     where, args = _where(scope)
@@ -293,7 +338,10 @@ async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, even
         events.write(raw + b"\n")
         proofs.write(orjson.dumps({"log": log_id, "seq": seq, "tree_size": size,
                                    "proof": [_b64_node(h) for h in trees[size].inclusion_proof(seq, size)]}) + b"\n")
-        summary.add(orjson.loads(raw))
+        event = orjson.loads(raw)
+        summary.add(event)
+        if event["licence_id"] is not None and event["terms_version"] is not None:
+            terms.add((event["licence_id"], event["terms_version"]))
         count += 1
         result.events += 1
         if progress is not None and result.events % 1000 == 0:

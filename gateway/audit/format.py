@@ -26,8 +26,17 @@ from typing import Any
 from gateway.audit.events import utc_text
 from keys.notes import NoteError, NoteVerifier, open_note, parse_checkpoint, parse_note
 
-FORMAT = "lpd-gateway-evidence/1"
-FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
+FORMAT_V1 = "lpd-gateway-evidence/1"
+FORMAT = "lpd-gateway-evidence/2"  # what the exporter writes; the verifier reads both
+# The files the manifest lists, per format (manifest.json itself and, from version 2, manifest.sig,
+# its signature, are the others of a bundle).
+FILES_V1 = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
+FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "terms.jsonl",
+         "report.json", "report.html")
+FILES_OF = {FORMAT_V1: FILES_V1, FORMAT: FILES}
+MANIFEST_SIG = "manifest.sig"
+_MANIFEST_DIGEST = "manifest-sha256 "
+_EXPORTED_AT = "exported-at "
 AUDIT = "audit"
 # The signed-note key name of audit checkpoints. C2SP tlog-checkpoint says the name SHOULD be the
 # origin; ours is not, because one key signs many logs (one per process) and a verifier should need
@@ -166,6 +175,57 @@ def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = N
         raise CheckpointError("key-validity", f"key {key.key_id} was not valid at {signed_text} (valid from "
                                               f"{utc_text(key.not_before)} to {_until(key)})")
     return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
+
+
+# -- the manifest's signature (format 2) -------------------------------------------------------------
+
+def manifest_signature_text(manifest_sha256: str, exported_at: str) -> str:
+    """The signed text of manifest.sig: the format, the manifest's digest and the export time."""
+    return f"{FORMAT}\n{_MANIFEST_DIGEST}{manifest_sha256}\n{_EXPORTED_AT}{exported_at}\n"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedManifestSignature:
+    manifest_sha256: str
+    exported_at: str
+    key: PublicKey
+
+
+def open_manifest_signature(note: str, keys: Sequence[PublicKey]) -> OpenedManifestSignature:
+    """Verify manifest.sig against `keys`: a signature by a known key valid at the signed export time,
+    over exactly the three lines of manifest_signature_text. Raises CheckpointError with code
+    "manifest-signature" (schemas/audit-format.md §6.4 step 1a)."""
+    code = "manifest-signature"
+    try:
+        parsed = parse_note(note)
+    except NoteError as e:
+        raise CheckpointError(code, f"manifest.sig is not a signed note: {e.reason}") from None
+    by_hash = {(k.note_name, _key_hash(k)): k for k in keys}
+    known = [by_hash[(s.name, s.key_hash)] for s in parsed.signatures if (s.name, s.key_hash) in by_hash]
+    if not known:
+        names = ", ".join(f"{s.name}+{s.key_hash.hex()}" for s in parsed.signatures)
+        raise CheckpointError(code, f"manifest.sig is signed by no known key ({names})")
+    try:
+        open_note(note, [k.verifier() for k in known])
+    except NoteError as e:
+        raise CheckpointError(code, f"manifest.sig: {e.reason}") from None
+    lines = parsed.unverified_text.split("\n")
+    if (len(lines) != 4 or lines[0] != FORMAT or not lines[1].startswith(_MANIFEST_DIGEST)
+            or not lines[2].startswith(_EXPORTED_AT) or lines[3] != ""):
+        raise CheckpointError(code, f"manifest.sig's text is not {FORMAT!r}, a manifest-sha256 line and an "
+                                    "exported-at line")
+    digest, exported = lines[1].removeprefix(_MANIFEST_DIGEST), lines[2].removeprefix(_EXPORTED_AT)
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CheckpointError(code, "manifest.sig's manifest-sha256 is not 64 lowercase hex digits")
+    try:
+        moment = parse_time(exported)
+    except ValueError as e:
+        raise CheckpointError(code, f"manifest.sig's exported-at: {e}") from None
+    key = known[0]
+    if not key_valid_at(key, moment):
+        raise CheckpointError(code, f"manifest.sig: key {key.key_id} was not valid at {exported} (valid from "
+                                    f"{utc_text(key.not_before)} to {_until(key)})")
+    return OpenedManifestSignature(digest, exported, key)
 
 
 def key_valid_at(key: PublicKey, moment: datetime) -> bool:

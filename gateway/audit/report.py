@@ -4,8 +4,12 @@ UCPA art. 2(7) protects data provided (1) to specific parties as a business (限
 substantial accumulation (相当蓄積性) and (3) under electromagnetic management (電磁的管理性). The page
 summarises the bundle's events under each heading, in Japanese and English, with inline CSS and
 inline SVG only: no script, no external resource, a Content-Security-Policy that forbids loading any.
-Every text from an event is escaped. The page is a pure function of the manifest and the events, so
-the verifier renders it again and compares (schemas/audit-format.md).
+Every text from an event is escaped.
+
+The figures come first, as report.json (format 2): `figures()` is a pure function of the manifest and
+the events whose every rule schemas/audit-format.md §6.5 writes down, so any verifier recomputes them
+byte for byte; the page renders those figures (`render`). A format 1 bundle has only the page, which
+the verifier renders again from the same figures and compares.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-GENERATOR = "lpd-gateway report/1"
+import orjson
+
+GENERATOR_V1 = "lpd-gateway report/1"  # manifest.report of format 1: report.html alone
+GENERATOR = "lpd-gateway report/2"     # format 2: report.json, and report.html rendered from it
 # A delivery is authorised by one event (a page carries its records) and a stream's records come with
 # its progress and end events, each repeating the stream's totals so far (audit-format.md §2.1.1: a
 # stream's delivery is its last event's); Delta Sharing file downloads follow the same pattern.
@@ -64,7 +71,7 @@ class Summary:
     members: dict[str, MemberRow] = field(default_factory=dict)
     datasets: dict[str, DatasetRow] = field(default_factory=dict)
     # What the streams still running in the events so far have counted: (records, bytes) by authorising event.
-    streams: dict[str, tuple[int, int]] = field(default_factory=dict)
+    streams: dict[str | None, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, event: dict[str, Any]) -> None:
         at = event.get("at")
@@ -98,7 +105,8 @@ class Summary:
         if kind in DELIVERY_REQUESTS:
             actor = event.get("actor")
             actor = actor if type(actor) is dict else {}
-            self.deliveries_by_credential[str(actor.get("kind"))] += 1
+            credential = actor.get("kind")
+            self.deliveries_by_credential[credential if type(credential) is str else "none"] += 1
             if actor.get("credential_id") is None:
                 self.unauthenticated_deliveries += 1
             if member is not None:
@@ -108,7 +116,8 @@ class Summary:
         size = size if type(size) is int else 0
         if kind in STREAM_EVENTS:
             detail = event.get("detail")
-            stream = str(detail.get("authorised_by")) if type(detail) is dict else ""
+            stream = detail.get("authorised_by") if type(detail) is dict else None
+            stream = stream if type(stream) is str else None  # the stream's key: its authorising event
             counted = self.streams.pop(stream, (0, 0))
             if kind.endswith(":stream-progress"):
                 self.streams[stream] = (records, size)
@@ -123,15 +132,16 @@ class Summary:
                 delivery: dict[str, Any]) -> None:
         detail = event.get("detail")
         name = detail.get("name") if type(detail) is dict else None
+        name = name if type(name) is str and name else None  # a non-empty string, or no name
         dataset_id = event.get("dataset_id")
         if kind == "vendor:member:create" and member is not None:
-            member.name = str(name) if name else None
+            member.name = name
         elif kind in LICENCE_KINDS and member is not None:
             member.licences[LICENCE_KINDS[kind]] += 1
         elif kind == "member:terms:accept" and member is not None:
             member.acceptances.append((at, event.get("licence_id"), event.get("terms_version")))
         elif kind == "vendor:dataset:create" and type(dataset_id) is str:
-            self._dataset(dataset_id).name = str(name) if name else None
+            self._dataset(dataset_id).name = name
         elif kind == "vendor:version:publish" and type(dataset_id) is str:
             versions = event.get("versions")
             version = versions[0] if type(versions) is list and versions else None
@@ -159,13 +169,50 @@ def e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render(summary: Summary, manifest: dict[str, Any]) -> str:
-    """The page for `summary`, described by the bundle's `manifest` (scope, logs; not file hashes)."""
+def figures(summary: Summary, manifest: dict[str, Any]) -> dict[str, Any]:
+    """report.json: the report's figures, every list in the order schemas/audit-format.md §6.5 gives."""
+    members = sorted(summary.members.items(), key=lambda kv: (-kv[1].records, -kv[1].deliveries, kv[0]))
+    datasets = sorted(summary.datasets.items(), key=lambda kv: (kv[1].name or "", kv[0]))
+    return {
+        "format": GENERATOR, "period": {"from": summary.start, "to": summary.end}, "events": summary.events,
+        "logs": len(manifest.get("logs") or []),
+        "deliveries_by_credential": [{"credential": k, "deliveries": n} for k, n in
+                                     sorted(summary.deliveries_by_credential.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "unauthenticated_deliveries": summary.unauthenticated_deliveries,
+        "records": summary.records, "bytes": summary.bytes,
+        # Counter.most_common: by count, ties in the order of first appearance in events.jsonl.
+        "denials_by_reason": [{"reason": r, "count": n} for r, n in summary.denials_by_reason.most_common()],
+        "members": [{"member_id": member_id, "name": m.name, "licence_changes": dict(sorted(m.licences.items())),
+                     "terms_accepted": [{"at": at, "licence_id": licence_id, "terms_version": version}
+                                        for at, licence_id, version in m.acceptances],
+                     "deliveries": m.deliveries, "records": m.records, "bytes": m.bytes, "denials": m.denials}
+                    for member_id, m in members],
+        "datasets": [{"dataset_id": dataset_id, "name": d.name, "versions": _versions(d)} for dataset_id, d in datasets],
+    }
+
+
+def _versions(dataset: DatasetRow) -> list[dict[str, Any]]:
+    total, rows = 0, []
+    for at, version, records in sorted(dataset.versions, key=lambda v: (v[0], v[1] or 0)):  # stable
+        total += records
+        rows.append({"published_at": at, "version": version, "records": records, "cumulative": total})
+    return rows
+
+
+def figures_json(data: dict[str, Any]) -> bytes:
+    """report.json's bytes: RFC 8785 (the figures hold only strings, integers, nulls, lists and objects
+    with ASCII keys, for which orjson with sorted keys is exact, as for events) and a newline."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def render(data: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """The page for the figures `data` (figures()), described by the bundle's `manifest` (scope, logs;
+    not file hashes)."""
     scope = manifest.get("scope") or {}
     logs = manifest.get("logs") or []
     parts = [_HEAD, "<h1>限定提供データ 証跡レポート<br><small>Limited provision data: evidence report</small></h1>",
-             _scope_table(summary, scope, manifest, logs),
-             _management(summary), _provision(summary), _accumulation(summary), _verification(manifest, logs),
+             _scope_table(data, scope, manifest, logs),
+             _management(data), _provision(data), _accumulation(data), _verification(manifest, logs),
              "</main></body></html>\n"]
     return "\n".join(parts)
 
@@ -196,23 +243,24 @@ def _row(*cells: Any, numeric: tuple[int, ...] = ()) -> str:
                             for i, c in enumerate(cells)) + "</tr>"
 
 
-def _scope_table(summary: Summary, scope: dict[str, Any], manifest: dict[str, Any], logs: list[Any]) -> str:
+def _scope_table(data: dict[str, Any], scope: dict[str, Any], manifest: dict[str, Any], logs: list[Any]) -> str:
     rows = [("事業者 / Vendor", scope.get("vendor_id")), ("期間 / Period", f"{scope.get('from')} – {scope.get('to')}"),
             ("会員 / Member filter", scope.get("member_id") or "—"),
             ("データセット / Dataset filter", scope.get("dataset_id") or "—"),
             ("作成 / Created", manifest.get("created_at")),
-            ("期間内のイベント / Events in the period", f"{summary.events:,}"),
+            ("期間内のイベント / Events in the period", f"{data['events']:,}"),
             ("監査ログ / Audit logs", f"{len(logs):,}")]
     return "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _management(summary: Summary) -> str:
-    kinds = sorted(summary.deliveries_by_credential.items(), key=lambda kv: (-kv[1], kv[0]))
-    delivered = sum(summary.deliveries_by_credential.values())
+def _management(data: dict[str, Any]) -> str:
+    kinds = [(k["credential"], k["deliveries"]) for k in data["deliveries_by_credential"]]
+    delivered = sum(n for _, n in kinds)
+    unauthenticated = data["unauthenticated_deliveries"]
     verdict = (f'<p class="ok">全{delivered:,}件の提供が認証済み / all {delivered:,} deliveries were authenticated</p>'
-               if summary.unauthenticated_deliveries == 0 else
-               f'<p class="bad">{summary.unauthenticated_deliveries:,} deliveries without a credential</p>')
-    denials = summary.denials_by_reason.most_common()
+               if unauthenticated == 0 else
+               f'<p class="bad">{unauthenticated:,} deliveries without a credential</p>')
+    denials = [(d["reason"], d["count"]) for d in data["denials_by_reason"]]
     shown, rest = denials[:_TOP], sum(n for _, n in denials[_TOP:])
     return "".join([
         "<h2>電磁的管理性 <small>Electromagnetic management</small></h2>",
@@ -221,22 +269,22 @@ def _management(summary: Summary) -> str:
         ("<h3>認証方式別の提供 <small>Deliveries by credential kind</small></h3><table>"
         "<tr><th>Credential</th><th>Deliveries</th></tr>"),
         "".join(_row(k, f"{n:,}", numeric=(1,)) for k, n in kinds) or _row("—", 0, numeric=(1,)),
-        (f"</table><p>提供レコード数 / records delivered: <b>{summary.records:,}</b>; "
-        f"バイト数 / bytes: <b>{summary.bytes:,}</b></p>"),
+        (f"</table><p>提供レコード数 / records delivered: <b>{data['records']:,}</b>; "
+        f"バイト数 / bytes: <b>{data['bytes']:,}</b></p>"),
         "<h3>拒否の理由 <small>Denials by reason</small></h3><table><tr><th>Reason</th><th>Count</th></tr>",
         "".join(_row(r, f"{n:,}", numeric=(1,)) for r, n in shown) or _row("—", 0, numeric=(1,)),
         _row(f"(other {len(denials) - _TOP} reasons)", f"{rest:,}", numeric=(1,)) if rest else "", "</table>"])
 
 
-def _provision(summary: Summary) -> str:
-    members = sorted(summary.members.items(), key=lambda kv: (-kv[1].records, -kv[1].deliveries, kv[0]))
+def _provision(data: dict[str, Any]) -> str:
+    members = data["members"]
     rows = []
-    for member_id, m in members[:_TOP * 5]:
-        licences = ", ".join(f"{k} ×{n}" for k, n in sorted(m.licences.items())) or "—"
-        accepted = "; ".join(f"v{v} {at[:10]}" for at, _, v in m.acceptances) or "—"
-        rows.append(_row(m.name or "—", member_id, licences, accepted, f"{m.deliveries:,}", f"{m.records:,}",
-                         f"{m.denials:,}", numeric=(4, 5, 6)))
-    bars = [(m.name or member_id[:8], m.records) for member_id, m in members[:_TOP]]
+    for m in members[:_TOP * 5]:
+        licences = ", ".join(f"{k} ×{n}" for k, n in sorted(m["licence_changes"].items())) or "—"
+        accepted = "; ".join(f"v{a['terms_version']} {a['at'][:10]}" for a in m["terms_accepted"]) or "—"
+        rows.append(_row(m["name"] or "—", m["member_id"], licences, accepted, f"{m['deliveries']:,}",
+                         f"{m['records']:,}", f"{m['denials']:,}", numeric=(4, 5, 6)))
+    bars = [(m["name"] or m["member_id"][:8], m["records"]) for m in members[:_TOP]]
     return "".join([
         "<h2>限定提供性 <small>Provision to specific parties as a business</small></h2>",
         ("<p>ライセンスを受け規約に同意した特定の会員にのみ提供される。<br>"
@@ -248,26 +296,24 @@ def _provision(summary: Summary) -> str:
         bar_chart(bars) if bars else "<p>—</p>"])
 
 
-def _accumulation(summary: Summary) -> str:
-    datasets = sorted(summary.datasets.items(), key=lambda kv: (kv[1].name or "", kv[0]))
+def _accumulation(data: dict[str, Any]) -> str:
     rows, series = [], []
-    for dataset_id, d in datasets:
-        total = 0
+    for d in data["datasets"]:
+        label = d["name"] or d["dataset_id"]
         points = []
-        for at, version, records in sorted(d.versions, key=lambda v: (v[0], v[1] or 0)):
-            total += records
-            points.append((at, total))
-            rows.append(_row(d.name or dataset_id, version if version is not None else "—", at, f"{records:,}",
-                             f"{total:,}", numeric=(3, 4)))
+        for v in d["versions"]:
+            points.append((v["published_at"], v["cumulative"]))
+            rows.append(_row(label, v["version"] if v["version"] is not None else "—", v["published_at"],
+                             f"{v['records']:,}", f"{v['cumulative']:,}", numeric=(3, 4)))
         if points:
-            series.append((d.name or dataset_id[:8], points))
+            series.append((d["name"] or d["dataset_id"][:8], points))
     return "".join([
         "<h2>相当蓄積性 <small>Substantial accumulation</small></h2>",
         ("<p>期間中に公開された版とレコード数の累積。<br>Versions published in the period and the records they "
         "added, accumulated.</p>"),
         "<table><tr><th>Dataset</th><th>Version</th><th>Published</th><th>Records</th><th>Cumulative</th></tr>",
         "".join(rows) or _row("—", "—", "—", 0, 0), "</table>",
-        step_chart(series, summary.start, summary.end) if series else ""])
+        step_chart(series, data["period"]["from"], data["period"]["to"]) if series else ""])
 
 
 def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:

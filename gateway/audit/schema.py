@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.format import FILES, FORMAT
+from gateway.audit.format import FILES_OF, FORMAT, FORMAT_V1
+from gateway.audit.report import GENERATOR
 
 MAX_INT = 2**53 - 1  # every integer of the format is below 2^53 (§2.2)
 
@@ -159,15 +160,21 @@ _PENDING_LOG = {"log": STR, "pending": INT}
 
 
 def manifest(value: Any) -> dict[str, Any]:
-    """manifest.json (schemas/audit-manifest.schema.json)."""
+    """manifest.json (schemas/audit-manifest.schema.json), of format 1 or 2: the format decides which
+    files it lists and, from 2, that `report` names the one report generator whose figures are checked."""
+    version = value.get("format") if type(value) is dict else None
+    if type(version) is not str or version not in FILES_OF:
+        version = FORMAT  # refused below, saying which formats there are
+    files = FILES_OF[version]
     return closed(value, {
-        "format": (_const(FORMAT), repr(FORMAT)), "created_at": TIME,
+        "format": (lambda v: type(v) is str and v in FILES_OF, f"{FORMAT_V1!r} or {FORMAT!r}"),
+        "created_at": TIME,
         "scope": (_object(_SCOPE, "scope"), "an object"),
         "series": (lambda v: v in ("vendor", "member", None), '"vendor", "member" or null'),
-        "report": STR,
+        "report": STR if version == FORMAT_V1 else (_const(GENERATOR), repr(GENERATOR)),
         "logs": (_array(_object(_MANIFEST_LOG, "an entry of logs")), "a list of objects"),
         "pending_logs": (_array(_object(_PENDING_LOG, "an entry of pending_logs")), "a list of objects"),
-        "files": (_object({name: (_object(_FILE, f"files.{name}"), "an object") for name in FILES}, "files"),
+        "files": (_object({name: (_object(_FILE, f"files.{name}"), "an object") for name in files}, "files"),
                   "an object"),
     }, "manifest.json")
 
@@ -186,6 +193,49 @@ def keys(value: Any) -> list[dict[str, Any]]:
 _CHECKPOINT_LINE = {"log": STR, "tree_size": INT, "note": STR}
 _CONSISTENCY_LINE = {"log": STR, "old_size": INT, "new_size": INT, "proof": NODES}
 _PROOF_LINE = {"log": STR, "seq": INT, "tree_size": INT, "proof": NODES}
+
+
+_TERMS_LINE = {"licence_id": UUID, "version": INT, "sha256": (_hex64, "64 lowercase hex digits"), "text": STR}
+
+
+def terms_line(value: Any, what: str) -> dict[str, Any]:
+    """A line of terms.jsonl (schemas/audit-terms-line.schema.json)."""
+    return closed(value, _TERMS_LINE, what)
+
+
+# report.json (schemas/audit-report.schema.json). Records and bytes are differences of a stream's
+# totals (§2.1.1), so a signed but strange log could make them negative: any integer of the format.
+_SIGNED = (lambda v: type(v) is int and -MAX_INT <= v <= MAX_INT, "an integer from -(2^53-1) to 2^53-1")
+_CREDENTIAL_ROW = {"credential": STR, "deliveries": INT}
+_DENIAL_ROW = {"reason": STR, "count": INT}
+_ACCEPTANCE = {"at": TIME, "licence_id": NULL_UUID, "terms_version": NULL_INT}
+_LICENCE_CHANGES = ("grant", "amend", "suspend", "resume", "revoke")
+_MEMBER_ROW = {
+    "member_id": UUID, "name": (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string"),
+    "licence_changes": (lambda v: type(v) is dict and all(k in _LICENCE_CHANGES and type(n) is int and 0 < n <= MAX_INT
+                                                          for k, n in v.items()),
+                        f"an object of counts above 0 named {list(_LICENCE_CHANGES)}"),
+    "terms_accepted": (_array(_object(_ACCEPTANCE, "an entry of terms_accepted")), "a list of objects"),
+    "deliveries": INT, "records": _SIGNED, "bytes": _SIGNED, "denials": INT}
+_VERSION_ROW = {"published_at": TIME, "version": NULL_INT, "records": INT, "cumulative": INT}
+_DATASET_ROW = {"dataset_id": UUID, "name": (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string"),
+                "versions": (_array(_object(_VERSION_ROW, "an entry of versions")), "a list of objects")}
+_REPORT = {
+    "format": (_const(GENERATOR), repr(GENERATOR)),
+    "period": (_object({"from": TIME, "to": TIME}, "period"), "an object"),
+    "events": INT, "logs": INT,
+    "deliveries_by_credential": (_array(_object(_CREDENTIAL_ROW, "an entry of deliveries_by_credential")),
+                                 "a list of objects"),
+    "unauthenticated_deliveries": INT, "records": _SIGNED, "bytes": _SIGNED,
+    "denials_by_reason": (_array(_object(_DENIAL_ROW, "an entry of denials_by_reason")), "a list of objects"),
+    "members": (_array(_object(_MEMBER_ROW, "an entry of members")), "a list of objects"),
+    "datasets": (_array(_object(_DATASET_ROW, "an entry of datasets")), "a list of objects"),
+}
+
+
+def report_figures(value: Any) -> dict[str, Any]:
+    """report.json (schemas/audit-report.schema.json)."""
+    return closed(value, _REPORT, "report.json")
 
 
 def node_valid(value: Any) -> bool:

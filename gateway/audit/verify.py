@@ -2,12 +2,16 @@
 
     python -m gateway.verify bundle.zip [--trusted-checkpoint FILE] [--trusted-key VKEY ...]
 
-Checks, in order, stopping at the first problem: the ZIP's files against manifest.json; every
+Checks, in order, stopping at the first problem: (format 2) manifest.sig, the audit key's signature
+over manifest.json's SHA-256 and the export time, so that no manifest field can change unseen; the
+ZIP's files against manifest.json; every
 checkpoint's signature by a known key valid at its signed time; consistency between each log's
 successive checkpoints (and with a trusted checkpoint); then every event: its inclusion proof against
 its covering checkpoint, (log, seq) order and uniqueness, its log and seq against its proof line, its
 place in the scope, and — for unfiltered exports — the gap-free vendor (or member) series with its
-witnesses; finally per-log counts against the manifest and report.html rendered again from the events.
+witnesses; finally per-log counts against the manifest, (format 2) terms.jsonl against the digests and
+the (licence, version) pairs the events name, and the report: report.json recomputed from the manifest
+and the events (report.html rendered again from them, the reference implementation's extra check).
 
 When a file's content fails a check, the verifier first finishes hashing it: if the manifest does not
 match either, "manifest-mismatch" is the problem reported, since it explains the other.
@@ -35,13 +39,17 @@ import orjson
 from gateway.audit import report, schema
 from gateway.audit.events import utc_text
 from gateway.audit.format import (
-    FILES,
+    FILES_OF,
+    FORMAT,
+    FORMAT_V1,
+    MANIFEST_SIG,
     CheckpointError,
     OpenedCheckpoint,
     PublicKey,
     b64,
     keys_from_vkeys,
     open_checkpoint,
+    open_manifest_signature,
     origin,
     parse_time,
     public_key_from_json,
@@ -49,7 +57,7 @@ from gateway.audit.format import (
 from gateway.audit.schema import ShapeError
 from keys.cosignatures import CosignatureVerifier, cosignatures
 from keys.merkle import HASH_BYTES, ProofError, verify_consistency
-from keys.notes import NoteError
+from keys.notes import MAX_NOTE_BYTES, NoteError
 
 # Large: while the parser runs, an inflater thread gets the GIL back once per switch interval (5 ms),
 # and reading a chunk takes it about ten turns (file, each inflate buffer, CRC, hash). A chunk must
@@ -97,19 +105,20 @@ class Verdict:
 
 def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
                   trusted_keys: Iterable[str] | None = None, witnesses: Iterable[str] | None = None,
-                  quorum: int | None = None) -> Verdict:
+                  quorum: int | None = None, require_signed: bool = False) -> Verdict:
     """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint obtained earlier, as a signed note
     (e.g. a receipt's) or as the JSON GET /v1/audit/checkpoint returns; `trusted_keys`: C2SP verifier
     keys to accept instead of trusting keys.json alone (keys.json still supplies each key's validity);
     `witnesses` (cosignature/v1 vkeys) and `quorum` (default: all of them): each log's events must be
-    covered by a checkpoint cosigned by `quorum` of those witnesses (schemas/audit-format.md §8.4)."""
+    covered by a checkpoint cosigned by `quorum` of those witnesses (schemas/audit-format.md §8.4);
+    `require_signed`: refuse a format 1 bundle, whose manifest nothing signs."""
     try:
         policy = _witness_policy(witnesses, quorum)
     except BundleError as e:
         return Verdict(False, e.code, e.message)
     try:
         with zipfile.ZipFile(path) as bundle:
-            return _Verifier(path, bundle, trusted_checkpoint, trusted_keys, policy).run()
+            return _Verifier(path, bundle, trusted_checkpoint, trusted_keys, policy, require_signed).run()
     except BundleError as e:
         return Verdict(False, e.code, e.message)
     except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, zlib.error, NotImplementedError) as e:
@@ -136,8 +145,10 @@ class _Log:
 class _Verifier:
     def __init__(self, path: str | Path, bundle: zipfile.ZipFile, trusted_checkpoint: str | None,
                  trusted_keys: Iterable[str] | None,
-                 witnesses: tuple[list[CosignatureVerifier], int] | None = None) -> None:
+                 witnesses: tuple[list[CosignatureVerifier], int] | None = None,
+                 require_signed: bool = False) -> None:
         self.path = path
+        self.require_signed = require_signed
         self.witnesses = witnesses
         self.bundle = bundle
         self.trusted_checkpoint = trusted_checkpoint
@@ -145,12 +156,17 @@ class _Verifier:
         self.verdict = Verdict(True)
         self.checkpoints: dict[str, list[OpenedCheckpoint]] = {}
         self.logs: dict[str, _Log] = {}
+        # Format 2: every (licence, terms version) the events name, and each acceptance's digest.
+        self.terms_named: set[tuple[str, int]] = set()
+        self.terms_accepted: list[tuple[int, str, int, str]] = []  # line, licence, version, sha256
 
     def run(self) -> Verdict:
         self.manifest = self._manifest()
-        for name in ("keys.json", "checkpoints.jsonl", "consistency.jsonl", "report.html"):
-            self._check_hash(name)
-        self.keys = self._keys()
+        for name in self.files:
+            if name not in ("events.jsonl", "proofs.jsonl"):  # those two are hashed as they are read
+                self._check_hash(name)
+        if self.format == FORMAT_V1:
+            self.keys = self._keys()
         self._checkpoints()
         self._consistency()
         if self.trusted_checkpoint is not None:
@@ -173,6 +189,8 @@ class _Verifier:
             for stream in streams:
                 self._compare(stream.name, stream.finish())
         self._per_log()
+        if self.format != FORMAT_V1:
+            self._terms()
         self._report()
         if self.witnesses is not None:
             self._witnessed(*self.witnesses)
@@ -189,16 +207,32 @@ class _Verifier:
         names = [info.filename for info in self.bundle.infolist()]
         if len(names) != len(set(names)):
             raise BundleError("bundle-format", "the ZIP holds two files of the same name")
-        expected = {"manifest.json", *FILES}
+        # The layout says the format: manifest.sig is there from format 2 on (§6.1). The manifest's own
+        # format field is read only once the signature over it has verified.
+        self.format = FORMAT if MANIFEST_SIG in names else FORMAT_V1
+        self.files = FILES_OF[self.format]
+        expected = {"manifest.json", *self.files} | ({MANIFEST_SIG} if self.format == FORMAT else set())
         if set(names) != expected:
             missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
             raise BundleError("bundle-format", f"the bundle's files differ from the format's: missing {missing}, "
                                                f"unexpected {extra}")
-        manifest = _json(self._read("manifest.json", _MAX_MANIFEST), "manifest.json")
+        if self.format == FORMAT_V1 and self.require_signed:
+            raise BundleError("manifest-signature", "a format 1 bundle: nothing signs its manifest (export it again "
+                                                    "for a signed one)")
+        data = self._read("manifest.json", _MAX_MANIFEST)
+        signature = self._signature(data) if self.format == FORMAT else None
+        manifest = _json(data, "manifest.json")
         try:
             schema.manifest(manifest)
         except ShapeError as e:
             raise BundleError("bundle-format", str(e)) from None
+        if manifest["format"] != self.format:
+            # Only a format 2 manifest is signed, so this is one that says 1 beside a manifest.sig.
+            raise BundleError("bundle-format", f"manifest.json says format {manifest['format']!r}, but the bundle's "
+                                               f"files are those of {self.format!r}")
+        if signature is not None and manifest["created_at"] != signature:
+            raise BundleError("manifest-signature", f"manifest.json says it was created at {manifest['created_at']}, "
+                                                    f"manifest.sig that it was exported at {signature}")
         scope = manifest["scope"]
         if not (_time(manifest["created_at"]) and _time(scope["from"]) and _time(scope["to"])
                 and scope["from"] < scope["to"]):
@@ -209,7 +243,28 @@ class _Verifier:
         if manifest["series"] != self.series:
             raise BundleError("bundle-format", f"manifest.json says series {manifest['series']!r}; its scope "
                                                f"means {self.series!r}")
+        if self.format == FORMAT_V1:
+            self.verdict.notes.append("format 1 bundle: its manifest is not signed, so its fields (the report "
+                                      "marker among them) are protected by nothing")
         return manifest
+
+    def _signature(self, manifest: bytes) -> str:
+        """Step 1a: manifest.sig verifies with keys.json's keys (step 3's checks first, the trusted keys
+        only, if given), by a key valid at its export time, over exactly these manifest bytes; the time."""
+        self.keys = self._keys()
+        try:
+            note = self._read(MANIFEST_SIG, MAX_NOTE_BYTES).decode("utf-8")
+        except UnicodeError:
+            raise BundleError("manifest-signature", "manifest.sig is not UTF-8") from None
+        try:
+            opened = open_manifest_signature(note, self.keys)
+        except CheckpointError as e:
+            raise BundleError(e.code, e.reason) from None
+        if opened.manifest_sha256 != hashlib.sha256(manifest).hexdigest():
+            raise BundleError("manifest-signature", "manifest.json is not the manifest manifest.sig signed (a "
+                                                    "field was changed)")
+        self.verdict.notes.append(f"manifest signed by key {opened.key.key_id} at {opened.exported_at}")
+        return opened.exported_at
 
     def _read(self, name: str, limit: int) -> bytes:
         with self.bundle.open(name) as handle:
@@ -457,6 +512,14 @@ class _Verifier:
                 count += 1
                 last_inside = inside
                 add(event)
+                licence = event["licence_id"]
+                if licence is not None and event["terms_version"] is not None:
+                    self.terms_named.add((licence, event["terms_version"]))
+                    if event["kind"] == "member:terms:accept":
+                        detail = event["detail"]
+                        digest = detail.get("terms_sha256") if detail is not None else None
+                        if type(digest) is str:
+                            self.terms_accepted.append((number, licence, event["terms_version"], digest))
         except orjson.JSONDecodeError:
             raise BundleError("bundle-format", f"{_at(number)} or its proof line is not valid JSON") from None
         except ShapeError as e:
@@ -507,13 +570,74 @@ class _Verifier:
             self.verdict.notes.append(f"log {pending['log']}: {pending['pending']} events not yet "
                                       "checkpointed, not in the bundle")
 
+    def _terms(self) -> None:
+        """Step 8a (format 2): terms.jsonl holds, in order, exactly the terms versions the events name,
+        each text with its SHA-256, and each acceptance event's digest is its text's."""
+        digests: dict[tuple[str, int], str] = {}
+        previous: tuple[str, int] | None = None
+        for number, line in self._jsonl("terms.jsonl", schema.terms_line):
+            pair = (line["licence_id"], line["version"])
+            if previous is not None and pair <= previous:
+                raise BundleError("terms", f"terms.jsonl line {number}: lines must be in (licence_id, version) "
+                                           "order, each once")
+            previous = pair
+            if hashlib.sha256(line["text"].encode("utf-8")).hexdigest() != line["sha256"]:
+                raise BundleError("terms", f"terms.jsonl line {number}: the text of licence {pair[0]} terms version "
+                                           f"{pair[1]} does not have the SHA-256 the line names (the text was changed)")
+            digests[pair] = line["sha256"]
+        missing, extra = sorted(self.terms_named - digests.keys()), sorted(digests.keys() - self.terms_named)
+        if missing or extra:
+            raise BundleError("terms", "terms.jsonl must hold exactly the terms versions the events name: "
+                                       + "; ".join(([f"missing {missing[:3]}"] if missing else [])
+                                                   + ([f"not named by any event {extra[:3]}"] if extra else [])))
+        for number, licence, version, digest in self.terms_accepted:
+            if digests[(licence, version)] != digest:
+                raise BundleError("terms", f"{_at(number)}: the member accepted terms with SHA-256 {digest}; "
+                                           f"terms.jsonl's text of licence {licence} version {version} is another")
+
     def _report(self) -> None:
-        if self.manifest.get("report") != report.GENERATOR:
-            self.verdict.notes.append(f"report.html made by {self.manifest.get('report')!r}, not re-checked")
+        if self.format == FORMAT_V1:
+            # Format 1: the page alone, checked when the (unsigned) marker names this renderer.
+            if self.manifest.get("report") != report.GENERATOR_V1:
+                self.verdict.notes.append(f"report.html made by {self.manifest.get('report')!r}, not re-checked")
+                return
+            page = report.render(report.figures(self.summary, self.manifest), self.manifest).encode("utf-8")
+            if page != self._read("report.html", _MAX_REPORT):
+                raise BundleError("report", "report.html does not show what events.jsonl holds")
             return
-        page = report.render(self.summary, self.manifest).encode("utf-8")
-        if page != self._read("report.html", _MAX_REPORT):
-            raise BundleError("report", "report.html does not show what events.jsonl holds")
+        # Format 2: report.json is what any verifier recomputes (§6.5); the page is rendered from it, and
+        # comparing it with this renderer's is the reference implementation's extra check.
+        claimed = _json(self._read("report.json", _MAX_REPORT), "report.json")
+        try:
+            schema.report_figures(claimed)
+        except ShapeError as e:
+            raise BundleError("bundle-format", str(e)) from None
+        figures = report.figures(self.summary, self.manifest)
+        if report.figures_json(figures) != self._read("report.json", _MAX_REPORT):
+            raise BundleError("report", "report.json does not hold the figures of events.jsonl and the manifest "
+                                        f"({_first_difference(figures, claimed)})")
+        if report.render(figures, self.manifest).encode("utf-8") != self._read("report.html", _MAX_REPORT):
+            raise BundleError("report", "report.html is not report.json rendered (by this verifier's renderer)")
+
+
+def _first_difference(found: Any, claimed: Any, where: str = "report.json") -> str:
+    """Where two JSON values first differ, for the verdict."""
+    if type(found) is dict and type(claimed) is dict:
+        for name in sorted(found.keys() | claimed.keys()):
+            if found.get(name) != claimed.get(name):
+                return _first_difference(found.get(name), claimed.get(name), f"{where}.{name}")
+    elif type(found) is list and type(claimed) is list and len(found) == len(claimed):
+        for index, (a, b) in enumerate(zip(found, claimed, strict=True)):
+            if a != b:
+                return _first_difference(a, b, f"{where}[{index}]")
+    elif found == claimed:
+        return f"{where}: the same values, written otherwise than RFC 8785 bytes and a newline"
+    return f"{where} is {_short(claimed)}, the events give {_short(found)}"
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _ProofCache:
@@ -759,6 +883,8 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
                         help="a witness's cosignature/v1 verifier key (repeatable)")
     parser.add_argument("--quorum", metavar="K", type=int,
                         help="cosignatures each log's events need from the --witness keys (default: all)")
+    parser.add_argument("--require-signed", action="store_true",
+                        help="refuse a format 1 bundle, whose manifest is not signed")
     args = parser.parse_args(argv)
     trusted = None
     if args.trusted_checkpoint:
@@ -769,7 +895,7 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
             out.write(verdict.line() + "\n")
             return 1
     verdict = verify_bundle(args.bundle, trusted, trusted_keys=args.trusted_key, witnesses=args.witness,
-                            quorum=args.quorum)
+                            quorum=args.quorum, require_signed=args.require_signed)
     out.write(verdict.line() + "\n")
     return 0 if verdict.ok else 1
 

@@ -118,7 +118,8 @@ async def export(request: Request) -> Response:
     folder = Path(tempfile.mkdtemp(prefix="lpd-export-"))
     try:
         result, digest = await evidence.export_apart(runtime.dsn, vendor_of(caller), start, end, member_id,
-                                                     dataset_id, path=folder / "bundle.zip")
+                                                     dataset_id, path=folder / "bundle.zip",
+                                                     signer=checkpoints.CheckpointSigner(runtime.master))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

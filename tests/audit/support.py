@@ -14,9 +14,13 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.audit import evidence
+from gateway import signing_keys
+from gateway.audit import evidence, report
+from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import AuditEvent, EventKind, Outcome
+from gateway.audit.format import MANIFEST_SIG, manifest_signature_text
 from gateway.runtime import Runtime
+from keys.notes import NoteSigner, parse_note
 from tests.conftest import client_for, open_runtime
 from tests.factories import Licensed, auth, licensed_member
 
@@ -62,10 +66,21 @@ async def scenario(runtime: Runtime, client: httpx.AsyncClient) -> Scenario:
     return Scenario(licensed, other, other_key)
 
 
+# The audit keys that signed the tests' bundles, by signed-note key hash: write_bundle re-signs a
+# tampered manifest with them, playing an attacker who holds the key, so that a test reaches the check
+# behind the manifest's signature (tests/audit/test_bundle_v2.py tampers without the key).
+_AUDIT_SIGNERS: dict[bytes, NoteSigner] = {}
+
+
 async def export(runtime: Runtime, path: Path, vendor_id: uuid.UUID, **filters: Any) -> evidence.ExportResult:
     """Checkpoint what this runtime wrote, then export the vendor's events of the test period."""
     await runtime.writer.checkpoint()
-    return await evidence.export(runtime.pool, vendor_id, PERIOD_START, PERIOD_END, path=path, **filters)
+    result = await evidence.export(runtime.pool, vendor_id, PERIOD_START, PERIOD_END, path=path,
+                                   signer=CheckpointSigner(runtime.master), **filters)
+    async with runtime.pool.acquire() as conn:
+        signer = signing_keys.note_signer(await signing_keys.current(conn, runtime.master))
+    _AUDIT_SIGNERS[signer.key_hash] = signer
+    return result
 
 
 def synthetic(vendor_id: uuid.UUID, member_id: uuid.UUID | None = None, **fields: Any) -> AuditEvent:
@@ -81,8 +96,9 @@ def read_bundle(path: Path) -> dict[str, bytes]:
         return {name: bundle.read(name) for name in bundle.namelist()}
 
 
-def write_bundle(path: Path, files: dict[str, bytes], *, rehash: bool = True) -> Path:
-    """Write `files` as a bundle; with `rehash` the manifest is recomputed, as a careful attacker would."""
+def write_bundle(path: Path, files: dict[str, bytes], *, rehash: bool = True, resign: bool = True) -> Path:
+    """Write `files` as a bundle; with `rehash` the manifest is recomputed, as a careful attacker would,
+    and (`resign`) manifest.sig signed again over it by the key that signed it, if a test exported it."""
     if rehash:
         import hashlib
 
@@ -90,12 +106,41 @@ def write_bundle(path: Path, files: dict[str, bytes], *, rehash: bool = True) ->
         for name in manifest["files"]:
             manifest["files"][name] = {"sha256": hashlib.sha256(files[name]).hexdigest(), "bytes": len(files[name])}
         files = {**files, "manifest.json": orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"}
+        if resign and MANIFEST_SIG in files:
+            files[MANIFEST_SIG] = sign_manifest(files[MANIFEST_SIG], files["manifest.json"])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name, data in files.items():
             bundle.writestr(name, data)
     path.write_bytes(buffer.getvalue())
     return path
+
+
+def sign_manifest(signature: bytes, manifest_json: bytes, signer: NoteSigner | None = None) -> bytes:
+    """manifest.sig over `manifest_json` (its created_at as the export time), by `signer` or else by the
+    audit key that made `signature`; `signature` unchanged when no such key is known."""
+    import hashlib
+
+    if signer is None:
+        signer = next((_AUDIT_SIGNERS[s.key_hash] for s in parse_note(signature.decode()).signatures
+                       if s.key_hash in _AUDIT_SIGNERS), None)
+        if signer is None:
+            return signature
+    text = manifest_signature_text(hashlib.sha256(manifest_json).hexdigest(), orjson.loads(manifest_json)["created_at"])
+    return signer.sign(text).encode()
+
+
+def restate_report(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """report.json (format 2) and report.html recomputed from the bundle's events, as a careful attacker would."""
+    summary = report.Summary(manifest["scope"]["from"], manifest["scope"]["to"])
+    for line in lines(files["events.jsonl"]):
+        summary.add(orjson.loads(line))
+    figures = report.figures(summary, manifest)
+    if "report.json" in files:
+        files["report.json"] = report.figures_json(figures)
+    files["report.html"] = report.render(figures, manifest).encode()
+
+
 
 
 def lines(data: bytes) -> list[bytes]:

@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from gateway import signing_keys
-from gateway.audit import report, schema, verify
+from gateway.audit import schema, verify
 from gateway.audit.events import EventKind
 from gateway.audit.format import ORIGIN_PREFIX, SIGNED_AT
 from gateway.audit.verify import Verdict, verify_bundle
@@ -40,7 +40,9 @@ from tests.audit.support import (
     export,
     lines,
     read_bundle,
+    restate_report,
     scenario,
+    sign_manifest,
     synthetic,
     write_bundle,
 )
@@ -252,6 +254,7 @@ def _after_hashing(genuine: Genuine, tmp_path: Path, change: Callable[[bytes], b
     """A bundle whose manifest is changed after its hashes were recomputed (it is not hashed itself)."""
     files = read_bundle(tampered(genuine, tmp_path, lambda f: None))
     files["manifest.json"] = change(files["manifest.json"])
+    files["manifest.sig"] = sign_manifest(files["manifest.sig"], files["manifest.json"])  # by the key's holder
     return write_bundle(tmp_path / "after.zip", files, rehash=False)
 
 
@@ -401,10 +404,7 @@ def restate(files: dict[str, bytes]) -> None:
     for entry in manifest["logs"]:
         seqs = [e["seq"] for e in events if e["log"] == entry["log"]]
         entry.update(events=len(seqs), first_seq=seqs[0], last_seq=seqs[-1])
-    summary = report.Summary(manifest["scope"]["from"], manifest["scope"]["to"])
-    for event in events:
-        summary.add(event)
-    files["report.html"] = report.render(summary, manifest).encode()
+    restate_report(files, manifest)
     files["manifest.json"] = orjson.dumps(manifest)
 
 
@@ -512,6 +512,7 @@ def _documents(genuine: Genuine, name: str) -> list[Any]:
 def test_the_manifest_and_keys_checks_are_the_schemas(genuine: Genuine) -> None:
     _agrees(schema.manifest, _validator("audit-manifest"), _variants(orjson.loads(genuine.files["manifest.json"])))
     _agrees(schema.keys, _validator("audit-keys"), _variants(orjson.loads(genuine.files["keys.json"])))
+    _agrees(schema.report_figures, _validator("audit-report"), _variants(orjson.loads(genuine.files["report.json"])))
 
 
 @pytest.mark.parametrize("file, name, check", [
@@ -519,6 +520,7 @@ def test_the_manifest_and_keys_checks_are_the_schemas(genuine: Genuine) -> None:
     ("consistency.jsonl", "audit-consistency-line", schema.consistency_line),
     ("proofs.jsonl", "audit-proof-line", schema.proof_line),
     ("events.jsonl", "audit-event", schema.event),
+    ("terms.jsonl", "audit-terms-line", schema.terms_line),
 ])
 def test_each_line_check_is_its_schema(genuine: Genuine, file: str, name: str, check: Any) -> None:
     documents = [variant for document in _documents(genuine, file) for variant in _variants(document)]

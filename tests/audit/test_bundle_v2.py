@@ -1,0 +1,269 @@
+"""Format 2 bundles (schemas/audit-format.md §6.1, §6.4 steps 1a, 8a and 9, §6.5): the manifest is signed,
+the report's figures are report.json, recomputed by the verifier, and the terms texts the events name
+travel with them. Format 1 bundles still verify (tests/audit/fixtures/bundle-v1.zip, exported by the
+gateway before format 2)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.audit.format import FORMAT, PublicKey
+from gateway.audit.verify import verify_bundle
+from keys.notes import NoteSigner
+from keys.signing import SigningKey
+from tests.audit.support import (
+    audited_runtime,
+    edit_jsonl,
+    export,
+    lines,
+    read_bundle,
+    scenario,
+    sign_manifest,
+    write_bundle,
+)
+from tests.conftest import client_for
+
+V1_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-v1.zip"
+
+
+@dataclass
+class Case:
+    bundle: Path
+    files: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+async def case(databases: Any, migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Case]:
+    name = await databases.create(migrated_template)
+    home = tmp_path_factory.mktemp("bundle-v2")
+    runtime = await audited_runtime(databases.dsn(name), home, GATEWAY_CHECKPOINT_EVENTS="5")
+    try:
+        async with client_for(runtime) as client:
+            found = await scenario(runtime, client)
+        result = await export(runtime, home / "bundle.zip", found.vendor_id)
+        assert not result.warnings
+        yield Case(home / "bundle.zip", read_bundle(home / "bundle.zip"))
+    finally:
+        await runtime.close()
+        await databases.drop(name)
+
+
+def tampered(case: Case, tmp_path: Path, change: Callable[[dict[str, bytes]], None], *, resign: bool = True) -> Path:
+    """The bundle changed, its manifest's hashes recomputed and (`resign`) signed again by the audit key,
+    as someone holding it would; without `resign`, manifest.sig stays the exporter's."""
+    files = dict(case.files)
+    change(files)
+    return write_bundle(tmp_path / "tampered.zip", files, resign=resign)
+
+
+def refused(path: Path, code: str, **options: Any) -> None:
+    verdict = verify_bundle(path, **options)
+    assert not verdict.ok and verdict.code == code, verdict.line()
+
+
+def _manifest(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, bytes]], None]:
+    def edit(files: dict[str, bytes]) -> None:
+        manifest = orjson.loads(files["manifest.json"])
+        change(manifest)
+        files["manifest.json"] = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+    return edit
+
+
+# -- the genuine bundle ---------------------------------------------------------------------------------
+
+def test_a_genuine_bundle_is_format_2_and_verifies(case: Case) -> None:
+    assert {"manifest.sig", "terms.jsonl", "report.json"} <= case.files.keys()
+    manifest = orjson.loads(case.files["manifest.json"])
+    assert manifest["format"] == FORMAT and manifest["report"] == "lpd-gateway report/2"
+    signed = case.files["manifest.sig"].decode()
+    assert signed.startswith(f"{FORMAT}\nmanifest-sha256 {hashlib.sha256(case.files['manifest.json']).hexdigest()}\n"
+                             f"exported-at {manifest['created_at']}\n\n— lpd-gateway-audit ")
+    verdict = verify_bundle(case.bundle)
+    assert verdict.ok, verdict.line()
+    assert any(note.startswith("manifest signed by key ") for note in verdict.notes)
+    vkey = orjson.loads(case.files["keys.json"])["keys"][0]["vkey"]
+    assert verify_bundle(case.bundle, trusted_keys=[vkey], require_signed=True).ok
+
+
+def test_report_json_holds_the_figures_and_the_page_shows_them(case: Case) -> None:
+    figures = orjson.loads(case.files["report.json"])
+    assert case.files["report.json"] == orjson.dumps(figures, option=orjson.OPT_SORT_KEYS) + b"\n"  # RFC 8785
+    assert figures["deliveries_by_credential"] == [{"credential": "member", "deliveries": 4}]
+    assert figures["unauthenticated_deliveries"] == 0 and figures["records"] > 0
+    names = {m["name"] for m in figures["members"]}
+    assert "member-a" in names and [d["name"] for d in figures["datasets"]] == ["footfall"]
+    page = case.files["report.html"].decode()
+    assert f"records delivered: <b>{figures['records']:,}</b>" in page
+
+
+def test_terms_jsonl_holds_each_named_terms_text_with_its_digest(case: Case) -> None:
+    rows = [orjson.loads(line) for line in lines(case.files["terms.jsonl"])]
+    assert rows and all(r["sha256"] == hashlib.sha256(r["text"].encode()).hexdigest() for r in rows)
+    events = [orjson.loads(line) for line in lines(case.files["events.jsonl"])]
+    named = {(e["licence_id"], e["terms_version"]) for e in events if e["licence_id"] and e["terms_version"]}
+    assert [(r["licence_id"], r["version"]) for r in rows] == sorted(named)
+    accepted = [e for e in events if e["kind"] == "member:terms:accept"]
+    assert accepted and accepted[0]["detail"]["terms_sha256"] in {r["sha256"] for r in rows}
+
+
+# -- the manifest's signature -----------------------------------------------------------------------------
+
+MANIFEST_FLIPS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "report marker renamed": lambda m: m.update({"reports": m.pop("report")}),
+    "report marker changed": lambda m: m.update(report="someone else's report/1"),
+    "created_at changed": lambda m: m.update(created_at="2020-01-01T00:00:00.000000Z"),
+    "scope's period widened": lambda m: m["scope"].update({"from": "2000-01-01T00:00:00.000000Z"}),
+    "scope's vendor changed": lambda m: m["scope"].update(vendor_id="00000000-0000-0000-0000-000000000001"),
+    "a log's pending count changed": lambda m: m["logs"][0].update(pending=m["logs"][0]["pending"] + 1),
+    "series switched off": lambda m: m.update(series=None),
+    "format set back to 1": lambda m: m.update(format="lpd-gateway-evidence/1"),
+}
+
+
+@pytest.mark.parametrize("name", list(MANIFEST_FLIPS))
+def test_any_manifest_field_changed_is_refused(case: Case, tmp_path: Path, name: str) -> None:
+    refused(tampered(case, tmp_path, _manifest(MANIFEST_FLIPS[name]), resign=False), "manifest-signature")
+
+
+def test_a_manifest_re_signed_by_another_key_is_refused(case: Case, tmp_path: Path) -> None:
+    def resign(files: dict[str, bytes]) -> None:
+        _manifest(MANIFEST_FLIPS["report marker changed"])(files)
+        files["manifest.json"] = write_bundle_manifest(files)
+        files["manifest.sig"] = sign_manifest(files["manifest.sig"], files["manifest.json"],
+                                              NoteSigner("lpd-gateway-audit", SigningKey.generate()))
+
+    files = dict(case.files)
+    resign(files)
+    refused(write_bundle(tmp_path / "other-key.zip", files, rehash=False), "manifest-signature")
+
+
+def write_bundle_manifest(files: dict[str, bytes]) -> bytes:
+    manifest = orjson.loads(files["manifest.json"])
+    for name in manifest["files"]:
+        manifest["files"][name] = {"sha256": hashlib.sha256(files[name]).hexdigest(), "bytes": len(files[name])}
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def test_a_signature_outside_its_keys_validity_or_untrusted_is_refused(case: Case, tmp_path: Path) -> None:
+    other = PublicKey("0" * 16, "audit", SigningKey.generate().public_bytes(),
+                      *[None] * 3).vkey()  # type: ignore[arg-type]
+    refused(case.bundle, "manifest-signature", trusted_keys=[other])
+
+    def retire_before_export(files: dict[str, bytes]) -> None:
+        keys = orjson.loads(files["keys.json"])
+        keys["keys"][0]["retired_at"] = orjson.loads(files["manifest.json"])["created_at"]
+        files["keys.json"] = orjson.dumps(keys)
+
+    refused(tampered(case, tmp_path, retire_before_export), "manifest-signature")
+
+
+def test_manifest_sig_removed_or_damaged_is_refused(case: Case, tmp_path: Path) -> None:
+    refused(tampered(case, tmp_path, lambda f: f.pop("manifest.sig"), resign=False), "bundle-format")
+    refused(tampered(case, tmp_path, lambda f: f.update({"manifest.sig": b"not a note\n"}), resign=False),
+            "manifest-signature")
+
+
+# -- report.json ------------------------------------------------------------------------------------------
+
+def _figure(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, bytes]], None]:
+    def edit(files: dict[str, bytes]) -> None:
+        figures = orjson.loads(files["report.json"])
+        change(figures)
+        files["report.json"] = orjson.dumps(figures, option=orjson.OPT_SORT_KEYS) + b"\n"
+    return edit
+
+
+REPORT_CHANGES: dict[str, Callable[[dict[str, bytes]], None]] = {
+    "records delivered": _figure(lambda f: f.update(records=f["records"] + 1)),
+    "a member's deliveries": _figure(lambda f: f["members"][0].update(deliveries=f["members"][0]["deliveries"] + 1)),
+    "a member renamed": _figure(lambda f: f["members"][0].update(name="someone else")),
+    "a denial dropped": _figure(lambda f: f["denials_by_reason"].pop()),
+    "the same figures, other bytes": lambda files: files.update(
+        {"report.json": orjson.dumps(orjson.loads(files["report.json"]), option=orjson.OPT_INDENT_2) + b"\n"}),
+    "report.html alone": lambda files: files.update(
+        {"report.html": files["report.html"].replace(b"deliveries were authenticated", b"deliveries were checked")}),
+}
+
+
+@pytest.mark.parametrize("name", list(REPORT_CHANGES))
+def test_a_report_changed_is_refused_even_with_the_manifest_re_signed(case: Case, tmp_path: Path, name: str) -> None:
+    refused(tampered(case, tmp_path, REPORT_CHANGES[name]), "report")
+
+
+def test_report_json_with_an_unknown_property_is_a_format_problem(case: Case, tmp_path: Path) -> None:
+    refused(tampered(case, tmp_path, _figure(lambda f: f.update(comment="x"))), "bundle-format")
+
+
+# -- terms.jsonl ------------------------------------------------------------------------------------------
+
+def test_a_terms_text_changed_is_refused(case: Case, tmp_path: Path) -> None:
+    text_only = lambda f: f.update(
+        {"terms.jsonl": edit_jsonl(f["terms.jsonl"], 0, lambda t: t.update(text=t["text"] + " (amended)"))})
+    refused(tampered(case, tmp_path, text_only), "terms")
+
+    def text_and_digest(t: dict[str, Any]) -> None:
+        t["text"] += " (amended)"
+        t["sha256"] = hashlib.sha256(t["text"].encode()).hexdigest()
+
+    # Consistent in itself, but not the text the member accepted: the acceptance event names its digest.
+    refused(tampered(case, tmp_path, lambda f: f.update({"terms.jsonl": edit_jsonl(f["terms.jsonl"], 0,
+                                                                                   text_and_digest)})), "terms")
+
+
+def test_a_terms_text_left_out_or_added_is_refused(case: Case, tmp_path: Path) -> None:
+    refused(tampered(case, tmp_path, lambda f: f.update({"terms.jsonl": b""})), "terms")
+    extra = orjson.dumps({"licence_id": "00000000-0000-0000-0000-000000000001", "version": 1,
+                          "sha256": hashlib.sha256(b"x").hexdigest(), "text": "x"}) + b"\n"
+    refused(tampered(case, tmp_path, lambda f: f.update({"terms.jsonl": extra + f["terms.jsonl"]})), "terms")
+
+
+# -- format 1 ---------------------------------------------------------------------------------------------
+
+def test_a_format_1_bundle_still_verifies(tmp_path: Path) -> None:
+    files = read_bundle(V1_BUNDLE)
+    assert "manifest.sig" not in files and orjson.loads(files["manifest.json"])["format"] == "lpd-gateway-evidence/1"
+    verdict = verify_bundle(V1_BUNDLE)
+    assert verdict.ok, verdict.line()
+    assert any(note.startswith("format 1 bundle: its manifest is not signed") for note in verdict.notes)
+    refused(V1_BUNDLE, "manifest-signature", require_signed=True)
+    other = PublicKey("0" * 16, "audit", SigningKey.generate().public_bytes(),
+                      *[None] * 3).vkey()  # type: ignore[arg-type]
+    refused(V1_BUNDLE, "unknown-key", trusted_keys=[other])  # format 1: the checkpoints are the first signatures
+
+
+def test_a_format_1_bundle_keeps_its_report_and_key_checks(tmp_path: Path) -> None:
+    files = read_bundle(V1_BUNDLE)
+    page = dict(files, **{"report.html": files["report.html"].replace(b"deliveries were", b"deliveries are")})
+    refused(write_bundle(tmp_path / "page.zip", page), "report")
+    keys = orjson.loads(files["keys.json"])
+    keys["keys"][0]["not_after"] = keys["keys"][0]["not_before"]
+    refused(write_bundle(tmp_path / "keys.zip", dict(files, **{"keys.json": orjson.dumps(keys)})), "key-validity")
+    # What format 2 closes: format 1's report marker is unsigned, so renaming it skips the page check.
+    manifest = orjson.loads(files["manifest.json"])
+    manifest["report"] = "another report/1"
+    renamed = dict(page, **{"manifest.json": orjson.dumps(manifest)})
+    verdict = verify_bundle(write_bundle(tmp_path / "renamed.zip", renamed))
+    assert verdict.ok and any("not re-checked" in note for note in verdict.notes), verdict.line()
+
+
+def test_a_format_2_bundle_stripped_to_format_1_is_refused_when_signatures_are_required(case: Case,
+                                                                                       tmp_path: Path) -> None:
+    def downgrade(files: dict[str, bytes]) -> None:
+        for name in ("manifest.sig", "terms.jsonl", "report.json"):
+            files.pop(name)
+        manifest = orjson.loads(files["manifest.json"])
+        manifest.update(format="lpd-gateway-evidence/1", report="another report/1")
+        for name in ("terms.jsonl", "report.json"):
+            manifest["files"].pop(name)
+        files["manifest.json"] = orjson.dumps(manifest)
+
+    path = tampered(case, tmp_path, downgrade)
+    assert verify_bundle(path).ok  # as format 1 says: nothing signs its manifest
+    refused(path, "manifest-signature", require_signed=True)
