@@ -141,15 +141,17 @@ async def test_an_exhausted_pool_beyond_the_audit_deadline_means_503(dsn: str, t
     try:
         async with client_for(runtime) as client:
             licensed = await licensed_member(runtime, client)
-            # Hold every pooled connection: neither the record read nor the audit commit can proceed.
-            held = [await runtime.pool.acquire() for _ in range(2)]
+            # Hold every connection, the audit writer's own too (tests/test_slow_readers.py shows that the
+            # shared pool alone cannot starve it): the audit commit cannot proceed.
+            pools = [runtime.pool, runtime.writer.own]
+            held = [(pool, await pool.acquire()) for pool in pools for _ in range(pool.get_max_size())]
             try:
                 started = asyncio.get_running_loop().time()
                 response = await client.get("/v1/datasets", headers=licensed.headers)
                 waited = asyncio.get_running_loop().time() - started
             finally:
-                for conn in held:
-                    await runtime.pool.release(conn)
+                for pool, conn in held:
+                    await pool.release(conn)
             assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
             assert licensed.dataset["id"] not in response.text  # nothing of the answer leaked
             assert waited < 2.0
