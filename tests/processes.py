@@ -4,6 +4,7 @@ and a bounded load generator. Everything here stops by itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -38,8 +39,10 @@ class GatewayProcess:
         env.update(GATEWAY_DATABASE_URL=dsn, GATEWAY_MASTER_KEY=TEST_MASTER_KEY, GATEWAY_HOME=str(home),
                    GATEWAY_PORT=str(self.port), GATEWAY_INSTANCE=name, GATEWAY_LOG_LEVEL="WARNING", **settings)
         with self.log.open("wb") as out:
+            # A session of its own: a wrapper (faketime) may fork the gateway instead of exec'ing it, and
+            # signals then go to the whole group, so that no gateway outlives its test.
             self.process = subprocess.Popen([*wrapper, sys.executable, "-m", "gateway.cli", "serve"], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     async def ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -56,18 +59,21 @@ class GatewayProcess:
                     raise AssertionError(f"gateway not ready: {self.log.read_text()}")
                 await asyncio.sleep(0.1)
 
+    def _signal(self, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, number)
+
     def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         return self.process.wait(timeout=30)
 
     def kill(self) -> None:
-        self.process.kill()
+        self._signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        self._signal(signal.SIGKILL)  # also a child the wrapper left behind
+        self.process.wait(timeout=10)
 
 
 class PostgresProxy:
