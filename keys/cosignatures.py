@@ -13,19 +13,16 @@ not name the witness: a witness needs a key of its own per name (tlog-cosignatur
 from __future__ import annotations
 
 import base64
-import hashlib
-import re
 import struct
 from dataclasses import dataclass
 
-from keys.notes import KEY_HASH_BYTES, NoteError, SignatureLine, parse_note
-from keys.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey, verify_ed25519
+from keys.notes import NoteError, SignatureLine, check_key_name, key_hash_of, parse_note, parse_vkey
+from keys.signing import SIGNATURE_BYTES, SigningKey, verify_ed25519
 
 ALG_COSIGNATURE_V1 = 0x04
 HEADER = "cosignature/v1\n"
 MAX_TIMESTAMP = 2**63 - 1
 _SIGNATURE_PREFIX = "\u2014 "
-_HEX_KEY_HASH = re.compile("[0-9a-f]{8}")
 
 
 def message(text: str, timestamp: int) -> bytes:
@@ -36,7 +33,7 @@ def message(text: str, timestamp: int) -> bytes:
 
 
 def _key_hash(name: str, public: bytes) -> bytes:
-    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([ALG_COSIGNATURE_V1]) + public).digest()[:KEY_HASH_BYTES]
+    return key_hash_of(name, bytes([ALG_COSIGNATURE_V1]) + public)
 
 
 def _b64(data: bytes) -> str:
@@ -47,7 +44,7 @@ class Cosigner:
     """A witness's Ed25519 key under its name: cosigns checkpoint texts."""
 
     def __init__(self, name: str, key: SigningKey) -> None:
-        _check_name(name)
+        check_key_name(name)
         self.name = name
         self.key = key
         self.key_hash = _key_hash(name, key.public_bytes())
@@ -75,23 +72,8 @@ class CosignatureVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> CosignatureVerifier:
         """Parse a witness vkey, checking its key ID against its name and key; raises NoteError."""
-        name, _, rest = vkey.partition("+")
-        hash_hex, _, key_b64 = rest.partition("+")
-        _check_name(name)
-        if not _HEX_KEY_HASH.fullmatch(hash_hex):
-            raise NoteError("witness key ID must be 8 lowercase hex digits")
-        try:
-            typed = base64.b64decode(key_b64, validate=True)
-        except ValueError:
-            raise NoteError("witness verifier key is not standard base64") from None
-        if _b64(typed) != key_b64:
-            raise NoteError("witness verifier key is not canonical base64")
-        if typed[:1] != bytes([ALG_COSIGNATURE_V1]) or len(typed) != 1 + PUBLIC_KEY_BYTES:
-            raise NoteError("not a tlog-cosignature/v1 key (type 0x04 and a 32-byte Ed25519 key)")
-        public = typed[1:]
-        if _key_hash(name, public) != bytes.fromhex(hash_hex):
-            raise NoteError("witness key ID does not match its name and key")
-        return cls(name, bytes.fromhex(hash_hex), public)
+        return cls(*parse_vkey(vkey, ALG_COSIGNATURE_V1, "witness verifier key",
+                               "tlog-cosignature/v1 (type 0x04, Ed25519)"))
 
     @property
     def vkey(self) -> str:
@@ -144,8 +126,3 @@ def cosignatures(note: str, verifiers: list[CosignatureVerifier]) -> dict[str, i
             if verifier.matches(line):
                 found[verifier.vkey] = verifier.verify(parsed.unverified_text, line)
     return found
-
-
-def _check_name(name: str) -> None:
-    if not name or "+" in name or any(c.isspace() or c < " " or "\ud800" <= c <= "\udfff" for c in name):
-        raise NoteError("key name must be non-empty, without spaces, '+' or control characters")

@@ -75,11 +75,11 @@ class Checkpoint:
 
 class NoteSigner:
     def __init__(self, name: str, key: SigningKey) -> None:
-        _check_name(name)
+        check_key_name(name)
         self.name = name
         self.key = key
         self._typed_public = bytes([ALG_ED25519]) + key.public_bytes()
-        self.key_hash = _key_hash(name, self._typed_public)
+        self.key_hash = key_hash_of(name, self._typed_public)
 
     def __repr__(self) -> str:
         return f"NoteSigner(name={self.name!r}, key_hash={self.key_hash.hex()})"
@@ -105,19 +105,26 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse "name+hexhash+base64(0x01 || public key)", checking the hash against the key."""
-        name, _, rest = vkey.partition("+")
-        hash_hex, _, key_b64 = rest.partition("+")
-        _check_name(name)
-        if not _HEX_KEY_HASH.fullmatch(hash_hex):
-            raise NoteError("verifier key hash must be 8 lowercase hex digits")
-        typed_public = _b64decode(key_b64, "verifier key")
-        if _key_hash(name, typed_public) != bytes.fromhex(hash_hex):
-            raise NoteError("verifier key hash does not match its name and key")
-        if typed_public[:1] != bytes([ALG_ED25519]):
-            raise NoteError("verifier key algorithm is not Ed25519")
-        if len(typed_public) != 1 + PUBLIC_KEY_BYTES:
-            raise NoteError(f"an Ed25519 verifier key has {PUBLIC_KEY_BYTES} bytes")
-        return cls(name, bytes.fromhex(hash_hex), typed_public[1:])
+        return cls(*parse_vkey(vkey, ALG_ED25519, "verifier key", "Ed25519"))
+
+
+def parse_vkey(vkey: str, algorithm: int, what: str, kind: str) -> tuple[str, bytes, bytes]:
+    """(name, key hash, Ed25519 public key) of a C2SP verifier key "name+hexhash+base64(type || key)"
+    whose signature type is `algorithm`, the hash checked against name and key; errors name `what`
+    (e.g. "verifier key") and `kind` (what the type means)."""
+    name, _, rest = vkey.partition("+")
+    hash_hex, _, key_b64 = rest.partition("+")
+    check_key_name(name)
+    if not _HEX_KEY_HASH.fullmatch(hash_hex):
+        raise NoteError(f"{what} hash must be 8 lowercase hex digits")
+    typed_public = _b64decode(key_b64, what)
+    if key_hash_of(name, typed_public) != bytes.fromhex(hash_hex):
+        raise NoteError(f"{what} hash does not match its name and key")
+    if typed_public[:1] != bytes([algorithm]):
+        raise NoteError(f"{what} algorithm is not {kind}")
+    if len(typed_public) != 1 + PUBLIC_KEY_BYTES:
+        raise NoteError(f"an Ed25519 {what} has {PUBLIC_KEY_BYTES} bytes")
+    return name, bytes.fromhex(hash_hex), typed_public[1:]
 
 
 def parse_note(note: str | bytes) -> ParsedNote:
@@ -203,7 +210,7 @@ def _parse_signature_line(line: str) -> SignatureLine:
     if not line.startswith(_SIGNATURE_PREFIX):
         raise NoteError("a line after the blank line is not a signature line")
     name, _, encoded = line[len(_SIGNATURE_PREFIX) :].partition(" ")
-    _check_name(name)
+    check_key_name(name)
     raw = _b64decode(encoded, "signature")
     if len(raw) <= KEY_HASH_BYTES:
         raise NoteError("signature is shorter than its key hash")
@@ -230,14 +237,14 @@ def _check_text(text: str) -> bytes:
         raise NoteError("note text is not valid Unicode") from None
 
 
-def _check_name(name: str) -> None:
+def check_key_name(name: str) -> None:
     # The spec forbids spaces and "+"; a control character or lone surrogate could never appear in
     # a valid note either, so a key named with one could never verify anything.
     if not name or "+" in name or any(c.isspace() or c < " " or "\ud800" <= c <= "\udfff" for c in name):
         raise NoteError("key name must be non-empty, without spaces, '+' or control characters")
 
 
-def _key_hash(name: str, typed_public: bytes) -> bytes:
+def key_hash_of(name: str, typed_public: bytes) -> bytes:
     """SHA-256(name || 0x0A || algorithm byte || public key)[:4], per signed-note."""
     return hashlib.sha256(name.encode("utf-8") + b"\n" + typed_public).digest()[:KEY_HASH_BYTES]
 

@@ -69,6 +69,27 @@ async def _timed_page(http: httpx.AsyncClient, licensed: Licensed, request_id: s
     return response, time.monotonic() - started
 
 
+async def _until_served(url: str, licensed: Licensed) -> None:
+    """Until the gateway at `url` has the dataset's second version in its snapshot."""
+    async with httpx.AsyncClient(base_url=url) as probe:
+        path = f"/v1/datasets/{licensed.dataset['id']}"
+        while len((await probe.get(path, headers=licensed.headers)).json().get("versions", [])) < 2:
+            await asyncio.sleep(0.05)
+
+
+async def _stream_ends(runtime: Runtime, instance: str, wanted: int = 1) -> list[dict[str, Any]]:
+    """The records stream-end events of an instance's log, once `wanted` of them are there (or 20 s passed)."""
+    ends: list[dict[str, Any]] = []
+    for _ in range(200):
+        ends = [orjson.loads(row["entry"]) for row in await runtime.pool.fetch(
+            "SELECT entry FROM audit_events WHERE kind = $1 AND log_id LIKE $2",
+            EventKind.RECORDS_STREAM_END.value, f"{instance}/%")]
+        if len(ends) >= wanted:
+            break
+        await asyncio.sleep(0.1)
+    return ends
+
+
 def _assert_refused_closed(response: httpx.Response, waited: float) -> None:
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -242,10 +263,7 @@ async def test_twelve_slow_exports_of_one_member_cost_another_member_nothing(
     observer = await asyncpg.connect(dsn)
     try:
         await gateway.ready()
-        async with httpx.AsyncClient(base_url=gateway.url) as probe:
-            path = f"/v1/datasets/{slow.dataset['id']}"
-            while len((await probe.get(path, headers=slow.headers)).json().get("versions", [])) < 2:
-                await asyncio.sleep(0.05)  # the big version reached the gateway's snapshot
+        await _until_served(gateway.url, slow)  # the big version reached the gateway's snapshot
         starts = [asyncio.Event() for _ in readers]
         exports = [asyncio.create_task(_slow_export(gateway.url, records_path_of(slow), slow.key, reader, begun, stop))
                    for reader, begun in zip(readers, starts, strict=True)]
@@ -258,13 +276,7 @@ async def test_twelve_slow_exports_of_one_member_cost_another_member_nothing(
         pinned = await watching
         await asyncio.gather(*exports)
         # Each cut export's stream-end event is written (the client left): the writer still commits.
-        ends = 0
-        for _ in range(100):
-            ends = await observer.fetchval("SELECT count(*) FROM audit_events WHERE kind = $1 AND log_id LIKE $2",
-                                           EventKind.RECORDS_STREAM_END.value, "slow-readers/%")
-            if ends == SLOW_READERS:
-                break
-            await asyncio.sleep(0.1)
+        ends = len(await _stream_ends(runtime, "slow-readers", SLOW_READERS))
     finally:
         stop.set()
         await observer.close()
@@ -337,22 +349,12 @@ async def test_a_reader_slower_than_the_statement_timeout_gets_the_whole_export(
                              GATEWAY_PAGE_CACHE_BYTES="0")
     try:
         await gateway.ready()
-        async with httpx.AsyncClient(base_url=gateway.url) as probe:
-            path = f"/v1/datasets/{licensed.dataset['id']}"
-            while len((await probe.get(path, headers=licensed.headers)).json().get("versions", [])) < 2:
-                await asyncio.sleep(0.05)
+        await _until_served(gateway.url, licensed)
         started = time.monotonic()
         status, body, terminated = await _read_whole_response(gateway.url, records_path_of(licensed), licensed.key,
                                                               READER_BYTES_PER_SECOND)
         took = time.monotonic() - started
-        ends: list[dict[str, object]] = []
-        for _ in range(100):
-            ends = [orjson.loads(row["entry"]) for row in await runtime.pool.fetch(
-                "SELECT entry FROM audit_events WHERE kind = $1 AND log_id LIKE 'slow-whole/%'",
-                EventKind.RECORDS_STREAM_END.value)]
-            if ends:
-                break
-            await asyncio.sleep(0.1)
+        ends = await _stream_ends(runtime, "slow-whole")
     finally:
         gateway.stop()
     assert took > 3 * STATEMENT_TIMEOUT, f"the export took {took:.1f} s: too fast to test the timeout"
@@ -378,22 +380,12 @@ async def test_an_export_whose_database_stops_answering_ends_as_an_error_and_is_
     gateway = GatewayProcess(proxy.dsn, tmp_path, "frozen-export", GATEWAY_PAGE_CACHE_BYTES="0")
     try:
         await gateway.ready()
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-            path = f"/v1/datasets/{licensed.dataset['id']}"
-            while len((await http.get(path, headers=licensed.headers)).json().get("versions", [])) < 2:
-                await asyncio.sleep(0.05)
+        await _until_served(gateway.url, licensed)
         asyncio.get_running_loop().call_later(0.5, proxy.freeze)
         status, body, terminated = await _read_whole_response(gateway.url, records_path_of(licensed), licensed.key,
                                                               2_000_000)
         proxy.thaw()
-        ends: list[dict[str, Any]] = []
-        for _ in range(200):
-            ends = [orjson.loads(row["entry"]) for row in await runtime.pool.fetch(
-                "SELECT entry FROM audit_events WHERE kind = $1 AND log_id LIKE 'frozen-export/%'",
-                EventKind.RECORDS_STREAM_END.value)]
-            if ends:
-                break
-            await asyncio.sleep(0.1)
+        ends = await _stream_ends(runtime, "frozen-export")
     finally:
         proxy.thaw()
         gateway.stop()
