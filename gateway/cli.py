@@ -38,6 +38,7 @@ from gateway import (
     cli_witness,
     credentials,
     datasets,
+    keyring,
     licences,
     members,
     metering,
@@ -328,18 +329,17 @@ async def cmd_keys_rotate(runtime: Runtime, args: argparse.Namespace) -> Any:
             detail = {"purpose": server_secrets.API_KEY_HASH, "version": version}
             change.record(actor.event(EventKind.KEYRING_ROTATE, Outcome.CHANGE, detail=detail))
         return detail
-    # Audit keys: rotated by signing_keys.rotate in its own transaction, which waits for any checkpoint
-    # being signed (see its docstring); the event follows in a change of its own.
-    async with runtime.pool.acquire() as conn:
-        new = await signing_keys.rotate(conn, runtime.master, signing_keys.AUDIT)
-    detail = {"purpose": signing_keys.AUDIT, "key_id": new.key_id}
-    async with runtime.writer.change() as change:
-        change.record(actor.event(EventKind.KEYRING_ROTATE, Outcome.CHANGE, detail=detail))
-    return detail
+    # Audit keys: the rotation and its event (the signed key history, schemas/audit-format.md §4.3)
+    # commit in one transaction, which waits for any checkpoint being signed (see keyring.rotate).
+    return await keyring.rotate(runtime.writer, actor, runtime.master)
 
 
 async def cmd_keys_retire(runtime: Runtime, args: argparse.Namespace) -> Any:
-    retired = await access_tokens.retire_key(runtime.writer, cli_actor(), args.key_id)
+    key = await signing_keys.find(runtime.pool, args.key_id)
+    if key is not None and key.purpose == signing_keys.AUDIT:
+        retired = await keyring.retire(runtime.writer, cli_actor(), args.key_id)
+    else:
+        retired = await access_tokens.retire_key(runtime.writer, cli_actor(), args.key_id)
     return _key_json(retired, datetime.now().astimezone())
 
 
@@ -690,7 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(keyring, "list", cmd_keys_list, "list keys and secret versions with their validity (never secrets)",
                  "gateway keys list")
     p = _command(keyring, "retire", cmd_keys_retire,
-                 "withdraw a rotated-out JWT key now (e.g. suspected compromise): its tokens stop verifying at once",
+                 "withdraw a rotated-out JWT or audit key now (e.g. suspected compromise): what it signs from now on "
+                 "stops verifying at once",
                  "gateway keys retire 0123456789abcdef")
     p.add_argument("key_id", help="the key's id (from 'gateway keys list')")
     usage = _subcommands(sub, "usage", "usage reports")

@@ -45,6 +45,18 @@ async def current(conn: asyncpg.Connection, master: MasterKey, purpose: str = AU
     return open_key(master, row["key_id"], row["sealed_private"])
 
 
+async def create(conn: asyncpg.Connection, master: MasterKey, purpose: str = AUDIT) -> PublicKey | None:
+    """The first key of `purpose`, made in the caller's transaction under the advisory lock; None if a key
+    is current already (another instance made it first). The audit writer calls it in the transaction of
+    the key's operator:keyring:create event (schemas/audit-format.md §4.3): the key and its event commit
+    together, or neither does."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_LOCK_ID)
+    if await _current_row(conn, purpose) is not None:
+        return None
+    key_id = await _insert(conn, master, purpose, await conn.fetchval("SELECT clock_timestamp()"))
+    return PublicKey.from_row(await conn.fetchrow(f"SELECT {_COLUMNS} FROM signing_keys WHERE key_id = $1", key_id))
+
+
 async def rotate(conn: asyncpg.Connection, master: MasterKey, purpose: str = AUDIT) -> PublicKey:
     """Make a new key current; the old one gets not_after = now and keeps verifying.
 
@@ -61,6 +73,11 @@ async def rotate(conn: asyncpg.Connection, master: MasterKey, purpose: str = AUD
         key_id = await _insert(conn, master, purpose, now)
         row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM signing_keys WHERE key_id = $1", key_id)
     return PublicKey.from_row(row)
+
+
+async def find(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> PublicKey | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM signing_keys WHERE key_id = $1", key_id)
+    return None if row is None else PublicKey.from_row(row)
 
 
 async def public_keys(conn: asyncpg.Connection | asyncpg.Pool, purpose: str = AUDIT) -> list[PublicKey]:

@@ -88,6 +88,10 @@ async def test_a_members_series_continues_across_commands(dsn: str, tmp_path: Pa
 
 
 async def test_a_command_that_records_nothing_creates_no_log(dsn: str, tmp_path: Path) -> None:
+    # The deployment's first writer makes the audit key and records that (schemas/audit-format.md
+    # §4.3): here a serving instance, started before the command.
+    serving = await open_runtime(dsn, tmp_path / "serving")
+    await serving.close()
     runtime = await _cli_runtime(dsn, tmp_path)
     await runtime.close()
     conn = await asyncpg.connect(dsn)

@@ -63,6 +63,7 @@ class EventKind(enum.StrEnum):
     OAUTH_METADATA_READ = "oauth:metadata:read"
     OAUTH_CLIENT_CREATE = "vendor:oauth-client:create"
     OAUTH_CLIENT_REVOKE = "vendor:oauth-client:revoke"
+    KEYRING_CREATE = "operator:keyring:create"  # the first key of a purpose (audit: the key history's start)
     KEYRING_ROTATE = "operator:keyring:rotate"
     KEYRING_RETIRE = "operator:keyring:retire"
     # Delta Sharing (issue 9): catalogue, table reads and queries, file deliveries, profiles.

@@ -9,6 +9,7 @@ A bundle is a ZIP (layout and verification in schemas/audit-format.md):
     checkpoints.jsonl   per log, every checkpoint from the first covering the log's first event to the newest
     consistency.jsonl   per log, a consistency proof between each two successive checkpoints
     keys.json           the audit public keys with their validity
+    key-events.jsonl    the audit keys' signed history: their keyring events, each with its checkpoint and proof
     terms.jsonl         the licence terms texts the events name (licence, version), with their SHA-256
     report.json         the statutory report's figures (gateway/audit/report.py), from the manifest and events
     report.html         the report rendered from report.json
@@ -51,6 +52,7 @@ from gateway.audit.format import FILES, FORMAT, MANIFEST_SIG, b64, manifest_sign
 from gateway.errors import InvalidInput
 from gateway.signing_keys import AUDIT, public_keys
 from keys.merkle import leaf_hash
+from keys.tiles import TiledTree
 
 _BUFFER = 1 << 20
 
@@ -192,6 +194,8 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
             # the snapshot below is read-only. The writers store tiles before each checkpoint they sign.
             for plan in await _plan(conn, scope):
                 await tiles.extend_to_checkpoint(conn, plan.log_id)
+            for log_id in await conn.fetch(f"SELECT DISTINCT log_id FROM audit_events WHERE {_KEY_EVENTS}"):
+                await tiles.extend_to_checkpoint(conn, log_id["log_id"])
             # One snapshot for every query: checkpoints, events and terms agree with each other.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 with bundle.open("events.jsonl", "w", force_zip64=True) as raw_events:
@@ -201,6 +205,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
                         (logs if entry["events"] else pending_logs).append(entry)
                     files["events.jsonl"] = events.describe()
                 keys = [key.to_json() for key in await public_keys(conn, AUDIT)]
+                key_events = await _key_events(conn, result)
                 terms_jsonl = await _terms(conn, terms, result)
             for name, sink in sinks.items():
                 files[name] = sink.describe()
@@ -211,6 +216,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
             for handle in side.values():
                 handle.close()
         written = {"keys.json": orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n",
+                   "key-events.jsonl": key_events,
                    "terms.jsonl": terms_jsonl}
 
         def signed_text(signed_at: datetime) -> str:
@@ -235,6 +241,36 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
             bundle.writestr(name, data)
     result.logs = len(logs)
     return result
+
+
+# The keyring's events, of every purpose (the exporter keeps the audit keys'): 0012's partial index.
+_KEY_EVENTS = "kind LIKE 'operator:keyring:%'"
+
+
+async def _key_events(conn: asyncpg.Connection, result: ExportResult) -> bytes:
+    """key-events.jsonl: every event of the audit key history (schemas/audit-format.md §4.3), in (log, seq)
+    order, each with its covering checkpoint's note and its inclusion proof in that checkpoint's tree."""
+    rows = await conn.fetch(f"SELECT log_id, seq, entry FROM audit_events WHERE {_KEY_EVENTS} ORDER BY log_id, seq")
+    out = []
+    readers: dict[str, Callable[[int], TiledTree]] = {}
+    for row in sorted(rows, key=lambda r: (r["log_id"], r["seq"])):  # code point order, not the collation's
+        log_id, seq, raw = row["log_id"], row["seq"], bytes(row["entry"])
+        event = orjson.loads(raw)
+        if type(event.get("detail")) is not dict or event["detail"].get("purpose") != AUDIT:
+            continue  # a JWT key's or a secret's: not what signs checkpoints
+        covering = await conn.fetchrow("SELECT tree_size, note FROM audit_checkpoints WHERE log_id = $1 "
+                                       "AND tree_size > $2 ORDER BY tree_size LIMIT 1", log_id, seq)
+        if covering is None:
+            result.warnings.append(f"log {log_id}: key event {seq} ({event['kind']}) is not checkpointed yet; the "
+                                   "bundle will not verify (export again in a few seconds)")
+            continue
+        if log_id not in readers:
+            readers[log_id] = await tiles.reader(conn, log_id, seq)  # the log's first key event: its smallest
+        size = covering["tree_size"]
+        proof = [b64(h) for h in readers[log_id](size).inclusion_proof(seq, size)]
+        out.append(orjson.dumps({"log": log_id, "seq": seq, "entry": raw.decode("utf-8"), "tree_size": size,
+                                 "proof": proof, "note": covering["note"]}) + b"\n")
+    return b"".join(out)
 
 
 async def _terms(conn: asyncpg.Connection, named: set[tuple[str, int]], result: ExportResult) -> bytes:

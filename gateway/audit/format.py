@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.audit.events import utc_text
+from gateway.audit.events import EventKind, utc_text
 from keys.notes import NoteError, NoteVerifier, open_note, parse_checkpoint, parse_note
 
 FORMAT_V1 = "lpd-gateway-evidence/1"
@@ -31,8 +31,8 @@ FORMAT = "lpd-gateway-evidence/2"  # what the exporter writes; the verifier read
 # The files the manifest lists, per format (manifest.json itself and, from version 2, manifest.sig,
 # its signature, are the others of a bundle).
 FILES_V1 = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
-FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "terms.jsonl",
-         "report.json", "report.html")
+FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "key-events.jsonl",
+         "terms.jsonl", "report.json", "report.html")
 FILES_OF = {FORMAT_V1: FILES_V1, FORMAT: FILES}
 MANIFEST_SIG = "manifest.sig"
 _MANIFEST_DIGEST = "manifest-sha256 "
@@ -240,6 +240,99 @@ def _until(key: PublicKey) -> str:
 
 def _key_hash(key: PublicKey) -> bytes:
     return bytes.fromhex(key.vkey().split("+")[1])
+
+
+# -- the key history (format 2, schemas/audit-format.md §4.3) ------------------------------------------
+
+KEY_EVENT_KINDS = (EventKind.KEYRING_CREATE, EventKind.KEYRING_ROTATE, EventKind.KEYRING_RETIRE)
+
+
+def key_created_detail(key: PublicKey, replaces: PublicKey | None = None) -> dict[str, Any]:
+    """`detail` of the event that made `key`: operator:keyring:create for the first key of its purpose,
+    operator:keyring:rotate (with the key it `replaces` and that key's end) for every later one."""
+    detail: dict[str, Any] = {"purpose": key.purpose, "key_id": key.key_id, "public_key": b64(key.public),
+                              "vkey": key.vkey(), "not_before": utc_text(key.not_before)}
+    if replaces is not None:
+        assert replaces.not_after is not None
+        detail["replaces"] = {"key_id": replaces.key_id, "not_after": utc_text(replaces.not_after)}
+    return detail
+
+
+def key_retired_detail(key: PublicKey) -> dict[str, Any]:
+    """`detail` of operator:keyring:retire: the key and the retirement it now has (database clock)."""
+    assert key.retired_at is not None
+    return {"purpose": key.purpose, "key_id": key.key_id, "retired_at": utc_text(key.retired_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    """One audit keyring event of a bundle's key-events.jsonl, its entry already proven or to be."""
+
+    where: str
+    kind: str
+    detail: dict[str, Any]
+    entry: bytes = b""  # its canonical bytes, the Merkle leaf
+
+
+def key_history(events: Sequence[KeyEvent]) -> dict[str, PublicKey]:
+    """The audit keys and their validity as the key events say (§4.3), by key_id; raises ValueError.
+
+    One create event starts the history; each rotate event makes a key and ends the one it replaces at
+    the new key's not_before; retire events bring a key's end forward (the earliest counts)."""
+    made: dict[str, PublicKey] = {}
+    ends: dict[str, datetime] = {}
+    replaced: dict[str, str] = {}
+    retired: dict[str, datetime] = {}
+    creates = 0
+    for event in events:
+        d, where = event.detail, event.where
+        try:
+            if d["purpose"] != AUDIT:
+                raise ValueError(f"{where}: not an event of an audit key")
+            key_id = d["key_id"]
+            if event.kind == EventKind.KEYRING_RETIRE:
+                if set(d) != {"purpose", "key_id", "retired_at"}:
+                    raise ValueError(f"{where}: a retirement names purpose, key_id and retired_at")
+                at = parse_time(d["retired_at"])
+                retired[key_id] = min(at, retired.get(key_id, at))
+                continue
+            rotation = event.kind == EventKind.KEYRING_ROTATE
+            names = {"purpose", "key_id", "public_key", "vkey", "not_before"} | ({"replaces"} if rotation else set())
+            if set(d) != names or (rotation and (type(d["replaces"]) is not dict
+                                                  or set(d["replaces"]) != {"key_id", "not_after"})):
+                raise ValueError(f"{where}: the event does not have exactly the properties of its kind")
+            creates += not rotation
+            public = from_b64(d["public_key"])
+            if len(public) != 32 or type(key_id) is not str or not key_id:
+                raise ValueError(f"{where}: not a key (public_key is not 32 bytes, or no key_id)")
+            key = PublicKey(key_id, AUDIT, public, parse_time(d["not_before"]), None, None)
+            if key.vkey() != d["vkey"]:
+                raise ValueError(f"{where}: the vkey is not the public key's")
+            if key_id in made or any(k.public == public for k in made.values()):
+                raise ValueError(f"{where}: key {key_id} is made twice")
+            made[key_id] = key
+            if rotation:
+                old, end = d["replaces"]["key_id"], parse_time(d["replaces"]["not_after"])
+                if old in replaced:
+                    raise ValueError(f"{where}: key {old} is replaced twice")
+                if end != key.not_before:
+                    raise ValueError(f"{where}: the replaced key's end is not the new key's start")
+                replaced[old], ends[old] = key_id, end
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where}: the event's detail is not that of its kind ({type(e).__name__}: {e})") from None
+    if creates != 1:
+        raise ValueError(f"the key history has {creates} operator:keyring:create events of an audit key, not one")
+    for old, new in replaced.items():
+        if old not in made:
+            raise ValueError(f"key {new} replaces key {old}, whose creation event the bundle lacks")
+        if not made[old].not_before < made[new].not_before:
+            raise ValueError(f"key {new} replaces key {old}, which it does not follow")
+    for key_id in retired:
+        if key_id not in made:
+            raise ValueError(f"key {key_id} is retired, but the bundle lacks its creation event")
+    # One create event and every other key replacing a distinct, earlier one: a single chain.
+    return {key_id: PublicKey(key_id, AUDIT, key.public, key.not_before, ends.get(key_id), retired.get(key_id))
+            for key_id, key in made.items()}
 
 
 def public_key_from_json(data: dict[str, Any]) -> PublicKey:

@@ -195,6 +195,14 @@ _CONSISTENCY_LINE = {"log": STR, "old_size": INT, "new_size": INT, "proof": NODE
 _PROOF_LINE = {"log": STR, "seq": INT, "tree_size": INT, "proof": NODES}
 
 
+_KEY_EVENT_LINE = {"log": STR, "seq": INT, "entry": STR, "tree_size": INT, "note": STR, "proof": NODES}
+
+
+def key_event_line(value: Any, what: str) -> dict[str, Any]:
+    """A line of key-events.jsonl (schemas/audit-key-event-line.schema.json); its entry is an event."""
+    return closed(value, _KEY_EVENT_LINE, what)
+
+
 _TERMS_LINE = {"licence_id": UUID, "version": INT, "sha256": (_hex64, "64 lowercase hex digits"), "text": STR}
 
 

@@ -2,7 +2,8 @@
 
     python -m gateway.verify bundle.zip [--trusted-checkpoint FILE] [--trusted-key VKEY ...]
 
-Checks, in order, stopping at the first problem: (format 2) manifest.sig, the audit key's signature
+Checks, in order, stopping at the first problem: (format 2) the signed key history of key-events.jsonl,
+each audit key's validity, which keys.json must state exactly; manifest.sig, the audit key's signature
 over manifest.json's SHA-256 and the export time, so that no manifest field can change unseen; the
 ZIP's files against manifest.json; every
 checkpoint's signature by a known key valid at its signed time; consistency between each log's
@@ -37,16 +38,19 @@ from typing import IO, Any
 import orjson
 
 from gateway.audit import report, schema
-from gateway.audit.events import utc_text
+from gateway.audit.events import EventKind, utc_text
 from gateway.audit.format import (
     FILES_OF,
     FORMAT,
     FORMAT_V1,
+    KEY_EVENT_KINDS,
     MANIFEST_SIG,
     CheckpointError,
+    KeyEvent,
     OpenedCheckpoint,
     PublicKey,
     b64,
+    key_history,
     keys_from_vkeys,
     open_checkpoint,
     open_manifest_signature,
@@ -56,8 +60,8 @@ from gateway.audit.format import (
 )
 from gateway.audit.schema import ShapeError
 from keys.cosignatures import CosignatureVerifier, cosignatures
-from keys.merkle import HASH_BYTES, ProofError, verify_consistency
-from keys.notes import MAX_NOTE_BYTES, NoteError
+from keys.merkle import HASH_BYTES, ProofError, leaf_hash, verify_consistency, verify_inclusion
+from keys.notes import MAX_NOTE_BYTES, NoteError, parse_note
 
 # Large: while the parser runs, an inflater thread gets the GIL back once per switch interval (5 ms),
 # and reading a chunk takes it about ten turns (file, each inflate buffer, CRC, hash). A chunk must
@@ -108,7 +112,8 @@ def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
                   quorum: int | None = None, require_signed: bool = False) -> Verdict:
     """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint obtained earlier, as a signed note
     (e.g. a receipt's) or as the JSON GET /v1/audit/checkpoint returns; `trusted_keys`: C2SP verifier
-    keys to accept instead of trusting keys.json alone (keys.json still supplies each key's validity);
+    keys to accept instead of trusting keys.json alone (each key's validity comes from the bundle's
+    signed key history in format 2, from keys.json in format 1);
     `witnesses` (cosignature/v1 vkeys) and `quorum` (default: all of them): each log's events must be
     covered by a checkpoint cosigned by `quorum` of those witnesses (schemas/audit-format.md §8.4);
     `require_signed`: refuse a format 1 bundle, whose manifest nothing signs."""
@@ -253,6 +258,19 @@ class _Verifier:
         only, if given), by a key valid at its export time, over exactly these manifest bytes; the time."""
         self.keys = self._keys()
         try:
+            self._key_history()  # the validity the signature is judged by; proven once it verified
+        except BundleError:
+            # As in step 2: a file that is not the one the manifest names is reported as that, first.
+            claimed = _claimed_file(manifest, "key-events.jsonl")
+            if claimed is not None and claimed != _digest(self.bundle, "key-events.jsonl"):
+                raise BundleError("manifest-mismatch", "key-events.jsonl does not match its SHA-256 in "
+                                                       "manifest.json") from None
+            # And a manifest manifest.sig does not name is that (its signature is judged by the history).
+            if _signed_digest(self._read(MANIFEST_SIG, MAX_NOTE_BYTES)) not in (None, hashlib.sha256(manifest).hexdigest()):
+                raise BundleError("manifest-signature", "manifest.json is not the manifest manifest.sig signed (a "
+                                                        "field was changed)") from None
+            raise
+        try:
             note = self._read(MANIFEST_SIG, MAX_NOTE_BYTES).decode("utf-8")
         except UnicodeError:
             raise BundleError("manifest-signature", "manifest.sig is not UTF-8") from None
@@ -263,6 +281,7 @@ class _Verifier:
         if opened.manifest_sha256 != hashlib.sha256(manifest).hexdigest():
             raise BundleError("manifest-signature", "manifest.json is not the manifest manifest.sig signed (a "
                                                     "field was changed)")
+        self._key_events_proven()
         self.verdict.notes.append(f"manifest signed by key {opened.key.key_id} at {opened.exported_at}")
         return opened.exported_at
 
@@ -306,9 +325,74 @@ class _Verifier:
         for what, values in (("key_id", [k.key_id for k in keys]), ("vkey", [k.vkey() for k in keys])):
             if len(set(values)) != len(values):
                 raise BundleError("keys", f"keys.json lists one {what} twice")
+        self.listed_keys = keys
         if self.trusted_keys is not None:
             keys = [key for key in keys if key.vkey() in self.trusted_keys]
         return keys
+
+    def _key_history(self) -> None:
+        """Step 3a (format 2): each audit key's validity from the signed key history of key-events.jsonl
+        (§4.3), which keys.json must state exactly; the keys used from here on carry the history's."""
+        events: list[tuple[dict[str, Any], KeyEvent]] = []
+        previous: tuple[str, int] | None = None
+        for number, line in self._jsonl("key-events.jsonl", schema.key_event_line):
+            where = f"key-events.jsonl line {number}"
+            if previous is not None and (line["log"], line["seq"]) <= previous:
+                raise BundleError("key-history", f"{where}: lines must be in (log, seq) order, each once")
+            previous = (line["log"], line["seq"])
+            try:
+                entry = line["entry"].encode("utf-8")
+                event = schema.event(_json(entry, where), where)
+            except (ShapeError, UnicodeError) as e:
+                raise BundleError("bundle-format", f"{where}: its entry is not an event: {e}") from None
+            if (event["log"], event["seq"]) != (line["log"], line["seq"]):
+                raise BundleError("key-history", f"{where}: the entry is of log {event['log']} seq {event['seq']}")
+            if (event["kind"] not in KEY_EVENT_KINDS or event["outcome"] != "change" or event["vendor_id"] is not None
+                    or type(event["detail"]) is not dict):
+                raise BundleError("key-history", f"{where}: {event['kind']} is not an event of the key history")
+            events.append((line, KeyEvent(where, event["kind"], event["detail"], entry)))
+        try:
+            history = key_history([opened for _, opened in events])
+        except ValueError as e:
+            raise BundleError("key-history", f"key-events.jsonl: {e}") from None
+        # keys.json says nothing the history does not: the same keys, each with the validity it gives.
+        listed = {key.key_id: key for key in self.listed_keys}
+        for key_id in sorted(listed.keys() | history.keys()):
+            if key_id not in history:
+                raise BundleError("key-history", f"keys.json lists key {key_id}, whose creation event "
+                                                 "key-events.jsonl lacks")
+            if key_id not in listed:
+                raise BundleError("key-history", f"key-events.jsonl makes key {key_id}, which keys.json lacks")
+            if listed[key_id] != history[key_id]:
+                raise BundleError("key-history", f"keys.json states key {key_id} otherwise than its signed history: "
+                                                 f"{_validity(listed[key_id])}, the key events say "
+                                                 f"{_validity(history[key_id])}")
+        self.keys = [history[key.key_id] for key in self.keys]
+        self.key_events = events
+
+    def _key_events_proven(self) -> None:
+        """Step 3a's second half, once manifest.sig verified: each key event is in its log, under a
+        checkpoint signed by a key valid then, by the history read (and with trusted keys, a trusted key)."""
+        for line, opened in self.key_events:
+            where = opened.where
+            try:
+                checkpoint = open_checkpoint(line["note"], self.keys, line["log"])
+            except CheckpointError as e:
+                raise BundleError("key-history", f"{where}: its checkpoint does not verify [{e.code}]: "
+                                                 f"{e.reason}") from None
+            if checkpoint.size != line["tree_size"] or not line["seq"] < checkpoint.size:
+                raise BundleError("key-history", f"{where}: the checkpoint is of size {checkpoint.size}, not "
+                                                 f"{line['tree_size']} covering seq {line['seq']}")
+            try:
+                verify_inclusion(leaf_hash(opened.entry), line["seq"], checkpoint.size,
+                                 _hashes(line["proof"], where), checkpoint.root)
+            except ProofError as e:
+                raise BundleError("key-history", f"{where}: the event is not in its checkpoint: {e.reason}") from None
+            made = opened.detail.get("not_before")
+            if opened.kind != EventKind.KEYRING_RETIRE and utc_text(checkpoint.signed_at) < made:
+                raise BundleError("key-history", f"{where}: signed at {utc_text(checkpoint.signed_at)}, before the "
+                                                 f"key it makes existed ({made})")
+        self.verdict.notes.append(f"key validity from {len(self.key_events)} signed key events")
 
     def _checkpoints(self) -> None:
         previous: tuple[str, int] = ("", 0)
@@ -618,6 +702,31 @@ class _Verifier:
                                         f"({_first_difference(figures, claimed)})")
         if report.render(figures, self.manifest).encode("utf-8") != self._read("report.html", _MAX_REPORT):
             raise BundleError("report", "report.html is not report.json rendered (by this verifier's renderer)")
+
+
+def _claimed_file(manifest: bytes, name: str) -> tuple[str, int] | None:
+    """The (sha256, bytes) manifest.json claims for `name`, read before the manifest is checked; None
+    when it claims nothing readable (the manifest's own checks then say what is wrong)."""
+    try:
+        claimed = orjson.loads(manifest)["files"][name]
+        return claimed["sha256"], claimed["bytes"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _signed_digest(note: bytes) -> str | None:
+    """The manifest-sha256 manifest.sig's text names, unverified; None if it names none readably."""
+    try:
+        text = parse_note(note.decode("utf-8")).unverified_text
+    except (UnicodeError, NoteError):
+        return None
+    found = [line.removeprefix("manifest-sha256 ") for line in text.split("\n") if line.startswith("manifest-sha256 ")]
+    return found[0] if len(found) == 1 else None
+
+
+def _validity(key: PublicKey) -> str:
+    fields = {"not_before": key.not_before, "not_after": key.not_after, "retired_at": key.retired_at}
+    return ", ".join(f"{name} {'null' if value is None else utc_text(value)}" for name, value in fields.items())
 
 
 def _first_difference(found: Any, claimed: Any, where: str = "report.json") -> str:

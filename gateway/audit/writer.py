@@ -38,7 +38,8 @@ from asyncpg.transaction import Transaction, TransactionState
 from gateway import metrics, signing_keys, times
 from gateway.audit import tiles, usage
 from gateway.audit.checkpoints import CheckpointSigner
-from gateway.audit.events import AuditEvent, canonical
+from gateway.audit.events import AuditEvent, EventKind, Outcome, canonical
+from gateway.audit.format import key_created_detail
 from gateway.errors import ServiceUnavailable
 from keys.merkle import CompactRange, leaf_hash
 from keys.sealing import MasterKey
@@ -201,10 +202,33 @@ class AuditWriter:
                 await self._register(conn)
                 self._registered = True
             await self._ensure_partitions(conn)
-            if self.signer is not None:
-                await signing_keys.current(conn, self.signer.master)
+            has_key = self.signer is None or await conn.fetchval(
+                "SELECT true FROM signing_keys WHERE purpose = $1 AND not_after IS NULL", signing_keys.AUDIT)
         self._task = asyncio.create_task(self._flush_forever(), name=f"audit-writer {self.log_id}")
         self._checkpoint_task = asyncio.create_task(self._checkpoint_forever(), name=f"audit-checkpoints {self.log_id}")
+        if not has_key:
+            await self._create_audit_key()
+
+    async def _create_audit_key(self) -> None:
+        """Make the deployment's first audit key, in the transaction of its operator:keyring:create
+        event, the start of the signed key history (schemas/audit-format.md §4.3). Several instances may
+        start at once: under the keyring's advisory lock the first makes the key, the others roll back."""
+        assert self.signer is not None
+
+        class _Made(Exception):
+            pass
+
+        try:
+            async with self.change() as change:
+                key = await signing_keys.create(change.conn, self.signer.master, signing_keys.AUDIT)
+                if key is None:
+                    raise _Made
+                change.record(AuditEvent(EventKind.KEYRING_CREATE, Outcome.CHANGE, actor="operator",
+                                         detail=key_created_detail(key)))
+        except _Made:
+            return  # another instance made it, with its event
+        # Every bundle carries this event under a checkpoint (§4.3): sign one now, not in a minute.
+        self._checkpoint_due.set()
 
     async def _register(self, conn: asyncpg.Connection) -> None:
         if not self._registered:

@@ -16,7 +16,8 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway import signing_keys
+from gateway import keyring, signing_keys
+from gateway.actors import cli_actor
 from gateway.audit import report, verify
 from gateway.audit.format import PublicKey, b64
 from gateway.audit.verify import verify_bundle
@@ -329,9 +330,9 @@ def test_a_checkpoint_outside_its_keys_validity_is_caught(case: Case, tmp_path: 
         keys["keys"][0]["not_after"] = keys["keys"][0]["not_before"]
         files["keys.json"] = orjson.dumps(keys)
 
-    # The same key signed the manifest after the checkpoints: its signature, checked first, fails first
-    # (a format 1 bundle reaches the checkpoints: tests/audit/test_bundle_v2.py).
-    assert verify_bundle(tampered(case, tmp_path, shorten_validity)).code == "manifest-signature"
+    # Format 2 takes validity from the signed key history, which keys.json must state exactly (a format 1
+    # bundle reaches the checkpoints with keys.json's validity: tests/audit/test_bundle_v2.py).
+    assert verify_bundle(tampered(case, tmp_path, shorten_validity)).code == "key-history"
 
 
 # -- filters, several logs, trusted checkpoints ---------------------------------------------------------
@@ -400,8 +401,8 @@ async def test_a_trusted_checkpoint_exposes_a_log_rewritten_and_re_signed(dsn: s
             await runtime.writer.commit(synthetic(vendor))
         await runtime.writer.checkpoint()
         log_id = runtime.writer.log_id
-        kept = await runtime.pool.fetchval("SELECT note FROM audit_checkpoints WHERE log_id = $1 AND tree_size = 10",
-                                           log_id)
+        kept = await runtime.pool.fetchval("SELECT note FROM audit_checkpoints WHERE log_id = $1 "
+                                           "ORDER BY tree_size DESC LIMIT 1", log_id)
         assert verify_bundle((await export(runtime, tmp_path / "before.zip", vendor)).path, kept).ok
         # The attacker holds the database and the master key: rewrites event 3, re-signs every checkpoint.
         await _rewrite_and_resign(runtime.pool, log_id, 3)
@@ -447,7 +448,7 @@ async def test_a_checkpoint_signed_with_a_rotated_out_key_is_caught(dsn: str, tm
         await runtime.writer.checkpoint()
         async with runtime.pool.acquire() as conn:
             old = await signing_keys.current(conn, MASTER)
-            await signing_keys.rotate(conn, MASTER)
+        await keyring.rotate(runtime.writer, cli_actor(), MASTER)
         for _ in range(4):
             await runtime.writer.commit(synthetic(vendor))
         path = (await export(runtime, tmp_path / "rotated.zip", vendor)).path

@@ -161,7 +161,9 @@ def test_a_signature_outside_its_keys_validity_or_untrusted_is_refused(case: Cas
         keys["keys"][0]["retired_at"] = orjson.loads(files["manifest.json"])["created_at"]
         files["keys.json"] = orjson.dumps(keys)
 
-    refused(tampered(case, tmp_path, retire_before_export), "manifest-signature")
+    # keys.json's validity is the signed key history's, or the bundle is refused before any signature is
+    # judged by it (tests/audit/test_key_history.py).
+    refused(tampered(case, tmp_path, retire_before_export), "key-history")
 
 
 def test_manifest_sig_removed_or_damaged_is_refused(case: Case, tmp_path: Path) -> None:
@@ -256,11 +258,11 @@ def test_a_format_1_bundle_keeps_its_report_and_key_checks(tmp_path: Path) -> No
 def test_a_format_2_bundle_stripped_to_format_1_is_refused_when_signatures_are_required(case: Case,
                                                                                        tmp_path: Path) -> None:
     def downgrade(files: dict[str, bytes]) -> None:
-        for name in ("manifest.sig", "terms.jsonl", "report.json"):
+        for name in ("manifest.sig", "key-events.jsonl", "terms.jsonl", "report.json"):
             files.pop(name)
         manifest = orjson.loads(files["manifest.json"])
         manifest.update(format="lpd-gateway-evidence/1", report="another report/1")
-        for name in ("terms.jsonl", "report.json"):
+        for name in ("key-events.jsonl", "terms.jsonl", "report.json"):
             manifest["files"].pop(name)
         files["manifest.json"] = orjson.dumps(manifest)
 

@@ -521,6 +521,7 @@ def test_the_manifest_and_keys_checks_are_the_schemas(genuine: Genuine) -> None:
     ("proofs.jsonl", "audit-proof-line", schema.proof_line),
     ("events.jsonl", "audit-event", schema.event),
     ("terms.jsonl", "audit-terms-line", schema.terms_line),
+    ("key-events.jsonl", "audit-key-event-line", schema.key_event_line),
 ])
 def test_each_line_check_is_its_schema(genuine: Genuine, file: str, name: str, check: Any) -> None:
     documents = [variant for document in _documents(genuine, file) for variant in _variants(document)]
