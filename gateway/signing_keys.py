@@ -45,12 +45,17 @@ async def current(conn: asyncpg.Connection, master: MasterKey, purpose: str = AU
     return open_key(master, row["key_id"], row["sealed_private"])
 
 
+async def lock(conn: asyncpg.Connection) -> None:
+    """The keyring's advisory lock, until the caller's transaction ends (one keyring change at a time)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_LOCK_ID)
+
+
 async def create(conn: asyncpg.Connection, master: MasterKey, purpose: str = AUDIT) -> PublicKey | None:
     """The first key of `purpose`, made in the caller's transaction under the advisory lock; None if a key
     is current already (another instance made it first). The audit writer calls it in the transaction of
     the key's operator:keyring:create event (schemas/audit-format.md §4.3): the key and its event commit
     together, or neither does."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_LOCK_ID)
+    await lock(conn)
     if await _current_row(conn, purpose) is not None:
         return None
     key_id = await _insert(conn, master, purpose, await conn.fetchval("SELECT clock_timestamp()"))

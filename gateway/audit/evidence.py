@@ -256,8 +256,11 @@ async def _key_events(conn: asyncpg.Connection, result: ExportResult) -> bytes:
     for row in sorted(rows, key=lambda r: (r["log_id"], r["seq"])):  # code point order, not the collation's
         log_id, seq, raw = row["log_id"], row["seq"], bytes(row["entry"])
         event = orjson.loads(raw)
-        if type(event.get("detail")) is not dict or event["detail"].get("purpose") != AUDIT:
+        detail = event.get("detail")
+        if type(detail) is not dict or detail.get("purpose") != AUDIT:
             continue  # a JWT key's or a secret's: not what signs checkpoints
+        if event["kind"] != "operator:keyring:retire" and "public_key" not in detail:
+            continue  # a rotation logged before the key history existed: the writer recorded it again (§4.3)
         covering = await conn.fetchrow("SELECT tree_size, note FROM audit_checkpoints WHERE log_id = $1 "
                                        "AND tree_size > $2 ORDER BY tree_size LIMIT 1", log_id, seq)
         if covering is None:

@@ -39,7 +39,7 @@ from gateway import metrics, signing_keys, times
 from gateway.audit import tiles, usage
 from gateway.audit.checkpoints import CheckpointSigner
 from gateway.audit.events import AuditEvent, EventKind, Outcome, canonical
-from gateway.audit.format import key_created_detail
+from gateway.audit.format import key_created_detail, key_retired_detail
 from gateway.errors import ServiceUnavailable
 from keys.merkle import CompactRange, leaf_hash
 from keys.sealing import MasterKey
@@ -62,6 +62,13 @@ _WRITE_GROUP = (
     "$14::uuid[], $15::uuid[], $16::uuid[], $17::uuid[], $18::uuid[], $19::bytea[]) "
     # Evaluated once: nothing is appended to a log that was ended (schemas/migrations/0008).
     "WHERE (SELECT audit_log_open(($9::text[])[1]))")
+
+
+# Whether the audit key history has started (its one operator:keyring:create event, §4.3); the LIKE
+# lets PostgreSQL use the partial index of migration 0012.
+_HAS_KEY_HISTORY = ("SELECT true FROM audit_events WHERE kind LIKE 'operator:keyring:%' "
+                    "AND kind = 'operator:keyring:create' "
+                    "AND convert_from(entry, 'UTF8')::jsonb #>> '{detail,purpose}' = 'audit' LIMIT 1")
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -202,31 +209,48 @@ class AuditWriter:
                 await self._register(conn)
                 self._registered = True
             await self._ensure_partitions(conn)
-            has_key = self.signer is None or await conn.fetchval(
-                "SELECT true FROM signing_keys WHERE purpose = $1 AND not_after IS NULL", signing_keys.AUDIT)
+            history = self.signer is None or await conn.fetchval(_HAS_KEY_HISTORY)
         self._task = asyncio.create_task(self._flush_forever(), name=f"audit-writer {self.log_id}")
         self._checkpoint_task = asyncio.create_task(self._checkpoint_forever(), name=f"audit-checkpoints {self.log_id}")
-        if not has_key:
-            await self._create_audit_key()
+        if not history:
+            await self._start_key_history()
 
-    async def _create_audit_key(self) -> None:
+    async def _start_key_history(self) -> None:
         """Make the deployment's first audit key, in the transaction of its operator:keyring:create
-        event, the start of the signed key history (schemas/audit-format.md §4.3). Several instances may
-        start at once: under the keyring's advisory lock the first makes the key, the others roll back."""
+        event, the start of the signed key history (schemas/audit-format.md §4.3).
+
+        A deployment whose audit keys were made before the history existed has them recorded instead,
+        as the keyring's rows say now: a create event for the oldest, a rotate event for each later
+        one, a retire event for each retired one. Several instances may start at once: under the
+        keyring's advisory lock the first records the history, the others find it and roll back."""
         assert self.signer is not None
 
-        class _Made(Exception):
+        class _Recorded(Exception):
             pass
 
         try:
             async with self.change() as change:
-                key = await signing_keys.create(change.conn, self.signer.master, signing_keys.AUDIT)
-                if key is None:
-                    raise _Made
-                change.record(AuditEvent(EventKind.KEYRING_CREATE, Outcome.CHANGE, actor="operator",
-                                         detail=key_created_detail(key)))
-        except _Made:
-            return  # another instance made it, with its event
+                conn = change.conn
+                await signing_keys.lock(conn)
+                if await conn.fetchval(_HAS_KEY_HISTORY):
+                    raise _Recorded
+                keys = await signing_keys.public_keys(conn, signing_keys.AUDIT)
+                if not keys:
+                    made = await signing_keys.create(conn, self.signer.master, signing_keys.AUDIT)
+                    assert made is not None  # under the lock, and no key exists
+                    keys = [made]
+                previous = None
+                for key in keys:  # oldest first: each later key was made by rotating out the one before
+                    kind = EventKind.KEYRING_CREATE if previous is None else EventKind.KEYRING_ROTATE
+                    change.record(AuditEvent(kind, Outcome.CHANGE, actor="operator",
+                                             detail=key_created_detail(key, previous)))
+                    previous = key
+                for key in keys:
+                    if key.retired_at is not None:
+                        change.record(AuditEvent(EventKind.KEYRING_RETIRE, Outcome.CHANGE, actor="operator",
+                                                 detail=key_retired_detail(key)))
+        except _Recorded:
+            return  # another instance recorded it
         # Every bundle carries this event under a checkpoint (§4.3): sign one now, not in a minute.
         self._checkpoint_due.set()
 

@@ -16,6 +16,7 @@ import pytest
 
 from gateway import keyring, signing_keys
 from gateway.actors import cli_actor
+from gateway.audit.events import EventKind, Outcome
 from gateway.audit.format import PublicKey
 from gateway.audit.verify import verify_bundle
 from keys.notes import parse_note
@@ -252,3 +253,35 @@ async def test_the_command_line_rotates_and_retires_the_audit_key_into_the_histo
     assert verdict.ok and "key validity from 3 signed key events" in verdict.notes, verdict.line()
     kinds = [e["kind"] for e in _key_events(read_bundle(path))]
     assert kinds == ["operator:keyring:create", "operator:keyring:rotate", "operator:keyring:retire"]
+
+
+async def test_keys_made_before_the_history_are_recorded_by_the_next_writer(dsn: str, tmp_path: Path) -> None:
+    """A deployment upgraded with audit keys and a rotation (its event in the old form) but no history:
+    the first writer to start records the keyring's rows as the history, and its bundles verify."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        old = await signing_keys.current(conn, MASTER)
+        await signing_keys.rotate(conn, MASTER)
+        await signing_keys.retire(conn, old.key_id)
+    finally:
+        await conn.close()
+    runtime = await audited_runtime(dsn, tmp_path)
+    vendor = uuid.uuid4()
+    try:
+        async with runtime.writer.change() as change:  # what `gateway keys rotate --purpose audit` logged before
+            change.record(cli_actor().event(EventKind.KEYRING_ROTATE, Outcome.CHANGE,
+                                            detail={"purpose": "audit", "key_id": old.key_id}))
+        await runtime.writer.commit(synthetic(vendor))
+        path = (await export(runtime, tmp_path / "bundle.zip", vendor)).path
+        second = await audited_runtime(dsn, tmp_path / "second", instance="second")  # finds the history
+        await second.close()
+        recorded = await runtime.pool.fetchval("SELECT count(*) FROM audit_events WHERE kind = 'operator:keyring:create'")
+    finally:
+        await runtime.close()
+    verdict = verify_bundle(path)
+    assert verdict.ok and "key validity from 3 signed key events" in verdict.notes, verdict.line()
+    assert [e["kind"] for e in _key_events(read_bundle(path))] == [
+        "operator:keyring:create", "operator:keyring:rotate", "operator:keyring:retire"]
+    assert recorded == 1
