@@ -1,6 +1,7 @@
 """Which gateway processes are alive, seen from PostgreSQL, and what a survivor does for one that died.
 
-Every process is one audit log (a row of `audit_logs`). While it runs it renews the row's `seen_at`
+Every process is one audit log (a row of `audit_logs`, made by its first event or quota lease: a
+process that records nothing has none and holds nothing). While it runs it renews the row's `seen_at`
 from the database clock every HEARTBEAT_SECONDS, on a connection of its own (so that deliveries
 holding the pool cannot make a live process look dead), and takes the database's time as its clock
 (gateway/times.py). A process not seen for DEAD_AFTER_SECONDS is dead.
@@ -117,6 +118,16 @@ async def hold_shared_log(dsn: str, instance: str) -> tuple[str, asyncpg.Connect
     return log_id or new_log_id(instance), conn
 
 
+# A heartbeat renews the log's seen_at (once its first event or lease has registered it) and reads the
+# database clock; `ended` says that another process ended the log.
+_BEAT = """
+    WITH beat AS (UPDATE audit_logs SET seen_at = clock_timestamp() WHERE log_id = $1 AND ended_at IS NULL
+                  RETURNING seen_at)
+    SELECT coalesce((SELECT seen_at FROM beat), clock_timestamp()) AS now,
+           EXISTS (SELECT FROM audit_logs WHERE log_id = $1 AND ended_at IS NOT NULL) AS ended"""
+_SHARED_BEAT = "SELECT clock_timestamp() AS now, false AS ended"
+
+
 class Liveness:
     """This process's heartbeat and clock; for a serving process also the reaper of dead ones."""
 
@@ -149,14 +160,12 @@ class Liveness:
     async def _beat(self) -> None:
         conn = await self._connection()
         asked = time.time()
-        seen = await conn.fetchval("SELECT clock_timestamp()" if self.shared else
-                                   "UPDATE audit_logs SET seen_at = clock_timestamp() WHERE log_id = $1 "
-                                   "AND ended_at IS NULL RETURNING seen_at", *(() if self.shared else (self.log_id,)))
+        row = await (conn.fetchrow(_SHARED_BEAT) if self.shared else conn.fetchrow(_BEAT, self.log_id))
         answered = time.time()
-        if seen is None:
+        if row["ended"]:
             self.ended = True
             raise LogEnded(f"audit log {self.log_id} was ended by another process, which took this one for dead")
-        times.observe_database_clock(seen, asked, answered)
+        times.observe_database_clock(row["now"], asked, answered)
 
     async def _run(self) -> None:
         while True:

@@ -62,6 +62,7 @@ class UsageBook:
     """One instance's view of each licence's usage in the current JST month."""
 
     log_id: str
+    instance: str = ""  # of the log, to register it with a lease that comes before its first event
     # How long a lease may take (the audit deadline): on a stalled PostgreSQL the delivery is refused with
     # 503 then. A lease whose commit was sent but not answered stays with this log, unused, until the log
     # ends and its leases return (gateway/liveness.py): too little delivered, never too much.
@@ -110,6 +111,9 @@ class UsageBook:
         """In one transaction: what every log holds of the month's grant, and this log's lease grown by what
         is left of `asks` under `limits`. Returns (held before, given)."""
         async with conn.transaction():
+            # A lease may come before the log's first event: it registers the log it belongs to.
+            await conn.execute("INSERT INTO audit_logs (log_id, instance) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               self.log_id, self.instance)
             # A log that was ended (this process was taken for dead) can no longer lease.
             await conn.execute("SELECT audit_log_open($1)", self.log_id)
             await conn.execute("INSERT INTO quota_grants (licence_id, month) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -82,7 +82,7 @@ class Runtime:
         liveness = Liveness(dsn, writer.log_id, writer.signer, reaps=serving, on_ended=on_ended, shared=shared)
         await liveness.start()
         snapshot = Snapshot()
-        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id, config.audit_deadline_seconds),
+        runtime = cls(config, dsn, pool, writer, master, secrets, snapshot, usage=UsageBook(writer.log_id, writer.instance, config.audit_deadline_seconds),
                       backoff=FailureBackoff(config.auth_backoff_failures, config.auth_backoff_window_seconds,
                                              config.auth_backoff_max_seconds),
                       pages=PageCache(config.page_cache_bytes, config.audit_deadline_seconds), liveness=liveness,

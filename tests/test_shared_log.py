@@ -101,6 +101,20 @@ async def test_a_command_that_records_nothing_creates_no_log(dsn: str, tmp_path:
         await conn.close()
 
 
+async def test_a_serving_process_that_records_nothing_leaves_no_log(dsn: str, tmp_path: Path) -> None:
+    first = await open_runtime(dsn, tmp_path / "first")  # records the audit key's creation: its log exists
+    await first.close()
+    idle = await open_runtime(dsn, tmp_path / "idle")
+    await asyncio.sleep(1.5)  # a heartbeat, which registers nothing
+    await idle.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        logs = {r["log_id"] for r in await conn.fetch("SELECT log_id FROM audit_logs")}
+    finally:
+        await conn.close()
+    assert first.writer.log_id in logs and idle.writer.log_id not in logs
+
+
 async def test_a_second_command_waits_for_the_first(dsn: str, tmp_path: Path) -> None:
     first = await _cli_runtime(dsn, tmp_path)
     try:

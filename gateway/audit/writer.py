@@ -196,18 +196,17 @@ class AuditWriter:
         return self.tree.size
 
     async def start(self, *, shared: bool = False) -> None:
-        """Register the log, make sure this and next month's partitions and an audit key exist, start.
+        """Make sure this and next month's partitions and an audit key exist, start. The log is
+        registered (`audit_logs`) by its first event, or by a quota lease taken for it: a process
+        that records nothing leaves no log.
 
-        `shared`: the log is the command line's (gateway/shared_log.py), appended to by one process at a
-        time: it is resumed where it stands, or, new, registered by its first event."""
+        `shared`: the log is the command line's (gateway/liveness.py `hold_shared_log`), appended to by
+        one process at a time: resumed where it stands if it exists."""
         async with self.own.acquire() as conn:
             if shared:
                 self.shared = True
                 if await conn.fetchval("SELECT true FROM audit_logs WHERE log_id = $1", self.log_id):
                     await self._resume(conn)
-            else:
-                await self._register(conn)
-                self._registered = True
             await self._ensure_partitions(conn)
             history = self.signer is None or await conn.fetchval(_HAS_KEY_HISTORY)
         self._task = asyncio.create_task(self._flush_forever(), name=f"audit-writer {self.log_id}")
