@@ -101,3 +101,10 @@ def test_every_bundle_schema_is_json() -> None:
                  "audit-consistency-line", "audit-keys"):
         schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
         assert schema["$schema"].startswith("https://json-schema.org/") and schema["title"]
+
+
+def test_the_readme_lists_every_event_kind() -> None:
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    listed = readme[readme.index("### Audit event kinds"):readme.index("## Development")]
+    named = set(re.findall(r"`([a-z-]+:[a-z-]+:[a-z-]+)`", listed)) - {"subject:object:action"}
+    assert named == {k.value for k in EventKind}, "README.md's list of event kinds and EventKind differ"
