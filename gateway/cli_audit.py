@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,10 @@ class _Progress:
 
 
 def moment_arg(text: str) -> datetime:
-    """An argparse type: RFC 3339 date-time or a date (midnight); without an offset it is UTC."""
+    """An argparse type: RFC 3339 date-time or a date; without an offset it is Japan Standard Time (a
+    date is its midnight JST: a calendar day in Japan, as usage reports count them)."""
     try:
-        return times.parse_moment(text, assume=UTC, example="2026-04-01 or 2026-04-01T09:00:00+09:00")
+        return times.parse_moment(text, assume=times.JST, example="2026-04-01 or 2026-04-01T09:00:00+09:00")
     except times.MomentError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 

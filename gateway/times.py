@@ -13,6 +13,7 @@ otherwise take next month's quota early).
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
@@ -56,6 +57,10 @@ def next_month(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+# A date-time whose offset's "+" arrived as a space (an unencoded "+" in a query string).
+_PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)? \d{2}:?\d{2}")
+
+
 class MomentError(ValueError):
     """A date-time input that cannot be used; the message says what was expected."""
 
@@ -69,6 +74,9 @@ def parse_moment(text: str, *, assume: tzinfo | None = None,
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
+        if _PLUS_AS_SPACE.fullmatch(text):
+            raise MomentError("has a space where its offset's '+' belongs: in a URL query a '+' means a space, "
+                              "so send it as %2B (e.g. from=2026-04-01T00:00:00%2B09:00)") from None
         raise MomentError(f"must be an RFC 3339 date-time such as {example}") from None
     if moment.tzinfo is None:
         if assume is None:

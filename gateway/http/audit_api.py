@@ -96,7 +96,8 @@ def _moment(text: str | None, name: str) -> datetime:
     if text is None:
         raise BadRequest(f"{name} is required, e.g. {name}=2026-04-01T00:00:00Z")
     try:
-        return times.parse_moment(text)
+        # A date is a calendar day in Japan (its midnight JST), as in usage reports and the CLI.
+        return times.parse_moment(text, assume=times.JST, example="2026-04-01 or 2026-04-01T00:00:00+09:00")
     except times.MomentError as exc:
         raise BadRequest(f"{name} {exc}") from None
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import tempfile
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -99,3 +101,28 @@ async def test_compliance_exports_its_vendors_evidence_through_the_api(runtime: 
     assert (await client.get("/v1/audit/export", params=period, headers=licensed.headers)).status_code == 403
     assert (await client.get("/v1/audit/export", params={"from": "yesterday"},
                              headers=auth(compliance))).status_code == 400
+
+
+async def test_a_date_in_an_export_is_a_day_in_japan_as_in_usage_reports(runtime: Runtime,
+                                                                          client: httpx.AsyncClient) -> None:
+    """`from=2026-12-01` is 2026-12-01T00:00 JST (2026-11-30T15:00Z), through the API as in the CLI and in
+    usage reports; an offset whose '+' arrived as a space is answered with how to send it."""
+    licensed = await licensed_member(runtime, client)
+    compliance = (await licensed.vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance"}))["api_key"]
+    await asyncio.sleep(0.2)
+    response = await client.get("/v1/audit/export", params={"from": "2026-12-01", "to": "2026-12-02"},
+                                headers=auth(compliance))
+    assert response.status_code == 200, response.text
+    with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+        scope = orjson.loads(bundle.read("manifest.json"))["scope"]
+    assert (scope["from"], scope["to"]) == ("2026-11-30T15:00:00.000000Z", "2026-12-01T15:00:00.000000Z"), scope
+    spaced = await client.get("/v1/audit/export?from=2026-12-01T00:00:00 09:00&to=2026-12-02",
+                              headers=auth(compliance))
+    assert spaced.status_code == 400 and "%2B" in spaced.json()["detail"]
+
+
+def test_the_cli_reads_a_date_as_a_day_in_japan() -> None:
+    from gateway.cli_audit import moment_arg
+
+    assert moment_arg("2026-12-01").astimezone(UTC) == datetime(2026, 11, 30, 15, tzinfo=UTC)
+    assert moment_arg("2026-12-01T00:00:00Z") == datetime(2026, 12, 1, tzinfo=UTC)
