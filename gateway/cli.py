@@ -539,8 +539,8 @@ def _vendor_arg(parser: argparse.ArgumentParser) -> None:
 def _licence_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", help="comma-separated partition values, e.g. 13,14")
     parser.add_argument("--columns", help="comma-separated column names")
-    parser.add_argument("--valid-from", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
-    parser.add_argument("--valid-until", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
+    parser.add_argument("--valid-from", type=moment_arg, help="RFC 3339 date-time or a date; without an offset it is Japan time (JST)")
+    parser.add_argument("--valid-until", type=moment_arg, help="RFC 3339 date-time or a date; without an offset it is Japan time (JST)")
     parser.add_argument("--records-per-month", type=_whole_number)
     parser.add_argument("--bytes-per-month", type=_whole_number)
     parser.add_argument("--requests-per-second", type=_rate)
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("member", "compliance", "vendor"), required=True)
     p.add_argument("--member", help="member keys: the member's name or id")
     p.add_argument("--label", default="", help="what the key is for; vendor admin keys need one")
-    p.add_argument("--expires-at", type=moment_arg, help="RFC 3339 date-time or a date (UTC without an offset)")
+    p.add_argument("--expires-at", type=moment_arg, help="RFC 3339 date-time or a date; without an offset it is Japan time (JST)")
     p.add_argument("--allowed-networks", help="comma-separated CIDR blocks")
     p.add_argument("--client-cert-sha256", help="SHA-256 fingerprint of the client certificate the key is bound to "
                                                 "(sent by a trusted proxy as X-Client-Cert-SHA256)")

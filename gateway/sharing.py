@@ -217,7 +217,7 @@ def partition_value(dataset: Dataset, value: str) -> str:
 def _moment(text: str, name: str) -> datetime:
     """A protocol timestamp; without an offset it is UTC."""
     try:
-        return times.parse_moment(text, assume=UTC, example="2026-04-01T00:00:00Z")
+        return times.parse_moment(text, assume=UTC, days_in=UTC, example="2026-04-01T00:00:00Z")
     except times.MomentError as exc:
         raise BadRequest(f"{name} {exc}", error_code="INVALID_PARAMETER_VALUE") from None
 

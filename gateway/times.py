@@ -57,6 +57,7 @@ def next_month(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A date-time whose offset's "+" arrived as a space (an unencoded "+" in a query string).
 _PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)? \d{2}:?\d{2}")
 
@@ -65,12 +66,13 @@ class MomentError(ValueError):
     """A date-time input that cannot be used; the message says what was expected."""
 
 
-def parse_moment(text: str, *, assume: tzinfo | None = None,
-                 example: str = "2026-04-01T00:00:00+09:00") -> datetime:
-    """An RFC 3339 date-time (or a date, meaning its midnight) with a UTC equivalent.
+def parse_moment(text: str, *, assume: tzinfo | None = None, days_in: tzinfo | None = JST,
+                 example: str = "2026-04-01 or 2026-04-01T00:00:00+09:00") -> datetime:
+    """An RFC 3339 date-time, or a date meaning its midnight, with a UTC equivalent.
 
-    Without an offset the text is in `assume`, or refused when `assume` is None. `example` is quoted
-    in the error messages, for callers whose inputs have a form of their own."""
+    A date alone is a calendar day in `days_in` (Japan, unless a protocol says otherwise); a date-time
+    without an offset is in `assume`, or refused when `assume` is None. `example` is quoted in the error
+    messages, for callers whose inputs have a form of their own."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -79,6 +81,8 @@ def parse_moment(text: str, *, assume: tzinfo | None = None,
                               "so send it as %2B (e.g. from=2026-04-01T00:00:00%2B09:00)") from None
         raise MomentError(f"must be an RFC 3339 date-time such as {example}") from None
     if moment.tzinfo is None:
+        if _DATE.fullmatch(text) and days_in is not None:
+            assume = days_in
         if assume is None:
             raise MomentError(f"needs a time zone, e.g. {example}")
         moment = moment.replace(tzinfo=assume)

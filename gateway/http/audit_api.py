@@ -97,7 +97,7 @@ def _moment(text: str | None, name: str) -> datetime:
         raise BadRequest(f"{name} is required, e.g. {name}=2026-04-01T00:00:00Z")
     try:
         # A date is a calendar day in Japan (its midnight JST), as in usage reports and the CLI.
-        return times.parse_moment(text, assume=times.JST, example="2026-04-01 or 2026-04-01T00:00:00+09:00")
+        return times.parse_moment(text, assume=times.JST)
     except times.MomentError as exc:
         raise BadRequest(f"{name} {exc}") from None
 

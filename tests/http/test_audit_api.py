@@ -9,13 +9,15 @@ import io
 import tempfile
 import uuid
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from gateway import times
 from gateway.audit.verify import verify_bundle
 from gateway.runtime import Runtime
 from keys import merkle
@@ -119,6 +121,42 @@ async def test_a_date_in_an_export_is_a_day_in_japan_as_in_usage_reports(runtime
     spaced = await client.get("/v1/audit/export?from=2026-12-01T00:00:00 09:00&to=2026-12-02",
                               headers=auth(compliance))
     assert spaced.status_code == 400 and "%2B" in spaced.json()["detail"]
+
+
+async def test_a_japan_day_is_the_same_period_in_usage_reports_and_audit_exports(runtime: Runtime,
+                                                                                 client: httpx.AsyncClient) -> None:
+    """Today in Japan, asked of the usage report and of the audit export by the same dates, covers the
+    same deliveries; the next day covers none in either."""
+    licensed = await licensed_member(runtime, client)
+    compliance = (await licensed.vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance"}))["api_key"]
+    delivered = await client.get(records_path_of(licensed), params={"limit": 3}, headers=licensed.headers)
+    event_id = delivered.headers["audit-event"]
+    today = times.jst_day(times.now())
+    await fetch_receipt(client, event_id, licensed.key)  # the delivery is checkpointed: it can be exported
+
+    async def both(day: date) -> tuple[int, list[dict[str, Any]]]:
+        period = {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat()}
+        usage = await licensed.vendor.ok("GET", "/v1/admin/usage", params={**period, "by": "day"})
+        exported = await client.get("/v1/audit/export", params=period, headers=auth(compliance))
+        assert exported.status_code == 200, exported.text
+        with zipfile.ZipFile(io.BytesIO(exported.content)) as bundle:
+            scope = orjson.loads(bundle.read("manifest.json"))["scope"]
+            events = [orjson.loads(line) for line in bundle.read("events.jsonl").splitlines()]
+        midnight = datetime.combine(day, datetime.min.time(), times.JST).astimezone(UTC)
+        assert scope["from"] == midnight.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), scope
+        return sum(row["records"] for row in usage["items"]), [e for e in events if e["kind"] == "member:records:deliver"]
+
+    records, deliveries = await both(today)
+    assert records == 3 and [e["event_id"] for e in deliveries] == [event_id]
+    assert await both(today + timedelta(days=1)) == (0, [])
+
+
+def test_a_date_in_an_api_body_is_a_day_in_japan() -> None:
+    from gateway.http.endpoints import Field, fields
+
+    parsed = fields({"at": "2026-12-01"}, {"at": Field("datetime")})["at"]
+    assert parsed.astimezone(UTC) == datetime(2026, 11, 30, 15, tzinfo=UTC)
+    assert fields({"at": "2026-12-01T00:00:00Z"}, {"at": Field("datetime")})["at"] == datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def test_the_cli_reads_a_date_as_a_day_in_japan() -> None:
