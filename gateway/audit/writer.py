@@ -28,6 +28,7 @@ import uuid
 from collections import ChainMap, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +89,10 @@ class Change:
 
     def record(self, event: AuditEvent) -> None:
         self.events.append(event)
+
+
+# The transaction of `AuditWriter.held_change()` in the task that holds it.
+_HELD_CHANGE: ContextVar[Change | None] = ContextVar("held_change", default=None)
 
 
 # Counts of a vendor's and a member's events in this log (keyed by UUID.int): the next vendor_seq / member_seq.
@@ -410,7 +415,35 @@ class AuditWriter:
 
     @asynccontextmanager
     async def change(self) -> AsyncIterator[Change]:
-        """A transaction for an administrative change; its recorded events commit with it, or nothing does."""
+        """A transaction for an administrative change; its recorded events commit with it, or nothing does.
+
+        Within `held_change()` it is that transaction: the change commits when the holder's ends."""
+        held = _HELD_CHANGE.get()
+        if held is not None:
+            yield held
+            if not held.events:
+                raise RuntimeError("an administrative change must record its audit event")
+            return
+        async with self._transaction() as change:
+            yield change
+            if not change.events:
+                raise RuntimeError("an administrative change must record its audit event")
+
+    @asynccontextmanager
+    async def held_change(self) -> AsyncIterator[Change]:
+        """One transaction for whatever `change()` the block makes, and for the holder's own statements
+        after it (an idempotency key's stored answer commits with the change it answers). It commits
+        with the events recorded; with none (nothing was changed) it is rolled back."""
+        async with self._transaction() as change:
+            token = _HELD_CHANGE.set(change)
+            try:
+                yield change
+            finally:
+                _HELD_CHANGE.reset(token)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Change]:
+        """A transaction committed with the events the block records, or rolled back if it records none."""
         async with self.pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
@@ -418,7 +451,8 @@ class AuditWriter:
             try:
                 yield change
                 if not change.events:
-                    raise RuntimeError("an administrative change must record its audit event")
+                    await transaction.rollback()
+                    return
                 async with self._append:
                     await self._resolve(conn)
                     await self._write(conn, change.events, self._number(change.events, None), transaction)

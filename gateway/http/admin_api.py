@@ -33,6 +33,7 @@ from gateway.http.endpoints import (
     runtime_of,
     vendor_of,
 )
+from gateway.http.idempotency import idempotent
 
 ADMIN = ("vendor",)
 READERS = ("vendor", "compliance")
@@ -334,7 +335,7 @@ async def usage_report(request: Request) -> Response:
     return json_response({"from": start.isoformat(), "to": end.isoformat(), "by": by, "items": rows})
 
 
-routes = [
+_routes = [
     Route("/v1/admin/usage", usage_report, methods=["GET"]),
     Route("/v1/admin/datasets", list_datasets, methods=["GET"]),
     Route("/v1/admin/datasets", create_dataset, methods=["POST"]),
@@ -359,3 +360,6 @@ routes = [
     Route("/v1/admin/oauth-clients", create_oauth_client, methods=["POST"]),
     Route("/v1/admin/oauth-clients/{client}/revoke", revoke_oauth_client, methods=["POST"]),
 ]
+# Every change may carry an Idempotency-Key: its retry gets the first answer and changes nothing.
+routes = [Route(r.path, idempotent(r.endpoint), methods=sorted(r.methods or ()))
+          if r.methods and r.methods & {"POST", "PATCH"} else r for r in _routes]
