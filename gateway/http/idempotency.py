@@ -3,10 +3,14 @@
 A vendor admin that retries a request with the same key gets the first answer again and changes
 nothing: a publish retried after a timeout is not a second version, a grant not a second licence.
 
-- The key is an RFC 8941 sf-string of 1 to 255 characters, e.g. `Idempotency-Key: "8e03978e-…"`;
-  keys belong to a vendor (two vendors' equal keys are unrelated), and last 24 hours.
+- The key is an RFC 8941 sf-string of 1 to 255 characters, e.g. `Idempotency-Key: "8e03978e-…"`, or
+  the same characters unquoted, as many clients send it (not an sf-string, so RFC 8941 would have the
+  field ignored, and a retry would then make a second version: taking it is the safe reading); keys
+  belong to a vendor (two vendors' equal keys are unrelated), and last 24 hours.
 - The request's fingerprint is the SHA-256 of its method, path, query, content type and body; the
-  same key with another fingerprint answers 422 and changes nothing.
+  same key with another fingerprint answers 409 and changes nothing. The draft suggests 422, but the
+  request is well formed: it is the key's state it conflicts with, which is what 409 says (and what
+  a client generating requests from the OpenAPI document expects of a valid request refused by state).
 - A request still being carried out under the key: 409, retry later.
 - Only an answer that changed something is kept, and it is kept in the change's own transaction (the
   change and its stored answer commit together or not at all). A refusal changed nothing, so its
@@ -26,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.audit.events import EventKind
-from gateway.errors import BadRequest, Conflict, InvalidInput, PayloadTooLarge
+from gateway.errors import BadRequest, Conflict, PayloadTooLarge
 from gateway.http.context import context
 from gateway.http.endpoints import NO_STORE, runtime_of
 from gateway.http.types import Message, Receive
@@ -35,6 +39,7 @@ HEADER = b"idempotency-key"
 LIFETIME_HOURS = 24
 # An sf-string (RFC 8941 §3.3.3): printable ASCII in double quotes, with '"' and '\' escaped.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_BARE = re.compile(r"[\x21\x23-\x7e]+")  # visible ASCII but '"': a broken sf-string is not a bare key
 _EXAMPLE = 'Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"'
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -44,10 +49,12 @@ def idempotent(endpoint: Endpoint) -> Endpoint:
     """`endpoint`, answering a retried Idempotency-Key with its first answer."""
 
     async def honouring_idempotency_key(request: Request) -> Response:
-        key = _key(request)
         ctx = context(request.scope)
-        if key is None or ctx.principal is None or ctx.principal.kind != "vendor":
-            return await endpoint(request)  # no key, or a caller the route refuses anyway
+        if ctx.principal is None or ctx.principal.kind != "vendor":
+            return await endpoint(request)  # a caller the route refuses anyway, key or not
+        key = _key(request)
+        if key is None:
+            return await endpoint(request)
         assert ctx.principal.vendor_id is not None
         vendor_id = ctx.principal.vendor_id
         runtime = runtime_of(request)
@@ -66,7 +73,7 @@ def idempotent(endpoint: Endpoint) -> Endpoint:
             if first is not None:
                 await body.drain(runtime.config.max_upload_bytes)
                 if bytes(first["fingerprint"]) != _fingerprint(request, body.digest):
-                    raise InvalidInput("this Idempotency-Key was used for a different request (method, path, "
+                    raise Conflict("this Idempotency-Key was used for a different request (method, path, "
                                        "query or body) in the last 24 hours: use a new key for a new request",
                                        idempotency_key=key)
                 # The retry is evidence too: its event names the change it repeats the answer of.
@@ -98,17 +105,17 @@ def idempotent(endpoint: Endpoint) -> Endpoint:
 
 
 def _key(request: Request) -> str | None:
-    values = [value for name, value in request.scope["headers"] if name == HEADER]
+    """The key: an sf-string, or (as clients of other APIs send it) a bare run of visible ASCII."""
+    values = [value.decode("latin-1").strip(" \t") for name, value in request.scope["headers"] if name == HEADER]
     if not values:
         return None
     if len(values) > 1:
         raise BadRequest(f"send one Idempotency-Key header, not {len(values)}")
-    match = _SF_STRING.fullmatch(values[0].decode("latin-1").strip(" "))
-    if match is None:
-        raise BadRequest(f"Idempotency-Key must be a quoted string (RFC 8941 sf-string), e.g. {_EXAMPLE}")
-    key = re.sub(r'\\(["\\])', r"\1", match[1])
-    if not 1 <= len(key) <= 255:
-        raise BadRequest(f"Idempotency-Key must be 1 to 255 characters, e.g. a UUID: {_EXAMPLE}")
+    quoted = _SF_STRING.fullmatch(values[0])
+    key = re.sub(r'\\(["\\])', r"\1", quoted[1]) if quoted else values[0]
+    if not (quoted or _BARE.fullmatch(key)) or not 1 <= len(key) <= 255:
+        raise BadRequest(f"Idempotency-Key must be 1 to 255 visible ASCII characters, best quoted (RFC 8941 "
+                         f"sf-string), e.g. {_EXAMPLE}")
     return key
 
 
