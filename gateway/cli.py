@@ -683,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="", help="why, for the member's refusals and the audit log")
     p = _command(member, "amend", cmd_member_amend, "rename a member or change its contact details (its id stays)",
                  "gateway member amend --vendor 'Example Mobile' 'Shibuya Analytics' --name 'Shibuya Analytics KK' "
-                 "--contact-email legal@shibuya.example")
+                 "--contact-email legal@shibuya.co.jp")
     _vendor_arg(p)
     p.add_argument("member", help="member name or id")
     p.add_argument("--name")
