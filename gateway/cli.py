@@ -135,6 +135,15 @@ async def cmd_dataset_list(runtime: Runtime, args: argparse.Namespace) -> Any:
     return {"items": [d.to_json() for d in await datasets.list_for_vendor(runtime.pool, vendor.id)]}
 
 
+async def cmd_dataset_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
+    values = {name: getattr(args, name) for name in datasets.AMENDABLE if getattr(args, name) is not None}
+    if not values:
+        raise InvalidInput("nothing to change; give at least one of --name or --description")
+    vendor = await _vendor(runtime, args)
+    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
+    return (await datasets.amend(runtime.writer, cli_actor(vendor.id), vendor.id, dataset.id, values)).to_json()
+
+
 async def cmd_dataset_publish(runtime: Runtime, args: argparse.Namespace) -> Any:
     path = Path(args.file)
     fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
@@ -176,10 +185,29 @@ async def cmd_member_list(runtime: Runtime, args: argparse.Namespace) -> Any:
     return {"items": [m.to_json() for m in await members.list_for_vendor(runtime.pool, vendor.id)]}
 
 
-async def cmd_member_revoke(runtime: Runtime, args: argparse.Namespace) -> Any:
+def _member_status_command(action: str) -> Handler:
+    async def run(runtime: Runtime, args: argparse.Namespace) -> Any:
+        vendor = await _vendor(runtime, args)
+        member = await members.find(runtime.pool, vendor.id, args.member)
+        return (await members.set_status(runtime.writer, cli_actor(vendor.id), vendor.id, member.id, action,
+                                         args.reason)).to_json()
+
+    return run
+
+
+async def cmd_member_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
+    values: dict[str, Any] = {}
+    for name in members.AMENDABLE:
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+        if getattr(args, f"no_{name}", False):
+            values[name] = None
+    if not values:
+        raise InvalidInput("nothing to change; give at least one of --name, --contact-name, --contact-email, "
+                           "--no-contact-name or --no-contact-email")
     vendor = await _vendor(runtime, args)
     member = await members.find(runtime.pool, vendor.id, args.member)
-    return (await members.revoke(runtime.writer, cli_actor(vendor.id), vendor.id, member.id)).to_json()
+    return (await members.amend(runtime.writer, cli_actor(vendor.id), vendor.id, member.id, values)).to_json()
 
 
 # What a grant must name, as the API's GRANT_FIELDS require (gateway/http/admin_api.py): licences.grant
@@ -203,7 +231,24 @@ def _licence_values(args: argparse.Namespace) -> dict[str, Any]:
         values["requests_per_second"] = args.requests_per_second
     if getattr(args, "soft_quotas", False):
         values["records_quota_hard"] = values["bytes_quota_hard"] = False
+    # amend only: each --no-X clears what --X sets (argparse refuses both at once: _licence_args).
+    if getattr(args, "hard_quotas", False):
+        values["records_quota_hard"] = values["bytes_quota_hard"] = True
+    for option, names in CLEARING.items():
+        if getattr(args, option, False):
+            values.update(dict.fromkeys(names))
+    if getattr(args, "no_rate_limit", False) and args.burst is not None:
+        raise InvalidInput("--burst is part of the rate limit that --no-rate-limit removes: give one of them",
+                           field="burst")
     return values
+
+
+# The amend options that clear a licence's values (to none: no end, no quota, no rate limit).
+CLEARING = {"no_valid_until": ("valid_until",), "no_records_quota": ("records_per_month",),
+            "no_bytes_quota": ("bytes_per_month",), "no_rate_limit": ("requests_per_second", "burst")}
+AMEND_OPTIONS = ("--terms, --partitions, --columns, --valid-from, --valid-until, --no-valid-until, "
+                 "--records-per-month, --no-records-quota, --bytes-per-month, --no-bytes-quota, "
+                 "--requests-per-second, --burst, --no-rate-limit, --soft-quotas or --hard-quotas")
 
 
 TERMS_MAX_CHARACTERS = 100_000  # as the API's terms_text field (gateway/http/admin_api.py)
@@ -235,10 +280,8 @@ async def cmd_licence_grant(runtime: Runtime, args: argparse.Namespace) -> Any:
 async def cmd_licence_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
     values = _licence_values(args)
     terms = _terms(args.terms) if args.terms is not None else None
-    if not values and terms is None:  # as the API: an amendment that changes nothing is refused
-        raise InvalidInput("name at least one thing to change: --terms, --partitions, --columns, --valid-from, "
-                           "--valid-until, --records-per-month, --bytes-per-month, --requests-per-second, --burst "
-                           "or --soft-quotas")
+    if not values and terms is None:  # the domain refuses it too (licences.amend), in the API's words
+        raise InvalidInput(f"nothing to change; give at least one of {AMEND_OPTIONS}")
     licence_id = _uuid(args.licence)
     vendor = await _vendor(runtime, args)
     licence = await licences.amend(runtime.writer, cli_actor(vendor.id), vendor.id, licence_id, values, terms)
@@ -532,20 +575,41 @@ def _check_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                     leaf.error(f"{name} is not valid UTF-8 text ({value!r}): check the terminal's encoding")
 
 
+MEMBER_STATUS_HELP = {
+    "suspend": "stop all of a member's keys, OAuth clients and licences until it is resumed",
+    "resume": "give a suspended member its keys, OAuth clients and licences back",
+    "revoke": "cut a member off for good: its keys, OAuth clients and licences are revoked; its name may be "
+              "given to a new member",
+}
+
+
 def _vendor_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vendor", required=True, help="vendor name or id")
 
 
-def _licence_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--partitions", help="comma-separated partition values, e.g. 13,14")
+def _licence_args(parser: argparse.ArgumentParser, *, amend: bool = False) -> None:
+    """The licence's values; for amend, each with the option that clears or undoes it, never both at once."""
+
+    def pair(*options: tuple[str, dict[str, Any]]) -> None:
+        target: Any = parser.add_mutually_exclusive_group() if amend else parser
+        for name, settings in options if amend else options[:1]:
+            target.add_argument(name, **settings)
+
+    parser.add_argument("--partitions", help="comma-separated partition values, e.g. 13,14, or '*' for every "
+                                             "partition, including those of future versions")
     parser.add_argument("--columns", help="comma-separated column names")
     parser.add_argument("--valid-from", type=moment_arg, help="RFC 3339 date-time or a date; without an offset it is Japan time (JST)")
-    parser.add_argument("--valid-until", type=moment_arg, help="RFC 3339 date-time or a date; without an offset it is Japan time (JST)")
-    parser.add_argument("--records-per-month", type=_whole_number)
-    parser.add_argument("--bytes-per-month", type=_whole_number)
-    parser.add_argument("--requests-per-second", type=_rate)
+    pair(("--valid-until", {"type": moment_arg, "help": "RFC 3339 date-time or a date; without an offset it is Japan time (JST)"}),
+         ("--no-valid-until", {"action": "store_true", "help": "no end of validity"}))
+    pair(("--records-per-month", {"type": _whole_number}),
+         ("--no-records-quota", {"action": "store_true", "help": "no monthly records quota"}))
+    pair(("--bytes-per-month", {"type": _whole_number}),
+         ("--no-bytes-quota", {"action": "store_true", "help": "no monthly bytes quota"}))
+    pair(("--requests-per-second", {"type": _rate}),
+         ("--no-rate-limit", {"action": "store_true", "help": "no request rate limit (and no burst)"}))
     parser.add_argument("--burst", type=int, help="1 to 2147483647")
-    parser.add_argument("--soft-quotas", action="store_true", help="warn instead of refusing past the quotas")
+    pair(("--soft-quotas", {"action": "store_true", "help": "warn instead of refusing past the quotas"}),
+         ("--hard-quotas", {"action": "store_true", "help": "refuse past the quotas again (the default)"}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(dataset, "list", cmd_dataset_list, "list a vendor's datasets",
                  "gateway dataset list --vendor 'Example Mobile'")
     _vendor_arg(p)
+    p = _command(dataset, "amend", cmd_dataset_amend, "rename a dataset or change its description (its id stays)",
+                 "gateway dataset amend --vendor 'Example Mobile' mobile-location --name mobile-location-jp")
+    _vendor_arg(p)
+    p.add_argument("dataset", help="dataset name or id")
+    p.add_argument("--name", help="the new name: 1-63 lowercase letters, digits, '-' or '_'")
+    p.add_argument("--description")
     p = _command(dataset, "publish", cmd_dataset_publish, "publish a new version from a CSV or NDJSON file",
                  "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv")
     _vendor_arg(p)
@@ -605,10 +675,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = _command(member, "list", cmd_member_list, "list members", "gateway member list --vendor 'Example Mobile'")
     _vendor_arg(p)
-    p = _command(member, "revoke", cmd_member_revoke, "cut a member off (all its keys and licences)",
-                 "gateway member revoke --vendor 'Example Mobile' 'Shibuya Analytics'")
+    for action, help_text in MEMBER_STATUS_HELP.items():
+        p = _command(member, action, _member_status_command(action), help_text,
+                     f"gateway member {action} --vendor 'Example Mobile' 'Shibuya Analytics' --reason 'invoice overdue'")
+        _vendor_arg(p)
+        p.add_argument("member", help="member name or id (a name means its live member, if any)")
+        p.add_argument("--reason", default="", help="why, for the member's refusals and the audit log")
+    p = _command(member, "amend", cmd_member_amend, "rename a member or change its contact details (its id stays)",
+                 "gateway member amend --vendor 'Example Mobile' 'Shibuya Analytics' --name 'Shibuya Analytics KK' "
+                 "--contact-email legal@shibuya.co.jp")
     _vendor_arg(p)
     p.add_argument("member", help="member name or id")
+    p.add_argument("--name")
+    for name in ("contact-name", "contact-email"):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(f"--{name}")
+        group.add_argument(f"--no-{name}", action="store_true", help=f"clear the {name.replace('-', ' ')}")
 
     licence = _subcommands(sub, "licence", "licences")
     p = _command(licence, "grant", cmd_licence_grant, "licence a member to a dataset",
@@ -624,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     _vendor_arg(p)
     p.add_argument("licence")
     p.add_argument("--terms", type=path_arg, help="UTF-8 text file with new licence terms")
-    _licence_args(p)
+    _licence_args(p, amend=True)
     for action in ("suspend", "resume", "revoke"):
         p = _command(licence, action, _status_command(action), f"{action} a licence",
                      f"gateway licence {action} --vendor 'Example Mobile' LICENCE_ID --reason 'invoice overdue'")

@@ -202,7 +202,8 @@ async def _insert(conn: asyncpg.Connection, hasher: KeyHasher, kind: KeyKind, ve
         if status is None:
             raise NotFound("member")
         if status != "active":
-            raise Conflict("this member's access was revoked; it cannot get new keys")
+            raise Conflict("this member's access was revoked; it cannot get new keys" if status == "revoked"
+                           else "this member is suspended; resume it before giving it new keys")
     key = apikeys.generate(kind)
     version, digest = hasher.hash(key.token)
     row = await conn.fetchrow(

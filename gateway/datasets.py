@@ -103,12 +103,46 @@ async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: 
         except asyncpg.UniqueViolationError:
             raise Conflict(f"this vendor already has a dataset named {name!r}") from None
         except asyncpg.CheckViolationError:
-            raise InvalidInput("name must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter "
-                               "or digit", field="name") from None
+            raise InvalidInput(NAME_RULE, field="name") from None
         change.record(actor.event(EventKind.DATASET_CREATE, Outcome.CHANGE, vendor_id=vendor_id, dataset_id=dataset_id,
                                   detail={"name": name, "partition_column": partition_column,
                                           "columns": [c.name for c in declared]}))
     return _from_row(row, ())
+
+
+NAME_RULE = "name must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+AMENDABLE = ("name", "description")
+
+
+async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, dataset_id: uuid.UUID,
+                values: dict[str, str]) -> Dataset:
+    """Rename a dataset or change its description; its id, versions and licences stay as they are."""
+    unknown = sorted(set(values) - set(AMENDABLE))
+    if unknown:
+        raise InvalidInput(f"unknown dataset field(s): {', '.join(unknown)}; amendable: {', '.join(AMENDABLE)}",
+                           field=unknown[0])
+    async with writer.change() as change:
+        current = await change.conn.fetchrow(
+            "SELECT name, description FROM datasets WHERE id = $1 AND vendor_id = $2 FOR UPDATE", dataset_id, vendor_id)
+        if current is None:
+            raise NotFound("dataset")
+        changed = {name: value for name, value in values.items() if current[name] != value}
+        if not changed:
+            raise Conflict("nothing to change: the dataset already has these values; give at least one of "
+                           f"{', '.join(AMENDABLE)} with a new value")
+        assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(changed))
+        try:
+            await change.conn.execute(f"UPDATE datasets SET {assignments} WHERE id = $1 AND vendor_id = $2",
+                                      dataset_id, vendor_id, *changed.values())
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"this vendor already has a dataset named {changed['name']!r}; choose another name") \
+                from None
+        except asyncpg.CheckViolationError:
+            raise InvalidInput(NAME_RULE, field="name") from None
+        change.record(actor.event(EventKind.DATASET_AMEND, Outcome.CHANGE, vendor_id=vendor_id, dataset_id=dataset_id,
+                                  detail={"before": {n: current[n] for n in changed}, "after": changed}))
+        [dataset] = await load(change.conn, [dataset_id])
+    return dataset
 
 
 async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: AsyncIterable[bytes],

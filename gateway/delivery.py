@@ -94,12 +94,12 @@ def note_subject(facts: EventFacts, licence: Licence) -> None:
 def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], since_version: int,
                    upto_version: int | None = None) -> DeliveryScope:
     if requested:
-        outside = sorted(set(requested) - licence.partition_set)
+        outside = sorted(p for p in set(requested) if not licence.covers(p))
         if outside:
             raise Forbidden(f"partition {outside[0]!r} is outside your licence", partition=outside[0])
         partitions = tuple(sorted(set(requested)))
     else:
-        partitions = licence.partitions
+        partitions = licence.partitions_of(dataset.partitions())  # "*": the dataset's partitions as they are now
     columns = tuple(c for c in dataset.column_names if c in licence.columns)
     upto = dataset.latest_version if upto_version is None else upto_version
     if since_version < 0:
@@ -325,7 +325,7 @@ class Deliveries:
             raise NotFound("file")
         facts.terms_version = licence.terms_version
         authorise(snapshot, licence, now)
-        if partition not in licence.partition_set or not set(names) <= set(licence.columns):
+        if not licence.covers(partition) or not set(names) <= set(licence.columns):
             raise Forbidden("your licence no longer covers this file (its partitions or columns changed); "
                             "query the table again")
         columns = tuple(c for c in dataset.columns if c.name in names)
@@ -392,7 +392,7 @@ class Deliveries:
             decision = licences.check(licence, snapshot.members.get(licence.member_id), now)
             if isinstance(decision, licences.Denied):
                 return f"{decision.reason} (during the delivery)"
-            if not partitions <= licence.partition_set or not columns <= set(licence.columns):
+            if not all(map(licence.covers, partitions)) or not columns <= set(licence.columns):
                 return "the licence was narrowed during the delivery and no longer covers what it delivers"
             return None
 

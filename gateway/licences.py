@@ -21,7 +21,10 @@ from gateway.actors import Actor
 from gateway.audit.events import EventKind, Outcome
 from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound
-from gateway.members import Member
+from gateway.members import Member, refusal
+
+# A licence's partitions may be this one value: every partition of the dataset, present and future.
+EVERY_PARTITION = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,23 @@ class Licence:
     def live(self) -> bool:
         return self.status != "revoked"
 
+    @property
+    def every_partition(self) -> bool:
+        """Granted as "*": every partition the dataset has or will have, resolved at delivery time."""
+        return EVERY_PARTITION in self.partition_set
+
+    @property
+    def partition_filter(self) -> frozenset[str] | None:
+        """The partitions to show of a dataset's versions; None: all of them (datasets.accumulation's convention)."""
+        return None if self.every_partition else self.partition_set
+
+    def covers(self, partition: str) -> bool:
+        return self.every_partition or partition in self.partition_set
+
+    def partitions_of(self, dataset_partitions: list[str]) -> tuple[str, ...]:
+        """The licensed partitions among a dataset's partitions as they are now (sorted)."""
+        return tuple(dataset_partitions) if self.every_partition else self.partitions
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": str(self.id), "member_id": str(self.member_id), "dataset_id": str(self.dataset_id),
@@ -88,8 +108,9 @@ Decision = Allowed | Denied
 
 def check(licence: Licence, member: Member | None, now: datetime) -> Decision:
     """May the licence's member receive data under it now? Pure: snapshot values in, a decision out."""
-    if member is None or member.status != "active":
-        return Denied("member access revoked by the vendor")
+    refused = refusal(member)
+    if refused is not None:
+        return Denied(refused)
     if licence.status == "revoked":
         return Denied(f"licence revoked{_because(licence.status_reason)}")
     if licence.status == "suspended":
@@ -114,7 +135,16 @@ SETTABLE = ("partitions", "columns", "valid_from", "valid_until", "records_per_m
             "bytes_per_month", "bytes_quota_hard", "requests_per_second", "burst")
 
 
-def _validate(values: dict[str, Any], declared_columns: tuple[str, ...]) -> None:
+# A dataset's row with what _validate checks values against: its name, columns and the partitions its
+# versions hold (the value `partitions` of dataset rows in grant and amend).
+_PARTITIONS_HELD = ("(SELECT coalesce(array_agg(DISTINCT p.partition ORDER BY p.partition), '{}') "
+                    "FROM dataset_partitions p WHERE p.dataset_id = d.id) AS held_partitions")
+
+
+def _validate(values: dict[str, Any], dataset: asyncpg.Record) -> None:
+    """Refuse values a licence cannot have, before anything is written: a licence for a partition no version
+    holds, or a validity already over, would be accepted without a word and deliver nothing."""
+    declared_columns = tuple(c["name"] for c in orjson.loads(dataset["columns"]))
     unknown = sorted(set(values) - set(SETTABLE))
     if unknown:
         raise InvalidInput(f"unknown licence field(s): {', '.join(unknown)}; settable: {', '.join(SETTABLE)}",
@@ -125,6 +155,20 @@ def _validate(values: dict[str, Any], declared_columns: tuple[str, ...]) -> None
         partitions = values["partitions"]
         if not partitions or any(not p or len(p) > 200 for p in partitions):
             raise InvalidInput("partitions must be a non-empty list of partition values", field="partitions")
+        if EVERY_PARTITION in partitions and len(set(partitions)) > 1:
+            raise InvalidInput(f'partitions is either ["{EVERY_PARTITION}"] (every partition, present and future) '
+                               "or a list of named partitions, not both", field="partitions")
+        held = dataset["held_partitions"]
+        missing = sorted(set(partitions) - set(held) - {EVERY_PARTITION})
+        if missing:
+            raise InvalidInput(
+                f"no version of dataset {dataset['name']!r} holds partition(s) {', '.join(missing)}; "
+                + (f"its partitions are {', '.join(held)}" if held else "it has no published partitions yet")
+                + f'; to licence every partition, including those of future versions, give ["{EVERY_PARTITION}"]',
+                field="partitions", unknown_partitions=missing, dataset_partitions=list(held))
+    if values.get("valid_until") is not None and values["valid_until"] <= times.now():
+        raise InvalidInput(f"valid_until {values['valid_until'].isoformat()} is already over: give a time in the "
+                           "future, or null for no end (to end a licence now, revoke it)", field="valid_until")
     if "columns" in values:
         unknown = [c for c in values["columns"] if c not in declared_columns]
         if not values["columns"] or unknown:
@@ -143,13 +187,13 @@ async def grant(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, member_
     async with writer.change() as change:
         conn = change.conn
         member = await conn.fetchval("SELECT 1 FROM members WHERE id = $1 AND vendor_id = $2", member_id, vendor_id)
-        declared = await conn.fetchval("SELECT columns FROM datasets WHERE id = $1 AND vendor_id = $2",
-                                       dataset_id, vendor_id)
+        dataset = await conn.fetchrow(f"SELECT d.name, d.columns, {_PARTITIONS_HELD} FROM datasets d "
+                                      "WHERE d.id = $1 AND d.vendor_id = $2", dataset_id, vendor_id)
         if member is None:
             raise NotFound("member")
-        if declared is None:
+        if dataset is None:
             raise NotFound("dataset")
-        _validate(values, tuple(c["name"] for c in orjson.loads(declared)))
+        _validate(values, dataset)
         values = {"valid_from": times.now(), **values}
         licence_id = uuid.uuid4()
         names = ["id", "vendor_id", "member_id", "dataset_id", *values]
@@ -176,11 +220,13 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence
     async with writer.change() as change:
         conn = change.conn
         current = await conn.fetchrow(
-            "SELECT l.*, d.columns AS declared FROM licences l JOIN datasets d ON d.id = l.dataset_id "
+            f"SELECT l.*, d.name, d.columns, {_PARTITIONS_HELD} FROM licences l JOIN datasets d ON d.id = l.dataset_id "
             "WHERE l.id = $1 AND l.vendor_id = $2 FOR UPDATE OF l", licence_id, vendor_id)
         if current is None:
             raise NotFound("licence")
-        _validate(values, tuple(c["name"] for c in orjson.loads(current["declared"])))
+        _refuse_if_revoked(current["status"])
+        _validate(values, current)
+        values = {name: value for name, value in values.items() if not _same(name, value, current[name])}
         terms_version = current["terms_version"]
         if terms_text is not None:
             latest = await conn.fetchval("SELECT sha256 FROM licence_terms WHERE licence_id = $1 AND version = $2",
@@ -190,6 +236,9 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence
                 await conn.execute(
                     "INSERT INTO licence_terms (licence_id, version, text, sha256) VALUES ($1, $2, $3, $4)",
                     licence_id, terms_version, terms_text, _sha256(terms_text))
+        if not values and terms_version == current["terms_version"]:
+            raise Conflict("nothing to change: the licence already has these values and terms; give at least one "
+                           f"of {', '.join(('terms_text', *SETTABLE))} with a new value")
         values = {**values, "terms_version": terms_version}
         assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(values))
         try:
@@ -198,7 +247,7 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence
                 licence_id, vendor_id, *values.values())
         except asyncpg.CheckViolationError as exc:
             raise InvalidInput(f"the licence values are inconsistent ({exc.constraint_name})") from None
-        licence = Licence.from_row(row)
+        licence = await _reloaded(conn, row["id"])
         change.record(actor.event(EventKind.LICENCE_AMEND, Outcome.CHANGE, vendor_id=vendor_id,
                                   member_id=licence.member_id, dataset_id=licence.dataset_id, licence_id=licence_id,
                                   terms_version=terms_version, detail=_audit_detail(licence)))
@@ -221,15 +270,35 @@ async def set_status(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, li
             "SELECT status FROM licences WHERE id = $1 AND vendor_id = $2 FOR UPDATE", licence_id, vendor_id)
         if current is None:
             raise NotFound("licence")
+        _refuse_if_revoked(current)
         if current not in allowed_from:
             raise Conflict(f"a {current} licence cannot be {status}; it can be "
                            f"{', '.join(a for a, t in _TRANSITIONS.items() if current in t[0]) or 'left as it is'}")
         row = await change.conn.fetchrow(
             "UPDATE licences SET status = $3, status_reason = $4, updated_at = now() WHERE id = $1 AND vendor_id = $2 "
-            "RETURNING *", licence_id, vendor_id, status, reason)
-        licence = Licence.from_row(row)
+            "RETURNING id", licence_id, vendor_id, status, reason)
+        licence = await _reloaded(change.conn, row["id"])
         change.record(actor.event(kind, Outcome.CHANGE, vendor_id=vendor_id, member_id=licence.member_id,
                                   dataset_id=licence.dataset_id, licence_id=licence_id, reason=reason or None))
+    return licence
+
+
+def _refuse_if_revoked(status: str) -> None:
+    if status == "revoked":
+        raise Conflict("this licence is revoked, and revocation is final: it cannot be amended, suspended or "
+                       "resumed; grant the member a new licence instead")
+
+
+def _same(name: str, value: Any, stored: Any) -> bool:
+    """Whether an amended value equals the stored one: lists of partitions and columns as sets."""
+    if name in ("partitions", "columns"):
+        return set(value) == set(stored)
+    return bool(value == stored)
+
+
+async def _reloaded(conn: asyncpg.Connection, licence_id: uuid.UUID) -> Licence:
+    """The licence as it is now in this transaction, with its accepted terms (a row alone does not hold them)."""
+    [licence] = await load(conn, [licence_id])
     return licence
 
 

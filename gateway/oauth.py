@@ -25,7 +25,7 @@ from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization, scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 
-from gateway import oauth_clients, times
+from gateway import members, oauth_clients, times
 from gateway.access_tokens import audience, issuer, sign
 from gateway.config import Config
 from gateway.oauth_clients import OAuthClient
@@ -195,8 +195,8 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
                     assert snapshot.hasher is not None
                     reason = oauth_clients.check_secret(client, secret, snapshot.hasher)
                     member = snapshot.members.get(client.member_id)
-                    if reason is None and (member is None or member.status != "active"):
-                        reason = "member access revoked by the vendor"
+                    if reason is None:
+                        reason = members.refusal(member)
                     if reason != oauth_clients.SECRET_NOT_RECOGNISED:
                         request.oauth_client = client  # its secret was right: the audit event may name it
         if reason is not None or client is None:

@@ -88,7 +88,8 @@ async def create(writer: AuditWriter, actor: Actor, hasher: KeyHasher, vendor_id
         if status is None:
             raise NotFound("member")
         if status != "active":
-            raise Conflict("this member's access was revoked; it cannot get new OAuth clients")
+            raise Conflict("this member's access was revoked; it cannot get new OAuth clients" if status == "revoked"
+                           else "this member is suspended; resume it before giving it new OAuth clients")
         row = await change.conn.fetchrow(
             "INSERT INTO oauth_clients (id, client_id, vendor_id, member_id, hash_version, hash, label) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",

@@ -474,7 +474,7 @@ def candidates(dataset: Dataset, licence: Licence, shape: Layout, query: Query, 
         if version.version > upto:
             break
         for partition, stats in sorted(version.partitions.items()):
-            if stats.records and partition in licence.partition_set \
+            if stats.records and licence.covers(partition) \
                     and keeps(query.predicate_hints, query.json_hints, column, partition_value(dataset, partition)):
                 found.append(Candidate(version.version, partition, stats.records))
     return found

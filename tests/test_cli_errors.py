@@ -196,7 +196,7 @@ async def gateway_env(dsn: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]
 
 # Arguments that any value is a valid value of: a name for something new, a label, a note, a file to write,
 # a witness's folder (made on first use).
-ANY_TEXT = frozenset({"name", "label", "description", "reason", "output", "state"})
+ANY_TEXT = frozenset({"name", "label", "description", "reason", "output", "state", "contact_name"})
 
 
 def test_every_argument_given_a_value_that_names_nothing_fails_in_one_line(gateway_env: dict[str, str],
@@ -259,7 +259,16 @@ def test_the_mistakes_that_printed_tracebacks(gateway_env: dict[str, str], tmp_p
          "is a folder"),
         (["vendor", "create", ""], 1, "name must be 1 to 200 characters"),  # was CheckViolationError
         (["vendor", "create", "v" * 201], 1, "name must be 1 to 200 characters"),
-        ([*amend], 1, "name at least one thing to change"),
+        ([*amend], 1, "nothing to change; give at least one of --terms"),
+        ([*amend, "--valid-until", "2030-01-01", "--no-valid-until"], 2, "not allowed with argument"),
+        ([*amend, "--soft-quotas", "--hard-quotas"], 2, "not allowed with argument"),
+        ([*amend, "--no-rate-limit", "--burst", "5"], 1, "--burst is part of the rate limit"),
+        (["member", "amend", "--vendor", VENDOR, MEMBER], 1, "nothing to change; give at least one of --name"),
+        (["member", "amend", "--vendor", VENDOR, MEMBER, "--contact-email", "a@b.jp", "--no-contact-email"], 2,
+         "not allowed with argument"),
+        (["member", "resume", "--vendor", VENDOR, MEMBER], 1, "this member is active already"),
+        (["dataset", "amend", "--vendor", VENDOR, DATASET], 1, "nothing to change; give at least one of --name"),
+        (["dataset", "amend", "--vendor", VENDOR, DATASET, "--name", DATASET], 1, "nothing to change"),
         ([*amend, "--terms", missing], 1, "does not exist"),
         ([*amend, "--records-per-month", "1" + "0" * 20], 2, "whole number"),  # was DataError (int64)
         ([*amend, "--requests-per-second", "nan"], 2, "positive number"),  # was stored as NaN

@@ -259,7 +259,13 @@ ADMIN_JSON_ROUTES: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {
     ("POST", "/v1/admin/licences/{licence}/revoke"): (admin_api.STATUS_FIELDS, lambda ids: {}),
     ("POST", "/v1/admin/keys"): (admin_api.KEY_FIELDS, lambda ids: {"kind": "member", "member_id": ids["member"]}),
     ("POST", "/v1/admin/oauth-clients"): (admin_api.OAUTH_CLIENT_FIELDS, lambda ids: {"member_id": ids["member"]}),
-    ("POST", "/v1/admin/members/{member}/revoke"): ({}, lambda ids: {}),
+    ("POST", "/v1/admin/members/{member}/revoke"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("POST", "/v1/admin/members/{member}/suspend"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("POST", "/v1/admin/members/{member}/resume"): (admin_api.STATUS_FIELDS, lambda ids: {}),
+    ("PATCH", "/v1/admin/members/{member}"): (admin_api.MEMBER_AMEND_FIELDS,
+                                              lambda ids: {"contact_name": uuid.uuid4().hex}),
+    ("PATCH", "/v1/admin/datasets/{dataset}"): (admin_api.DATASET_AMEND_FIELDS,
+                                                lambda ids: {"description": uuid.uuid4().hex}),
     ("POST", "/v1/admin/keys/{key}/revoke"): ({}, lambda ids: {}),
     ("POST", "/v1/admin/keys/{key}/rotate"): (admin_api.ROTATE_FIELDS, lambda ids: {"overlap_seconds": 60}),
     ("POST", "/v1/admin/oauth-clients/{client}/revoke"): ({}, lambda ids: {}),
@@ -302,7 +308,7 @@ async def vendor(runtime: Runtime, client: httpx.AsyncClient) -> Vendor:
         oauth_client = await v.ok("POST", "/v1/admin/oauth-clients", json={"member_id": licensed.member["id"]})
         spare, doomed = await v.member("spare"), await v.member("doomed")
         # Status changes and revocations act on objects of their own, so that the others stay usable.
-        second = await v.dataset("second")
+        second = await v.dataset("second", rows="north,2026-04-01,1,x\n")
         status_licence = await v.licence(doomed["id"], second["id"], ["north"])
         _VENDORS.clear()
         _VENDORS[database] = Vendor(v.key, {

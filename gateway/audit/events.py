@@ -41,9 +41,13 @@ class EventKind(enum.StrEnum):
     AUTH_REJECT = "auth:credential:reject"
     # Vendor administration (each one a change, audited in the change's own transaction).
     DATASET_CREATE = "vendor:dataset:create"
+    DATASET_AMEND = "vendor:dataset:amend"
     VERSION_PUBLISH = "vendor:version:publish"
     MEMBER_CREATE = "vendor:member:create"
     MEMBER_REVOKE = "vendor:member:revoke"
+    MEMBER_SUSPEND = "vendor:member:suspend"
+    MEMBER_RESUME = "vendor:member:resume"
+    MEMBER_AMEND = "vendor:member:amend"
     LICENCE_GRANT = "vendor:licence:grant"
     LICENCE_AMEND = "vendor:licence:amend"
     LICENCE_SUSPEND = "vendor:licence:suspend"

@@ -21,7 +21,7 @@ from gateway import access_tokens, credentials, datasets, licences, members, met
 from gateway.actors import Actor
 from gateway.audit.events import EventKind
 from gateway.credentials import Principal
-from gateway.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.http.context import context
 from gateway.http.endpoints import (
     Field,
@@ -47,6 +47,12 @@ DATASET_FIELDS = {
     "partition_column": Field("text", required=True, max_length=63),
 }
 MEMBER_FIELDS = {"name": Field("text", required=True, max_length=200)}
+MEMBER_AMEND_FIELDS = {
+    "name": Field("text", max_length=200),
+    "contact_name": Field("text", nullable=True, max_length=200),
+    "contact_email": Field("text", nullable=True, max_length=254),
+}
+DATASET_AMEND_FIELDS = {"name": Field("text", max_length=63), "description": Field("text", max_length=2000)}
 LICENCE_VALUE_FIELDS = {
     "partitions": Field("text_list"),
     "columns": Field("text_list"),
@@ -144,6 +150,15 @@ async def get_dataset(request: Request) -> Response:
     return json_response(dataset.to_json())
 
 
+async def amend_dataset(request: Request) -> Response:
+    caller = _caller(request, EventKind.DATASET_AMEND, *ADMIN)
+    body = await _body(request, DATASET_AMEND_FIELDS)
+    dataset = await datasets.amend(runtime_of(request).writer, _actor(request), vendor_of(caller),
+                                   path_id(request, "dataset", "dataset"), body)
+    _changed(request)
+    return json_response(dataset.to_json())
+
+
 async def publish_version(request: Request) -> Response:
     caller = _caller(request, EventKind.VERSION_PUBLISH, *ADMIN)
     runtime = runtime_of(request)
@@ -182,13 +197,26 @@ async def get_member(request: Request) -> Response:
     return json_response(member.to_json())
 
 
-async def revoke_member(request: Request) -> Response:
-    caller = _caller(request, EventKind.MEMBER_REVOKE, *ADMIN)
-    await _no_body(request)
-    member = await members.revoke(runtime_of(request).writer, _actor(request), vendor_of(caller),
-                                  path_id(request, "member", "member"))
+async def amend_member(request: Request) -> Response:
+    caller = _caller(request, EventKind.MEMBER_AMEND, *ADMIN)
+    body = await _body(request, MEMBER_AMEND_FIELDS)
+    member = await members.amend(runtime_of(request).writer, _actor(request), vendor_of(caller),
+                                 path_id(request, "member", "member"), body)
     _changed(request)
     return json_response(member.to_json())
+
+
+def _member_status_route(action: str, kind: EventKind) -> Any:
+    async def change_status(request: Request) -> Response:
+        caller = _caller(request, kind, *ADMIN)
+        body = await _optional_body(request, STATUS_FIELDS)
+        member = await members.set_status(runtime_of(request).writer, _actor(request), vendor_of(caller),
+                                          path_id(request, "member", "member"), action, body.get("reason", ""))
+        _changed(request)
+        return json_response(member.to_json())
+
+    change_status.__name__ = f"{action}_member"
+    return change_status
 
 
 # -- licences -------------------------------------------------------------------------------------
@@ -219,8 +247,6 @@ async def amend_licence(request: Request) -> Response:
     caller = _caller(request, EventKind.LICENCE_AMEND, *ADMIN)
     body = await _body(request, AMEND_FIELDS)
     terms = body.pop("terms_text", None)
-    if not body and terms is None:
-        raise InvalidInput(f"name at least one field to change: {', '.join(AMEND_FIELDS)}")
     licence = await licences.amend(runtime_of(request).writer, _actor(request), vendor_of(caller),
                                    path_id(request, "licence", "licence"), body, terms)
     _changed(request)
@@ -340,11 +366,18 @@ _routes = [
     Route("/v1/admin/datasets", list_datasets, methods=["GET"]),
     Route("/v1/admin/datasets", create_dataset, methods=["POST"]),
     Route("/v1/admin/datasets/{dataset}", get_dataset, methods=["GET"]),
+    Route("/v1/admin/datasets/{dataset}", amend_dataset, methods=["PATCH"]),
     Route("/v1/admin/datasets/{dataset}/versions", publish_version, methods=["POST"]),
     Route("/v1/admin/members", list_members, methods=["GET"]),
     Route("/v1/admin/members", create_member, methods=["POST"]),
     Route("/v1/admin/members/{member}", get_member, methods=["GET"]),
-    Route("/v1/admin/members/{member}/revoke", revoke_member, methods=["POST"]),
+    Route("/v1/admin/members/{member}", amend_member, methods=["PATCH"]),
+    Route("/v1/admin/members/{member}/suspend", _member_status_route("suspend", EventKind.MEMBER_SUSPEND),
+          methods=["POST"]),
+    Route("/v1/admin/members/{member}/resume", _member_status_route("resume", EventKind.MEMBER_RESUME),
+          methods=["POST"]),
+    Route("/v1/admin/members/{member}/revoke", _member_status_route("revoke", EventKind.MEMBER_REVOKE),
+          methods=["POST"]),
     Route("/v1/admin/licences", list_licences, methods=["GET"]),
     Route("/v1/admin/licences", grant_licence, methods=["POST"]),
     Route("/v1/admin/licences/{licence}", get_licence, methods=["GET"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway import access_tokens, credentials, oauth, times
+from gateway import access_tokens, credentials, members, oauth, times
 from gateway.audit.events import EventKind
 from gateway.backoff import FailureBackoff
 from gateway.credentials import Principal
@@ -60,6 +60,9 @@ class ApiKeyAuthenticator:
         assert self.snapshot.hasher is not None
         refusal = credentials.check(credential, token, self.snapshot.hasher, times.now(), ctx.client,
                                     self.forwarding.client_cert_sha256(scope))
+        if refusal is None and credential.member_id is not None:
+            # A suspended member's keys and sharing profiles stop as its OAuth tokens do (JwtAuthenticator).
+            refusal = members.refusal(self.snapshot.members.get(credential.member_id))
         if refusal is not None:
             if refusal != credentials.NOT_RECOGNISED:
                 # The secret was right: the audit event names the key that was refused (expired, wrong
@@ -98,8 +101,7 @@ class JwtAuthenticator:
         member = self.snapshot.members.get(client.member_id)
         refusal = ("OAuth client revoked" if client.revoked_at is not None
                    else "access token subject is not its client's member" if claims["sub"] != str(client.member_id)
-                   else "member access revoked by the vendor" if member is None or member.status != "active"
-                   else None)
+                   else members.refusal(member))
         if refusal is not None:
             # The token is genuine (signature checked): the audit event names the client it was issued to.
             ctx.facts.refused(client.id, client.vendor_id, client.member_id)

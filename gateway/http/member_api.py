@@ -94,8 +94,8 @@ async def get_dataset(request: Request) -> Response:
                    for c in dataset.columns if c.name in licence.columns]
         head = {**_licence_summary(runtime, licence), "columns": columns,
                 "partition_column": dataset.partition_column,
-                "accumulation": accumulation(dataset.versions, licence.partition_set)}
-        tail = {"versions": [v.to_json(licence.partition_set) for v in dataset.versions]}
+                "accumulation": accumulation(dataset.versions, licence.partition_filter)}
+        tail = {"versions": [v.to_json(licence.partition_filter) for v in dataset.versions]}
         return (orjson.dumps(head)[:-1] + b',"quotas":', b"," + orjson.dumps(tail)[1:],
                 [(b"content-type", b"application/json"), *encode_headers(notice_headers(licence))])
 

@@ -180,6 +180,8 @@ def variants(params: list[str], own: Party, foreign: Party) -> list[tuple[str, d
 # Bodies that get a write past its own validation to the object lookup (JSON {} otherwise).
 PROBE_BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/admin/licences/{licence}"): {"terms_text": "terms v2"},
+    ("PATCH", "/v1/admin/members/{member}"): {"contact_name": "probe"},
+    ("PATCH", "/v1/admin/datasets/{dataset}"): {"description": "probe"},
     ("POST", "/v1/admin/licences/{licence}/suspend"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/resume"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/revoke"): {"reason": "probe"},
@@ -300,6 +302,10 @@ ADMIN_WRITES: dict[tuple[str, str], AdminWrite] = {
         upload=b"area,day,count,secret_note\nwest,2026-05-01,1,x\n"),
     ("POST", "/v1/admin/members"): AdminWrite(lambda p, x: {"name": "intruder"}),
     ("POST", "/v1/admin/members/{member}/revoke"): AdminWrite(),
+    ("POST", "/v1/admin/members/{member}/suspend"): AdminWrite(lambda p, x: {"reason": "intruder"}),
+    ("POST", "/v1/admin/members/{member}/resume"): AdminWrite(lambda p, x: {"reason": "intruder"}),
+    ("PATCH", "/v1/admin/members/{member}"): AdminWrite(lambda p, x: {"contact_name": "intruder"}),
+    ("PATCH", "/v1/admin/datasets/{dataset}"): AdminWrite(lambda p, x: {"description": "intruder"}),
     ("POST", "/v1/admin/licences"): AdminWrite(lambda p, x: {
         "member_id": x["spare_member"], "dataset_id": p.dataset["id"], "partitions": ["east"], "columns": ["area"],
         "terms_text": "terms"}),
@@ -347,8 +353,11 @@ async def test_members_and_compliance_keys_are_refused_every_admin_write_and_cha
         assert compliance.status_code == (403 if template.startswith(("/v1/admin/keys", "/v1/admin/oauth-clients"))
                                           else 200), (path, compliance.text)
     assert await database_state(runtime, skip=METERED) == before
-    # The same requests are the vendor admin's to make (so the 403s above were about the role).
-    for (method, template), write in sorted(ADMIN_WRITES.items(), key=lambda item: item[0][1].endswith("/revoke")):
+    # The same requests are the vendor admin's to make (so the 403s above were about the role). Revocations
+    # last, the member's after its licence's: a member's revocation revokes its licences with it.
+    last = {"/v1/admin/members/{member}/revoke": 2}
+    for (method, template), write in sorted(ADMIN_WRITES.items(),
+                                            key=lambda item: last.get(item[0][1], item[0][1].endswith("/revoke"))):
         body = write.body(a, extra) if write.body else None
         response = await send_admin_write(client, method, template, a, extra, a.vendor.key, body, write.upload)
         assert response.status_code in (200, 201), (method, template, response.text)

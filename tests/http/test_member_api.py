@@ -57,12 +57,14 @@ async def test_csv_pages_and_streams_carry_licensed_columns_only(runtime: Runtim
 
 async def test_csv_pages_quote_as_the_stream_does(runtime: Runtime, client: httpx.AsyncClient) -> None:
     """Pages are rendered by PostgreSQL's csv_field, streams by COPY: the same bytes for every value."""
-    licensed = await licensed_member(runtime, client, partitions=["west"],
-                                     columns=["area", "day", "count", "secret_note"])
+    licensed = await licensed_member(runtime, client, columns=["area", "day", "count", "secret_note"])
     await licensed.vendor.publish(licensed.dataset["id"], 'west,2026-04-01,1,"a,b"\nwest,2026-04-02,2,"say ""hi"""\n'
                                   'west,2026-04-03,3,\nwest,2026-04-04,4,""\nwest,2026-04-05,5,plain\n')
-    dataset_id = uuid.UUID(licensed.dataset["id"])
-    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[dataset_id].latest_version == 2)
+    # Licensed once a version holds it (a licence for a partition no version holds is refused).
+    await licensed.vendor.ok("PATCH", f"/v1/admin/licences/{licensed.licence['id']}", json={"partitions": ["west"]})
+    dataset_id, licence_id = uuid.UUID(licensed.dataset["id"]), uuid.UUID(licensed.licence["id"])
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[dataset_id].latest_version == 2
+                            and runtime.snapshot.licences[licence_id].partitions == ("west",))
     path = f"/v1/datasets/{licensed.dataset['id']}/records"
     streamed = await client.get(path, params={"format": "csv"}, headers=licensed.headers)
     paged = await client.get(path, params={"format": "csv", "limit": 3}, headers=licensed.headers)
@@ -149,8 +151,9 @@ async def test_suspended_revoked_and_expired_licences_are_403_with_reason(runtim
     response = await client.get(path, headers=licensed.headers)
     assert response.status_code == 403 and response.json()["detail"] == "licence suspended: invoice overdue"
     await licensed.vendor.ok("POST", f"{licence_path}/resume", json={})
-    await licensed.vendor.ok("PATCH", licence_path, json={"valid_from": "2020-01-01T00:00:00Z",
-                                                          "valid_until": "2020-02-01T00:00:00Z"})
+    # A validity already over is refused (tests/test_licences.py): the licence's time runs out instead.
+    await runtime.pool.execute("UPDATE licences SET valid_from = '2020-01-01Z', valid_until = '2020-02-01Z' "
+                               "WHERE id = $1", licence_id)
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[licence_id].valid_until is not None)
     response = await client.get(path, headers=licensed.headers)
     assert response.status_code == 403 and "expired" in response.json()["detail"]
