@@ -125,7 +125,7 @@ def _report(what: str, seconds: list[float]) -> None:
 
 
 @pytest.mark.slow
-async def test_a_revoked_keys_and_a_suspended_licences_streams_stop_within_a_second_on_another_instance(
+async def test_a_revoked_keys_a_suspended_licences_and_members_streams_stop_within_a_second_on_another_instance(
         first: Runtime, second: GatewayProcess) -> None:
     async with client_for(first) as local:
         licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
@@ -152,16 +152,31 @@ async def test_a_revoked_keys_and_a_suspended_licences_streams_stop_within_a_sec
             await wait_for_snapshot(first, lambda: first.snapshot.licences[uuid.UUID(licence)].status == "active")
 
         suspended, suspended_ends = await _tries(first, second, licensed, suspend, resume)
+        member = licensed.member["id"]
+
+        async def suspend_member(_key: dict[str, str]) -> datetime:
+            await licensed.vendor.ok("POST", f"/v1/admin/members/{member}/suspend", json={"reason": "unpaid"})
+            return await first.pool.fetchval("SELECT updated_at FROM members WHERE id = $1", uuid.UUID(member))
+
+        async def resume_member() -> None:
+            await licensed.vendor.ok("POST", f"/v1/admin/members/{member}/resume", json={})
+            await wait_for_snapshot(first, lambda: first.snapshot.members[uuid.UUID(member)].status == "active")
+
+        members_suspended, member_ends = await _tries(first, second, licensed, suspend_member, resume_member)
 
     _report("revoked key", revoked)
     _report("suspended licence", suspended)
+    _report("suspended member", members_suspended)
+    for end in member_ends:
+        assert end["delivery"]["complete"] is False  # type: ignore[index]
+        assert "suspended" in str(end["reason"]) and "unpaid" in str(end["reason"]), end["reason"]
     for end in revoked_ends:
         assert end["delivery"]["complete"] is False  # type: ignore[index]
         assert end["reason"] == "the key was revoked during the delivery"
     for end in suspended_ends:
         assert end["delivery"]["complete"] is False  # type: ignore[index]
         assert "suspended" in str(end["reason"]) and "during the delivery" in str(end["reason"])
-    assert max(revoked) < STOP_LIMIT_SECONDS and max(suspended) < STOP_LIMIT_SECONDS
+    assert max(revoked + suspended + members_suspended) < STOP_LIMIT_SECONDS
 
 
 @pytest.mark.slow
