@@ -42,6 +42,7 @@ class EventKind(enum.StrEnum):
     # Vendor administration (each one a change, audited in the change's own transaction).
     DATASET_CREATE = "vendor:dataset:create"
     VERSION_PUBLISH = "vendor:version:publish"
+    VERSION_WITHDRAW = "vendor:version:withdraw"
     MEMBER_CREATE = "vendor:member:create"
     MEMBER_REVOKE = "vendor:member:revoke"
     LICENCE_GRANT = "vendor:licence:grant"
