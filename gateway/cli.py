@@ -167,12 +167,20 @@ async def cmd_dataset_publish(runtime: Runtime, args: argparse.Namespace) -> Any
 
         try:
             version = await datasets.publish(runtime.writer, cli_actor(vendor.id), dataset, chunks(), fmt,
-                                             max_bytes=runtime.config.max_upload_bytes, progress=progress)
+                                             max_bytes=runtime.config.max_upload_bytes,
+                                             mode="replace" if args.replace else "append",
+                                             allow_duplicate=args.allow_duplicate, progress=progress)
         finally:
             progress.finish()
     finally:
         handle.close()
     return version.to_json()
+
+
+async def cmd_dataset_withdraw(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
+    return (await datasets.withdraw(runtime.writer, cli_actor(vendor.id), dataset, args.version, args.reason)).to_json()
 
 
 async def cmd_member_create(runtime: Runtime, args: argparse.Namespace) -> Any:
@@ -475,6 +483,15 @@ def _command(sub: Any, name: str, handler: Handler, help_text: str, example: str
     return parser
 
 
+def _version_number(text: str) -> int:
+    """An argparse type: a version number (1 or more, as published)."""
+    value = int(text) if text.isascii() and text.isdigit() and len(text) < 11 else 0
+    if not 1 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...); "
+                                         "'gateway dataset list' shows them")
+    return value
+
+
 def _whole_number(text: str) -> int:
     """An argparse type: a count for a quota, as the API's integer fields take it (0 to 2**63 - 1)."""
     try:
@@ -665,8 +682,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset name or id")
     p.add_argument("file", type=path_arg, help="the CSV (with a header) or NDJSON file")
     p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+    p.add_argument("--replace", action="store_true",
+                   help="the dataset's content becomes exactly this version (and later appends); by default a "
+                        "version adds to the earlier ones")
+    p.add_argument("--allow-duplicate", action="store_true",
+                   help="publish even when a live version of the dataset has the same file content (SHA-256)")
     p.set_defaults(interrupted="interrupted: the upload was rolled back and no version was published; "
                                "run the command again to publish the file")
+    p = _command(dataset, "withdraw", cmd_dataset_withdraw, "withdraw a version for good: no member receives its "
+                 "records any more (they stay stored and in the audit log)",
+                 "gateway dataset withdraw --vendor 'Example Mobile' mobile-location 3 --reason 'wrong month'")
+    _vendor_arg(p)
+    p.add_argument("dataset", help="dataset name or id")
+    p.add_argument("version", type=_version_number, help="the version number")
+    p.add_argument("--reason", required=True, help="why (recorded, and shown to members whose reads it interrupts)")
 
     member = _subcommands(sub, "member", "members")
     p = _command(member, "create", cmd_member_create, "add a member",

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
 
 from gateway import columns as columns_module
+from gateway import times
 from gateway.actors import Actor
 from gateway.audit.events import EventKind, Outcome
 from gateway.audit.writer import AuditWriter
@@ -27,6 +28,11 @@ class PartitionStats:
     bytes: int
 
 
+PublishMode = Literal["append", "replace"]
+PUBLISH_MODES: tuple[PublishMode, ...] = ("append", "replace")
+MAX_REASON_CHARS = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     version: int
@@ -34,13 +40,28 @@ class Version:
     bytes: int
     published_at: datetime
     partitions: dict[str, PartitionStats]
+    # append: adds to what is deliverable; replace: from it on, the deliverable content is this version
+    # (and later appends). A withdrawn version is delivered by no path, its records kept (migration 0015).
+    mode: PublishMode = "append"
+    withdrawn_at: datetime | None = None
+    withdrawal_reason: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.withdrawn_at is None
 
     def to_json(self, partitions: frozenset[str] | None = None) -> dict[str, Any]:
-        """The version as a caller may see it: restricted to `partitions` when given (a member's licence)."""
+        """The version as a caller may see it: restricted to `partitions` when given (a member's licence).
+        A member sees a withdrawn version listed as withdrawn, without figures: it is nothing it can read."""
         shown = {p: s for p, s in self.partitions.items() if partitions is None or p in partitions}
-        return {"version": self.version, "published_at": self.published_at.isoformat(),
-                "records": sum(s.records for s in shown.values()), "bytes": sum(s.bytes for s in shown.values()),
-                "partitions": {p: {"records": s.records, "bytes": s.bytes} for p, s in sorted(shown.items())}}
+        body: dict[str, Any] = {"version": self.version, "published_at": self.published_at.isoformat(),
+                                "mode": self.mode,
+                                "withdrawn_at": self.withdrawn_at.isoformat() if self.withdrawn_at else None,
+                                "withdrawal_reason": self.withdrawal_reason}
+        if partitions is None or self.live:
+            body.update(records=sum(s.records for s in shown.values()), bytes=sum(s.bytes for s in shown.values()),
+                        partitions={p: {"records": s.records, "bytes": s.bytes} for p, s in sorted(shown.items())})
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +77,32 @@ class Dataset:
 
     @property
     def latest_version(self) -> int:
+        """The highest version number published, withdrawn or not (numbers are never reused)."""
         return self.versions[-1].version if self.versions else 0
+
+    @property
+    def current_version(self) -> int:
+        """The highest live version: the Delta Sharing table version (0 while none is live)."""
+        return max((v.version for v in self.versions if v.live), default=0)
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    def version(self, number: int) -> Version | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+    def deliverable(self, upto: int | None = None) -> tuple[int, ...]:
+        """The versions that make up the dataset's content as of version `upto` (default: all): the live
+        ones from the last live replace version on, or all live ones when none replaced. Withdrawing a
+        replace version therefore makes what it replaced deliverable again."""
+        live = [v for v in self.versions if v.live and (upto is None or v.version <= upto)]
+        start = max((i for i, v in enumerate(live) if v.mode == "replace"), default=0)
+        return tuple(v.version for v in live[start:])
+
+    def withdrawn_between(self, since: int, upto: int) -> list[Version]:
+        """The withdrawn versions numbered in (since, upto]."""
+        return [v for v in self.versions if not v.live and since < v.version <= upto]
 
     def partitions(self) -> list[str]:
         return sorted({p for v in self.versions for p in v.partitions})
@@ -69,18 +111,28 @@ class Dataset:
         return {"id": str(self.id), "name": self.name, "description": self.description,
                 "columns": columns_module.to_json(self.columns), "partition_column": self.partition_column,
                 "created_at": self.created_at.isoformat(), "latest_version": self.latest_version,
+                "deliverable_versions": list(self.deliverable()),
                 "accumulation": accumulation(self.versions),
                 "versions": [v.to_json() for v in self.versions]}
 
 
 def accumulation(versions: tuple[Version, ...], partitions: frozenset[str] | None = None) -> dict[str, Any]:
-    """Totals over versions (optionally within some partitions): the evidence of substantial accumulation."""
-    stats = [s for v in versions for p, s in v.partitions.items() if partitions is None or p in partitions]
-    seen = {p for v in versions for p in v.partitions if partitions is None or p in partitions}
-    return {"versions": len(versions), "records": sum(s.records for s in stats), "bytes": sum(s.bytes for s in stats),
-            "partitions": len(seen),
-            "first_published_at": versions[0].published_at.isoformat() if versions else None,
-            "last_published_at": versions[-1].published_at.isoformat() if versions else None}
+    """Totals over the live versions (optionally within some partitions): the evidence of substantial
+    accumulation; the withdrawn versions are counted apart, since no member can receive them."""
+
+    def totals(chosen: list[Version]) -> tuple[int, int, set[str]]:
+        stats = [(p, s) for v in chosen for p, s in v.partitions.items() if partitions is None or p in partitions]
+        return sum(s.records for _, s in stats), sum(s.bytes for _, s in stats), {p for p, _ in stats}
+
+    live = [v for v in versions if v.live]
+    withdrawn = [v for v in versions if not v.live]
+    records, byte_count, seen = totals(live)
+    withdrawn_records, withdrawn_bytes, _ = totals(withdrawn)
+    return {"versions": len(live), "records": records, "bytes": byte_count, "partitions": len(seen),
+            "first_published_at": live[0].published_at.isoformat() if live else None,
+            "last_published_at": live[-1].published_at.isoformat() if live else None,
+            "withdrawn": {"versions": [v.version for v in withdrawn], "records": withdrawn_records,
+                          "bytes": withdrawn_bytes}}
 
 
 async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: str, description: str,
@@ -146,8 +198,12 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, dataset
 
 
 async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: AsyncIterable[bytes],
-                  fmt: UploadFormat, *, max_bytes: int, progress: Callable[[int], None] | None = None) -> Version:
-    """Append a version from an upload, streamed into PostgreSQL with COPY; a bad row leaves nothing behind."""
+                  fmt: UploadFormat, *, max_bytes: int, mode: PublishMode = "append", allow_duplicate: bool = False,
+                  progress: Callable[[int], None] | None = None) -> Version:
+    """Add a version from an upload, streamed into PostgreSQL with COPY; a bad row leaves nothing behind,
+    nor does an upload identical to a live version of the dataset, unless `allow_duplicate`."""
+    if mode not in PUBLISH_MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(PUBLISH_MODES)}", field="mode")
     digest = hashlib.sha256()
     received = 0
 
@@ -187,21 +243,61 @@ async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: Asy
                                              columns=("dataset_id", "partition", "version", "seq", "data"))
         except UploadRejected as exc:
             raise InvalidInput(exc.detail, line=exc.line, column=exc.column) from None
+        # The digest is known only now; refusing here rolls the copied records back with the rest.
+        # Under the publish lock, so two identical uploads at once cannot both pass.
+        same = await conn.fetchrow(
+            "SELECT version, published_at FROM dataset_versions WHERE dataset_id = $1 AND upload_sha256 = $2 "
+            "AND withdrawn_at IS NULL ORDER BY version LIMIT 1", dataset.id, digest.digest())
+        if same is not None and not allow_duplicate:
+            raise Conflict(f"this upload is identical (SHA-256 {digest.hexdigest()}) to version {same['version']}, "
+                           f"published {times.jst_text(same['published_at'])}; nothing was published. To publish "
+                           "it anyway, repeat the request with duplicate=allow (CLI: --allow-duplicate)",
+                           duplicate_of=same["version"], duplicate_published_at=same["published_at"].isoformat())
         total_records = sum(s[0] for s in stats.values())
         total_bytes = sum(s[1] for s in stats.values())
         row = await conn.fetchrow(
-            "INSERT INTO dataset_versions (dataset_id, version, records, bytes, upload_sha256, upload_format) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING published_at",
-            dataset.id, version, total_records, total_bytes, digest.digest(), fmt)
+            "INSERT INTO dataset_versions (dataset_id, version, records, bytes, upload_sha256, upload_format, mode) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING published_at",
+            dataset.id, version, total_records, total_bytes, digest.digest(), fmt, mode)
         await conn.executemany(
             "INSERT INTO dataset_partitions (dataset_id, version, partition, records, bytes) VALUES ($1, $2, $3, $4, $5)",
             [(dataset.id, version, p, s[0], s[1]) for p, s in stats.items()])
         change.record(actor.event(
             EventKind.VERSION_PUBLISH, Outcome.CHANGE, vendor_id=dataset.vendor_id, dataset_id=dataset.id,
             versions=[version], partitions=sorted(stats), records=total_records, bytes=total_bytes,
-            sha256=digest.hexdigest(), detail={"format": fmt, "upload_bytes": received}))
+            sha256=digest.hexdigest(), detail={"format": fmt, "upload_bytes": received, "mode": mode,
+                                               **({"duplicate_of": same["version"]} if same else {})}))
     return Version(version, total_records, total_bytes, row["published_at"],
-                   {p: PartitionStats(s[0], s[1]) for p, s in sorted(stats.items())})
+                   {p: PartitionStats(s[0], s[1]) for p, s in sorted(stats.items())}, mode)
+
+
+async def withdraw(writer: AuditWriter, actor: Actor, dataset: Dataset, number: int, reason: str) -> Version:
+    """Withdraw a version for good: no delivery path serves its records from the commit on (the snapshot
+    hears of it by NOTIFY on every instance); they stay stored and in the evidence."""
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_REASON_CHARS:
+        raise InvalidInput(f"give the reason for the withdrawal (1-{MAX_REASON_CHARS} characters): it is recorded "
+                           "and shown to members whose reads it interrupts", field="reason")
+    async with writer.change() as change:
+        conn = change.conn
+        row = await conn.fetchrow("SELECT * FROM dataset_versions WHERE dataset_id = $1 AND version = $2 FOR UPDATE",
+                                  dataset.id, number)
+        if row is None:
+            raise NotFound("version")
+        if row["withdrawn_at"] is not None:
+            raise Conflict(f"version {number} was already withdrawn at {times.jst_text(row['withdrawn_at'])} "
+                           f"(reason: {row['withdrawal_reason']}); a withdrawal is final",
+                           withdrawn_at=row["withdrawn_at"].isoformat(), withdrawal_reason=row["withdrawal_reason"])
+        row = await conn.fetchrow("UPDATE dataset_versions SET withdrawn_at = now(), withdrawal_reason = $3 "
+                                  "WHERE dataset_id = $1 AND version = $2 RETURNING *", dataset.id, number, reason)
+        parts = await conn.fetch("SELECT partition, records, bytes FROM dataset_partitions "
+                                 "WHERE dataset_id = $1 AND version = $2 ORDER BY partition", dataset.id, number)
+        change.record(actor.event(
+            EventKind.VERSION_WITHDRAW, Outcome.CHANGE, vendor_id=dataset.vendor_id, dataset_id=dataset.id,
+            versions=[number], partitions=[p["partition"] for p in parts], records=row["records"], bytes=row["bytes"],
+            reason=reason, detail={"reason": reason, "mode": row["mode"], "published_at": row["published_at"].isoformat(),
+                                   "upload_sha256": row["upload_sha256"].hex()}))
+    return _version(row, {p["partition"]: PartitionStats(p["records"], p["bytes"]) for p in parts})
 
 
 async def get(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
@@ -232,7 +328,8 @@ async def load(conn: asyncpg.Pool | asyncpg.Connection, ids: list[uuid.UUID] | N
     """Datasets with their versions and partition figures (for the snapshot and the admin API)."""
     rows = await conn.fetch("SELECT * FROM datasets WHERE $1::uuid[] IS NULL OR id = ANY($1) ORDER BY name", ids)
     parts = await conn.fetch(
-        "SELECT v.dataset_id, v.version, v.records, v.bytes, v.published_at, p.partition, p.records AS p_records, "
+        "SELECT v.dataset_id, v.version, v.records, v.bytes, v.published_at, v.mode, v.withdrawn_at, "
+        "v.withdrawal_reason, p.partition, p.records AS p_records, "
         "p.bytes AS p_bytes FROM dataset_versions v LEFT JOIN dataset_partitions p USING (dataset_id, version) "
         "WHERE $1::uuid[] IS NULL OR v.dataset_id = ANY($1) ORDER BY v.dataset_id, v.version, p.partition", ids)
     versions: dict[uuid.UUID, dict[int, Version]] = {}
@@ -240,11 +337,15 @@ async def load(conn: asyncpg.Pool | asyncpg.Connection, ids: list[uuid.UUID] | N
         by_number = versions.setdefault(part["dataset_id"], {})
         version = by_number.get(part["version"])
         if version is None:
-            version = by_number[part["version"]] = Version(part["version"], part["records"], part["bytes"],
-                                                           part["published_at"], {})
+            version = by_number[part["version"]] = _version(part, {})
         if part["partition"] is not None:
             version.partitions[part["partition"]] = PartitionStats(part["p_records"], part["p_bytes"])
     return [_from_row(row, tuple(versions.get(row["id"], {}).values())) for row in rows]
+
+
+def _version(row: asyncpg.Record, partitions: dict[str, PartitionStats]) -> Version:
+    return Version(row["version"], row["records"], row["bytes"], row["published_at"], partitions, row["mode"],
+                   row["withdrawn_at"], row["withdrawal_reason"])
 
 
 def _from_row(row: asyncpg.Record, versions: tuple[Version, ...]) -> Dataset:

@@ -32,8 +32,8 @@ from gateway.audit.events import AuditEvent, EventFacts, EventKind, new_event_id
 from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.columns import Column
 from gateway.credentials import Credential, Principal
-from gateway.datasets import Dataset
-from gateway.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.datasets import Dataset, Version
+from gateway.errors import BadRequest, Forbidden, Gone, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.licences import Licence
 from gateway.metering import Allowance, RateLimiter, Tally, UsageBook
 from gateway.page_cache import PageCache
@@ -91,8 +91,20 @@ def note_subject(facts: EventFacts, licence: Licence) -> None:
     facts.dataset_id, facts.licence_id, facts.terms_version = licence.dataset_id, licence.id, licence.terms_version
 
 
+def withdrawn(version: Version, what_next: str) -> Gone:
+    """410 for a version its vendor withdrew, naming when and why, and what the member can do instead."""
+    assert version.withdrawn_at is not None
+    return Gone(f"version {version.version} of this dataset was withdrawn by its vendor at "
+                f"{times.jst_text(version.withdrawn_at)} (reason: {version.withdrawal_reason}); {what_next}",
+                version=version.version, withdrawn_at=version.withdrawn_at.isoformat(),
+                withdrawal_reason=version.withdrawal_reason)
+
+
 def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], since_version: int,
-                   upto_version: int | None = None) -> DeliveryScope:
+                   upto_version: int | None = None, *, exact: bool = False) -> DeliveryScope:
+    """The scope of a read: the licence's partitions (or those asked, within it), its columns, and the
+    deliverable versions after `since_version` as of `upto_version` (default: the latest), or exactly
+    `upto_version` when `exact` and it is live."""
     if requested:
         outside = sorted(p for p in set(requested) if not licence.covers(p))
         if outside:
@@ -104,7 +116,12 @@ def delivery_scope(dataset: Dataset, licence: Licence, requested: list[str], sin
     upto = dataset.latest_version if upto_version is None else upto_version
     if since_version < 0:
         raise BadRequest("since_version must be 0 or a published version number")
-    return DeliveryScope(dataset, licence, partitions, columns, since_version, upto)
+    if exact:
+        found = dataset.version(upto)
+        versions: tuple[int, ...] = (upto,) if found is not None and found.live else ()
+    else:
+        versions = tuple(n for n in dataset.deliverable(upto) if n > since_version)
+    return DeliveryScope(dataset, licence, partitions, columns, since_version, upto, exact, versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +134,7 @@ class RecordsRequest:
     since_version: int
     partitions: list[str]
     head_only: bool = False    # HEAD: the same checks and headers, no record read
+    version: int | None = None  # exactly this live version, replaced or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +197,13 @@ class Deliveries:
         fmt, limit, after = asked.fmt, asked.limit, None
         if asked.cursor is not None:
             scope, after, fmt, limit = self._resume(asked.cursor, dataset, licence)
+        elif asked.version is not None:
+            scope = delivery_scope(dataset, licence, asked.partitions, asked.version - 1,
+                                   _one_version(dataset, asked), exact=True)
         else:
             scope = delivery_scope(dataset, licence, asked.partitions, asked.since_version)
         facts.partitions = list(scope.partitions)
-        facts.versions = list(range(scope.since_version + 1, scope.upto_version + 1))
+        facts.versions = list(scope.versions)
         self.rate_limit(caller.credential.id, licence)
         quota = await self._admit(licence, dataset, 0 if asked.head_only else limit)
         if asked.head_only:
@@ -241,8 +262,15 @@ class Deliveries:
         # Versions are never removed: a cursor beyond the latest one was not written by this gateway.
         if state.get("l") != str(licence.id) or not _well_formed(state) or state["u"] > dataset.latest_version:
             raise BadRequest("cursor is not valid: use the 'next' link of the previous page unchanged")
+        # A version of the cursor's range withdrawn since it was written: the pages already read held its
+        # records, so going on would leave the member a mix; it must start again (the cursor names the
+        # versions already withdrawn when it was written, which its pages never held).
+        known = set(state["w"])
+        newly = [v for v in dataset.withdrawn_between(state["s"], state["u"]) if v.version not in known]
+        if newly:
+            raise withdrawn(newly[0], "this cursor's pages included it: start again without a cursor")
         # The scope is re-checked against the licence as it is now: a narrowed licence narrows old cursors too.
-        scope = delivery_scope(dataset, licence, state["p"], state["s"], state["u"])
+        scope = delivery_scope(dataset, licence, state["p"], state["s"], state["u"], exact=state["x"])
         partition, version, seq = state["at"]
         return scope, Position(partition, version, seq), state["f"], state["n"]
 
@@ -328,6 +356,11 @@ class Deliveries:
         if not licence.covers(partition) or not set(names) <= set(licence.columns):
             raise Forbidden("your licence no longer covers this file (its partitions or columns changed); "
                             "query the table again")
+        published = dataset.version(version)
+        if published is None:
+            raise NotFound("file")
+        if not published.live:
+            raise withdrawn(published, "query the table again for the files it holds now")
         columns = tuple(c for c in dataset.columns if c.name in names)
         if [c.name for c in columns] != names:
             raise NotFound("file")
@@ -351,7 +384,7 @@ class Deliveries:
         facts.note(range=f"{start}-{end - 1}", records_charged=charge,
                    **({"quota_warning": quota.warning} if quota.warning else {}))
         stream = self.file(licence.id, files.path(index), start, end, charge, lambda: self.sharing.uncharge(token_id),
-                           self._still_allowed(credential_id, licence_id, [partition], names))
+                           self._still_allowed(credential_id, licence_id, [partition], names, [version]))
         return FileAnswer(licence, size, file_id, quota.headers, span, stream)
 
     def _export(self, caller: Principal, scope: DeliveryScope, fmt: Format, quota: Allowance) -> Stream:
@@ -371,14 +404,16 @@ class Deliveries:
                       min(quota.bytes, _estimated_bytes(scope.dataset, EXPORT_CHUNK_RECORDS))
                       if quota.bytes is not None else 0)
         return Stream(self, scope.licence.id, EventKind.RECORDS_STREAM_END, produce, first,
-                      self._still_allowed(caller.credential.id, scope.licence.id, scope.partitions, scope.columns),
+                      self._still_allowed(caller.credential.id, scope.licence.id, scope.partitions, scope.columns,
+                                          scope.versions),
                       hard=scope.licence if (quota.records, quota.bytes) != (None, None) else None)
 
     def _still_allowed(self, credential_id: uuid.UUID, licence_id: uuid.UUID, partitions: Iterable[str],
-                       columns: Iterable[str]) -> Callable[[], str | None]:
+                       columns: Iterable[str], versions: Iterable[int]) -> Callable[[], str | None]:
         """What a running stream asks of the snapshot as it goes: None while its credential, member and
-        licence still allow exactly what it delivers, else the reason it must stop."""
-        partitions, columns = frozenset(partitions), frozenset(columns)
+        licence still allow exactly what it delivers and none of its versions is withdrawn, else the
+        reason it must stop."""
+        partitions, columns, numbers = frozenset(partitions), frozenset(columns), frozenset(versions)
         credential_allows = self._credential_allows(credential_id)
 
         def refusal() -> str | None:
@@ -394,6 +429,11 @@ class Deliveries:
                 return f"{decision.reason} (during the delivery)"
             if not all(map(licence.covers, partitions)) or not columns <= set(licence.columns):
                 return "the licence was narrowed during the delivery and no longer covers what it delivers"
+            dataset = snapshot.datasets.get(licence.dataset_id)
+            gone = [] if dataset is None else [v for v in dataset.versions if not v.live and v.version in numbers]
+            if gone:
+                return (f"version {gone[0].version} was withdrawn by its vendor during the delivery "
+                        f"(reason: {gone[0].withdrawal_reason}); read the dataset again for what it holds now")
             return None
 
         return refusal
@@ -533,8 +573,14 @@ class Stream:
             metered.records, metered.bytes = records, sent.bytes
 
         async def write(chunk: bytes, count: int | None) -> None:
-            nonlocal cut
+            nonlocal cut, stopped_because
             if stopped():
+                return
+            # Asked again before each chunk, not only by the guard: no chunk leaves after the snapshot
+            # learnt that what it carries may not (a withdrawn version's records above all).
+            reason = self.still_allowed()
+            if reason is not None:
+                stopped_because = reason
                 return
             count = chunk.count(b"\n") if count is None else count
             part = chunk
@@ -689,16 +735,34 @@ def _estimated_bytes(dataset: Dataset, count: int) -> int:
     return int(count * stored * 2) + 4096
 
 
+def _one_version(dataset: Dataset, asked: RecordsRequest) -> int:
+    """The version a records request named with version=N: published and live, or why not."""
+    assert asked.version is not None
+    if asked.since_version:
+        raise BadRequest("give version (exactly one version) or since_version (the versions after it), not both")
+    found = dataset.version(asked.version)
+    if found is None:
+        raise BadRequest(f"version {asked.version} does not exist; the latest is {dataset.latest_version}")
+    if not found.live:
+        raise withdrawn(found, "read the dataset without version= for what it holds now")
+    return asked.version
+
+
 def _cursor_state(scope: DeliveryScope, fmt: Format, limit: int, position: Position) -> dict[str, Any]:
+    # Small whatever the scope: its bounds, not its versions, and the versions between them already
+    # withdrawn (usually none), so that a later withdrawal is told apart on resume.
+    withdrawn_then = [v.version for v in scope.dataset.withdrawn_between(scope.since_version, scope.upto_version)]
     return {"l": str(scope.licence.id), "p": list(scope.partitions), "s": scope.since_version, "u": scope.upto_version,
-            "f": fmt, "n": limit, "at": [position.partition, position.version, position.seq]}
+            "x": scope.exact, "w": withdrawn_then, "f": fmt, "n": limit,
+            "at": [position.partition, position.version, position.seq]}
 
 
 def _well_formed(state: dict[str, Any]) -> bool:
     """The shape _cursor_state writes. The MAC proves that a gateway wrote the cursor, not which release
     (nor that the key never leaked): a cursor of another shape is invalid, not a server error."""
-    p, s, u, f, n, at = (state.get(k) for k in ("p", "s", "u", "f", "n", "at"))
+    p, s, u, exact, w, f, n, at = (state.get(k) for k in ("p", "s", "u", "x", "w", "f", "n", "at"))
     return (isinstance(p, list) and all(isinstance(x, str) for x in p) and f in ("ndjson", "csv")
+            and type(exact) is bool and isinstance(w, list) and all(type(v) is int for v in w)
             and all(type(v) is int for v in (s, u, n)) and 0 <= s <= u < 2**31 and 1 <= n <= MAX_PAGE
             and isinstance(at, list) and len(at) == 3 and isinstance(at[0], str)
             and all(type(v) is int for v in at[1:]) and 0 <= at[1] < 2**31 and -1 <= at[2] < 2**63)

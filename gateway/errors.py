@@ -75,6 +75,13 @@ class Conflict(GatewayError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class Gone(GatewayError):
+    """What was asked for existed and was taken away for good (a withdrawn version): starting again helps,
+    retrying does not."""
+
+    status, slug, title = 410, "gone", "Gone"
+
+
 class PayloadTooLarge(GatewayError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 

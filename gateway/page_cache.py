@@ -1,10 +1,11 @@
 """Rendered record pages kept in memory, so that a page asked for again costs no database round trip.
 
-A page is fully determined by what it selects: the dataset, partitions, columns, the versions
-(since, upto], the format, the position it starts after and how many records it takes. Published
-records never change (migration 0006 refuses UPDATE, DELETE and TRUNCATE on `records`) and `upto`
-pins the versions a page reads, so a cached page is correct for as long as it is kept; a publish
-only adds versions, which later scopes name with a larger `upto`. Nothing about the caller is in the
+A page is fully determined by what it selects: the dataset, partitions, columns, the explicit set of
+versions, the format, the position it starts after and how many records it takes. Published
+records never change (migration 0006 refuses UPDATE, DELETE and TRUNCATE on `records`) and the key
+names every version a page reads, so a cached page is correct for as long as it is kept; a publish
+adds versions and a withdrawal takes one out of later scopes' sets: either way another key, and a
+withdrawn version's pages are never looked up again. Nothing about the caller is in the
 key and nothing in the cache decides anything: authentication, the licence check, quotas and the
 audit event all run per request, before a page is looked up. A narrowed or revoked licence never
 reaches the cache, and a narrowed one selects other partitions or columns: another key.
@@ -44,7 +45,7 @@ class PageCache:
         if self.max_bytes <= 0:
             return await self._read(pool, scope, fmt, after, limit)
         key = (scope.dataset.id.int, scope.partitions, scope.columns, tuple(scope.dataset.column_names),
-               scope.since_version, scope.upto_version, fmt,
+               scope.versions, fmt,
                None if after is None else (after.partition, after.version, after.seq), limit)
         kept = self._pages.get(key)
         if kept is not None:

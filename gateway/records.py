@@ -25,7 +25,10 @@ MEDIA_TYPES: dict[Format, str] = {"ndjson": "application/x-ndjson", "csv": "text
 
 @dataclass(frozen=True, slots=True)
 class DeliveryScope:
-    """Exactly what one request may receive: a licence's partitions and columns, within version bounds."""
+    """Exactly what one request may receive: a licence's partitions and columns, and an explicit set of
+    versions (`versions`, ascending: the deliverable ones within what was asked). What was asked is kept
+    too, for the cursor: versions after `since_version` up to `upto_version` (pinned when the first page
+    was read), or `upto_version` alone when `exact` (the records route's version=N)."""
 
     dataset: Dataset
     licence: Licence
@@ -33,6 +36,8 @@ class DeliveryScope:
     columns: tuple[str, ...]
     since_version: int
     upto_version: int
+    exact: bool
+    versions: tuple[int, ...]
 
     @property
     def excluded_columns(self) -> list[str]:
@@ -83,15 +88,17 @@ _PAGE_SQL = (
     "array_agg(octet_length(line) ORDER BY version, seq) AS sizes, "
     "array_agg(version ORDER BY version, seq) AS versions, array_agg(seq ORDER BY version, seq) AS seqs "
     "FROM (SELECT version, seq, {render} || E'\\n' AS line FROM records "
-    "WHERE dataset_id = $1 AND partition = $2 AND version > $3 AND version <= $4 AND (version, seq) > ($5, $6) "
-    "ORDER BY version, seq LIMIT $7) AS page")
+    "WHERE dataset_id = $1 AND partition = $2 AND version BETWEEN $3 AND $4 AND version = ANY($5::int[]) "
+    "AND (version, seq) > ($6, $7) ORDER BY version, seq LIMIT $8) AS page")
 
 
 async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, after: Position | None,
                limit: int) -> Page:
     """Up to `limit` records of the scope after `after`, in (partition, version, seq) order."""
+    if not scope.versions:
+        return Page(b"", [], [], [], [], False)
     if fmt == "ndjson":
-        sql, extra = _PAGE_SQL.format(render="(data - $8::text[])::text"), [scope.excluded_columns]
+        sql, extra = _PAGE_SQL.format(render="(data - $9::text[])::text"), [scope.excluded_columns]
     else:
         # csv_field (migration 0007) quotes as COPY's CSV writer does, so pages and streams are
         # byte-identical. The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*).
@@ -108,8 +115,10 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
         version, seq = (after.version, after.seq) if after is not None and partition == after.partition else (0, -1)
         room = limit - len(sizes)
         # One record more than there is room for says whether more follow.
-        row = await conn.fetchrow(sql, scope.dataset.id, partition, scope.since_version, scope.upto_version,
-                                  version, seq, room + 1, *extra)
+        # The bounds keep the primary key's order usable (a replace version skips what it replaced);
+        # the set leaves out withdrawn versions between them.
+        row = await conn.fetchrow(sql, scope.dataset.id, partition, scope.versions[0], scope.versions[-1],
+                                  list(scope.versions), version, seq, room + 1, *extra)
         if row["body"] is None:
             continue
         more = len(row["sizes"]) > room

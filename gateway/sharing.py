@@ -9,8 +9,11 @@ The mapping (README "Delta Sharing"):
 - one **table** per licensed dataset (a licence that is not revoked), named by the dataset name, `id`
   the dataset id. Its schema has the licence's columns only; the dataset's partition column is the
   table's partition column (when licensed, and not the only licensed column);
-- the **table version** is the dataset's latest published version; a snapshot is every record of
-  versions 1..V in the licensed partitions, one or more Parquet files per (version, partition).
+- the **table version** is the dataset's latest live (not withdrawn) version; a snapshot at version V
+  is every record of the versions deliverable as of V (gateway/datasets.py `deliverable`: no withdrawn
+  version, nothing a replace version replaced) in the licensed partitions, one or more Parquet files
+  per (version, partition). A withdrawal changes what every version's snapshot holds from then on, and
+  the file URLs of a withdrawn version answer 410.
 
 Names are matched case-insensitively, as the protocol requires. Nothing here touches the network:
 gateway/http/sharing_api.py is the HTTP layer, gateway/parquet_files.py builds the files.
@@ -223,7 +226,8 @@ def _moment(text: str, name: str) -> datetime:
 
 
 def version_as_of(dataset: Dataset, version: Any = None, timestamp: Any = None) -> int:
-    """The table version a read is for: the latest, `version` (≤ latest), or the one current at `timestamp`."""
+    """The table version a read is for: the latest live one, `version` (≤ the latest published), or the one
+    current at `timestamp`."""
     if version is not None and timestamp is not None:
         raise BadRequest("give version or timestamp, not both", error_code="INVALID_PARAMETER_VALUE")
     if version is not None:
@@ -244,7 +248,7 @@ def version_as_of(dataset: Dataset, version: Any = None, timestamp: Any = None) 
         if not published:
             raise BadRequest(f"no version was published at or before {timestamp}", error_code="INVALID_PARAMETER_VALUE")
         return published[-1]
-    return dataset.latest_version
+    return dataset.current_version
 
 
 def version_starting(dataset: Dataset, timestamp: str) -> int:
@@ -463,16 +467,18 @@ class Candidate:
 
 
 def candidates(dataset: Dataset, licence: Licence, shape: Layout, query: Query, upto: int) -> list[Candidate]:
-    """The (version, partition) sets a query reads: licensed partitions with records, versions ≤ upto,
+    """The (version, partition) sets a query reads: licensed partitions with records, the versions
+    deliverable as of `upto` (no withdrawn one, none a later replace version replaced),
     pruned by the hints on the partition column (only when the licence shows that column)."""
     column = None
     if dataset.partition_column in (c.name for c in shape.columns):
         kind = next(c.type for c in dataset.columns if c.name == dataset.partition_column)
         column = PartitionColumn(dataset.partition_column.lower(), kind)
     found = []
+    deliverable = set(dataset.deliverable(upto))
     for version in dataset.versions:
-        if version.version > upto:
-            break
+        if version.version not in deliverable:
+            continue
         for partition, stats in sorted(version.partitions.items()):
             if stats.records and licence.covers(partition) \
                     and keeps(query.predicate_hints, query.json_hints, column, partition_value(dataset, partition)):

@@ -45,6 +45,11 @@ def offset_seconds() -> float:
     return _offset.total_seconds()
 
 
+def jst_text(moment: datetime) -> str:
+    """A moment as shown to people: Japan Standard Time, to the second."""
+    return moment.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST")
+
+
 def jst_day(moment: datetime) -> date:
     return moment.astimezone(JST).date()
 

@@ -92,10 +92,10 @@ async def _authorisation_of(runtime: Runtime, credential_id: str) -> str:
 
 async def _tries(first: Runtime, second: GatewayProcess, licensed: Licensed,
                  change: Callable[[dict[str, str]], Awaitable[datetime]],
-                 undo: Callable[[], Awaitable[None]]) -> tuple[list[float], list[dict[str, object]]]:
-    """TRIES exports on the second instance, each cut by `change` (which returns its commit time)."""
+                 undo: Callable[[], Awaitable[None]], tries: int = TRIES) -> tuple[list[float], list[dict[str, object]]]:
+    """`tries` exports on the second instance, each cut by `change` (which returns its commit time)."""
     seconds, ends = [], []
-    for _ in range(TRIES):
+    for _ in range(tries):
         key = await licensed.vendor.member_key(licensed.member["id"])
         # The second instance knows the key and the big version (NOTIFY) before the export is asked of it.
         async with httpx.AsyncClient(base_url=second.url) as probe:
@@ -177,6 +177,31 @@ async def test_a_revoked_keys_a_suspended_licences_and_members_streams_stop_with
         assert end["delivery"]["complete"] is False  # type: ignore[index]
         assert "suspended" in str(end["reason"]) and "during the delivery" in str(end["reason"])
     assert max(revoked + suspended + members_suspended) < STOP_LIMIT_SECONDS
+
+
+@pytest.mark.slow
+async def test_an_export_reading_a_version_withdrawn_on_another_instance_ends_incomplete(
+        first: Runtime, second: GatewayProcess) -> None:
+    async with client_for(first) as local:
+        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
+        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
+        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                                .latest_version == 2)
+
+        async def withdraw(_key: dict[str, str]) -> datetime:
+            done = await licensed.vendor.ok(
+                "POST", f"/v1/admin/datasets/{licensed.dataset['id']}/versions/2/withdraw", json={"reason": "wrong day"})
+            return datetime.fromisoformat(done["withdrawn_at"])
+
+        async def nothing() -> None:
+            return None
+
+        # A withdrawal is final: one try.
+        seconds, ends = await _tries(first, second, licensed, withdraw, nothing, tries=1)
+    _report("withdrawn version", seconds)
+    assert ends[0]["delivery"]["complete"] is False  # type: ignore[index]
+    assert "version 2 was withdrawn" in str(ends[0]["reason"]) and "wrong day" in str(ends[0]["reason"])
+    assert max(seconds) < STOP_LIMIT_SECONDS
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ class EventKind(enum.StrEnum):
     DATASET_CREATE = "vendor:dataset:create"
     DATASET_AMEND = "vendor:dataset:amend"
     VERSION_PUBLISH = "vendor:version:publish"
+    VERSION_WITHDRAW = "vendor:version:withdraw"
     MEMBER_CREATE = "vendor:member:create"
     MEMBER_REVOKE = "vendor:member:revoke"
     MEMBER_SUSPEND = "vendor:member:suspend"

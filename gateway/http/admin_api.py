@@ -21,7 +21,7 @@ from gateway import access_tokens, credentials, datasets, licences, members, met
 from gateway.actors import Actor
 from gateway.audit.events import EventKind
 from gateway.credentials import Principal
-from gateway.errors import BadRequest, UnsupportedMediaType
+from gateway.errors import BadRequest, NotFound, UnsupportedMediaType
 from gateway.http.context import context
 from gateway.http.endpoints import (
     Field,
@@ -75,6 +75,9 @@ GRANT_FIELDS = {
 }
 AMEND_FIELDS = {"terms_text": Field("text", max_length=100_000), **LICENCE_VALUE_FIELDS}
 STATUS_FIELDS = {"reason": Field("text", max_length=1000)}
+WITHDRAW_FIELDS = {"reason": Field("text", required=True, max_length=datasets.MAX_REASON_CHARS)}
+# Query parameters of a publish: how the version joins the dataset, and whether a duplicate is meant.
+PUBLISH_QUERY = {"mode": datasets.PUBLISH_MODES, "duplicate": ("allow",)}
 KEY_FIELDS = {
     "kind": Field("text", required=True),
     "member_id": Field("uuid"),
@@ -168,10 +171,30 @@ async def publish_version(request: Request) -> Response:
     if fmt is None:
         raise UnsupportedMediaType("upload records as 'Content-Type: text/csv' (with a header row) or "
                                    "'application/x-ndjson'")
+    query = request.query_params
+    for name, value in query.multi_items():
+        if name not in PUBLISH_QUERY or value not in PUBLISH_QUERY[name] or len(query.getlist(name)) > 1:
+            raise BadRequest("a publish takes mode=append (the default) or mode=replace, and duplicate=allow to "
+                             f"publish content identical to a live version; {name}={value!r} is none of these")
     version = await datasets.publish(runtime.writer, _actor(request), dataset, request.stream(), fmt,
-                                     max_bytes=runtime.config.max_upload_bytes)
+                                     max_bytes=runtime.config.max_upload_bytes,
+                                     mode="replace" if query.get("mode") == "replace" else "append",
+                                     allow_duplicate=query.get("duplicate") == "allow")
     _changed(request)
     return json_response(version.to_json(), status=201)
+
+
+async def withdraw_version(request: Request) -> Response:
+    caller = _caller(request, EventKind.VERSION_WITHDRAW, *ADMIN)
+    runtime = runtime_of(request)
+    dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
+    text = request.path_params["version"]
+    if not (text.isascii() and text.isdigit() and len(text) < 11):
+        raise NotFound("version")
+    body = await _body(request, WITHDRAW_FIELDS)
+    version = await datasets.withdraw(runtime.writer, _actor(request), dataset, int(text), body["reason"])
+    _changed(request)
+    return json_response(version.to_json())
 
 
 # -- members --------------------------------------------------------------------------------------
@@ -368,6 +391,7 @@ _routes = [
     Route("/v1/admin/datasets/{dataset}", get_dataset, methods=["GET"]),
     Route("/v1/admin/datasets/{dataset}", amend_dataset, methods=["PATCH"]),
     Route("/v1/admin/datasets/{dataset}/versions", publish_version, methods=["POST"]),
+    Route("/v1/admin/datasets/{dataset}/versions/{version}/withdraw", withdraw_version, methods=["POST"]),
     Route("/v1/admin/members", list_members, methods=["GET"]),
     Route("/v1/admin/members", create_member, methods=["POST"]),
     Route("/v1/admin/members/{member}", get_member, methods=["GET"]),

@@ -95,7 +95,8 @@ async def get_dataset(request: Request) -> Response:
         head = {**_licence_summary(runtime, licence), "columns": columns,
                 "partition_column": dataset.partition_column,
                 "accumulation": accumulation(dataset.versions, licence.partition_filter)}
-        tail = {"versions": [v.to_json(licence.partition_filter) for v in dataset.versions]}
+        tail = {"deliverable_versions": list(dataset.deliverable()),
+                "versions": [v.to_json(licence.partition_filter) for v in dataset.versions]}
         return (orjson.dumps(head)[:-1] + b',"quotas":', b"," + orjson.dumps(tail)[1:],
                 [(b"content-type", b"application/json"), *encode_headers(notice_headers(licence))])
 
@@ -133,7 +134,8 @@ async def records(request: Request) -> Response:
     asked = RecordsRequest(_format(request), _int_param(request, "limit", 1, MAX_PAGE),
                            request.query_params.get("cursor"),
                            _int_param(request, "since_version", 0, 2**31 - 1) or 0,
-                           request.query_params.getlist("partition"), head_only=request.method == "HEAD")
+                           request.query_params.getlist("partition"), head_only=request.method == "HEAD",
+                           version=_int_param(request, "version", 1, 2**31 - 1))
     answer = await runtime_of(request).deliveries.records(caller, ctx.facts, path_id(request, "dataset", "dataset"),
                                                        asked)
     headers = {**notice_headers(answer.licence), **answer.headers, "content-type": records_module.MEDIA_TYPES[answer.fmt]}

@@ -25,6 +25,7 @@ SHARING_PREFIX = "/delta-sharing"
 # The protocol's error codes (those of the reference server) for our problem types.
 _SHARING_CODES = {"bad-request": "INVALID_PARAMETER_VALUE", "unauthenticated": "UNAUTHENTICATED",
                   "forbidden": "PERMISSION_DENIED", "not-found": "RESOURCE_DOES_NOT_EXIST",
+                  "gone": "RESOURCE_DOES_NOT_EXIST",
                   "method-not-allowed": "UNSUPPORTED_OPERATION", "not-acceptable": "UNSUPPORTED_OPERATION",
                   "conflict": "INVALID_PARAMETER_VALUE", "payload-too-large": "MALFORMED_REQUEST",
                   "unsupported-media-type": "MALFORMED_REQUEST", "invalid-input": "INVALID_PARAMETER_VALUE",

@@ -154,7 +154,7 @@ async def table_version(request: Request) -> Response:
     starting = request.query_params.get("startingTimestamp")
     # Only an absent parameter means "the latest": `startingTimestamp=` (empty) is a malformed timestamp.
     version = sharing.version_starting(shared.dataset, starting) if starting is not None \
-        else shared.dataset.latest_version
+        else shared.dataset.current_version
     return Response(b"", headers={**NO_STORE, "delta-table-version": str(version)})
 
 

@@ -128,6 +128,8 @@ class IdParam:
 # Every path parameter of the app. A new one fails test_every_path_parameter_is_classified until added.
 ID_PARAMS: dict[str, IdParam] = {
     "dataset": IdParam(lambda p: p.dataset["id"], _random_uuid),
+    # A version is named within its dataset: version 1 of another party's dataset (or of a random one).
+    "version": IdParam(lambda p: "1", lambda: "1", fixed=True),
     "member": IdParam(lambda p: p.member["id"], _random_uuid),
     "licence": IdParam(lambda p: p.licence["id"], _random_uuid),
     "key": IdParam(lambda p: p.compliance["id"], _random_uuid),
@@ -185,6 +187,7 @@ PROBE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/admin/licences/{licence}/suspend"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/resume"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/revoke"): {"reason": "probe"},
+    ("POST", "/v1/admin/datasets/{dataset}/versions/{version}/withdraw"): {"reason": "probe"},
 }
 
 
@@ -300,6 +303,8 @@ ADMIN_WRITES: dict[tuple[str, str], AdminWrite] = {
                                                              "partition_column": "area"}),
     ("POST", "/v1/admin/datasets/{dataset}/versions"): AdminWrite(
         upload=b"area,day,count,secret_note\nwest,2026-05-01,1,x\n"),
+    ("POST", "/v1/admin/datasets/{dataset}/versions/{version}/withdraw"): AdminWrite(
+        lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/members"): AdminWrite(lambda p, x: {"name": "intruder"}),
     ("POST", "/v1/admin/members/{member}/revoke"): AdminWrite(),
     ("POST", "/v1/admin/members/{member}/suspend"): AdminWrite(lambda p, x: {"reason": "intruder"}),

@@ -43,9 +43,11 @@ async def test_a_retried_publish_gets_the_first_answer_and_makes_no_second_versi
     other = await client.post(path, content=CSV + b"north,2026-04-09,1,x\n", headers=headers)
     assert other.status_code == 409 and "different request" in other.json()["detail"]
     assert len((await vendor.ok("GET", f"/v1/admin/datasets/{dataset['id']}"))["versions"]) == 1
-    # Without a key, or with a new one, a publish is a new version as before.
+    # With a new key it is a new request: the same upload is then a duplicate, published only on purpose.
     fresh = await client.post(path, content=CSV, headers={**headers, **keyed("another")})
-    assert fresh.status_code == 201 and fresh.json()["version"] == 2
+    assert fresh.status_code == 409 and "idempotent-replayed" not in fresh.headers
+    meant = await client.post(path, params={"duplicate": "allow"}, content=CSV, headers={**headers, **keyed("another")})
+    assert meant.status_code == 201 and meant.json()["version"] == 2
 
 
 async def test_a_retried_key_issue_repeats_the_secret_which_is_stored_sealed(runtime: Runtime,

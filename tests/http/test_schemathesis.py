@@ -61,6 +61,8 @@ INEXPRESSIBLE: list[tuple[str, int, str, str]] = [
     ("getUsage", 400, "'to' must be after 'from'", "to after from, both given"),
     ("adminUsage", 400, "'to' must be after 'from'", "to after from, both given"),
     ("getRecords", 400, "cursor is not valid", "a cursor is a MACed token only the gateway can make"),
+    ("getRecords", 400, "does not exist; the latest is", "version at most the dataset's latest"),
+    ("getRecords", 400, "or since_version (the versions after it), not both", "two query parameters exclude each other"),
     ("sharingListShares", 400, "pageToken is not valid", "a page token is a MACed token only the gateway makes"),
     ("sharingListSchemas", 400, "pageToken is not valid", "a page token is a MACed token only the gateway makes"),
     ("sharingListTables", 400, "pageToken is not valid", "a page token is a MACed token only the gateway makes"),
