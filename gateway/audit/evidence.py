@@ -207,6 +207,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
                 keys = [key.to_json() for key in await public_keys(conn, AUDIT)]
                 key_events = await _key_events(conn, result)
                 terms_jsonl = await _terms(conn, terms, result)
+                names = await _names(conn, scope)
             for name, sink in sinks.items():
                 files[name] = sink.describe()
                 side[name].seek(0)
@@ -226,7 +227,8 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
             manifest: dict[str, Any] = {
                 "format": FORMAT, "created_at": created_at, "scope": scope.to_json(), "series": scope.series,
                 "report": report.GENERATOR, "logs": logs,
-                "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs]}
+                "pending_logs": [{"log": p["log"], "pending": p["pending"]} for p in pending_logs],
+                "names": names}
             figures = report.figures(summary, manifest)
             written["report.json"] = report.figures_json(figures)
             written["report.html"] = report.render(figures, manifest).encode("utf-8")
@@ -274,6 +276,18 @@ async def _key_events(conn: asyncpg.Connection, result: ExportResult) -> bytes:
         out.append(orjson.dumps({"log": log_id, "seq": seq, "entry": raw.decode("utf-8"), "tree_size": size,
                                  "proof": proof, "note": covering["note"]}) + b"\n")
     return b"".join(out)
+
+
+async def _names(conn: asyncpg.Connection, scope: _Scope) -> dict[str, Any]:
+    """manifest.names: what the vendor, its members and its datasets (those the scope selects) are
+    called at export, for the report; the events hold ids, and names change (renames are events too)."""
+    vendor = await conn.fetchval("SELECT name FROM vendors WHERE id = $1", scope.vendor_id)
+    members = await conn.fetch("SELECT id::text, name FROM members WHERE vendor_id = $1 AND ($2::uuid IS NULL OR id = $2) "
+                               "ORDER BY id", scope.vendor_id, scope.member_id)
+    datasets = await conn.fetch("SELECT id::text, name FROM datasets WHERE vendor_id = $1 AND ($2::uuid IS NULL OR "
+                                "id = $2) ORDER BY id", scope.vendor_id, scope.dataset_id)
+    return {"vendor": vendor or "", "members": {r["id"]: r["name"] for r in members},
+            "datasets": {r["id"]: r["name"] for r in datasets}}
 
 
 async def _terms(conn: asyncpg.Connection, named: set[tuple[str, int]], result: ExportResult) -> bytes:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-GENERATOR_V1 = "lpd-gateway report/1"  # manifest.report of format 1: report.html alone
-GENERATOR = "lpd-gateway report/2"     # format 2: report.json, and report.html rendered from it
+from gateway import times
+
+GENERATOR = "lpd-gateway report/2"  # format 2: report.json, and report.html rendered from it
 # A delivery is authorised by one event (a page carries its records) and a stream's records come with
 # its progress and end events, each repeating the stream's totals so far (audit-format.md §2.1.1: a
 # stream's delivery is its last event's); Delta Sharing file downloads follow the same pattern.
@@ -53,6 +54,7 @@ class MemberRow:
 class DatasetRow:
     name: str | None = None
     versions: list[tuple[str, int | None, int]] = field(default_factory=list)  # at, version, records
+    withdrawn: list[tuple[str, int | None, int, str | None]] = field(default_factory=list)  # at, version, records, reason
 
 
 @dataclass
@@ -142,11 +144,16 @@ class Summary:
             member.acceptances.append((at, event.get("licence_id"), event.get("terms_version")))
         elif kind == "vendor:dataset:create" and type(dataset_id) is str:
             self._dataset(dataset_id).name = name
-        elif kind == "vendor:version:publish" and type(dataset_id) is str:
+        elif kind in ("vendor:version:publish", "vendor:version:withdraw") and type(dataset_id) is str:
             versions = event.get("versions")
             version = versions[0] if type(versions) is list and versions else None
-            self._dataset(dataset_id).versions.append((at, version if type(version) is int else None,
-                                                       _int(delivery.get("records"))))
+            version = version if type(version) is int else None
+            if kind == "vendor:version:publish":
+                self._dataset(dataset_id).versions.append((at, version, _int(delivery.get("records"))))
+            else:
+                reason = event.get("reason")
+                self._dataset(dataset_id).withdrawn.append((at, version, _int(delivery.get("records")),
+                                                            reason if type(reason) is str else None))
 
     def _member(self, member_id: str) -> MemberRow:
         row = self.members.get(member_id)
@@ -161,6 +168,17 @@ class Summary:
         return row
 
 
+def shown_time(text: Any) -> str:
+    """An event time as people read it: Japan time first, UTC beside it; text that is no time, as it is."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return str(text)
+    if moment.tzinfo is None:
+        return str(text)
+    return f"{times.jst_text(moment)} ({moment.astimezone(UTC):%H:%M:%S} UTC)"
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -171,8 +189,12 @@ def e(value: Any) -> str:
 
 def figures(summary: Summary, manifest: dict[str, Any]) -> dict[str, Any]:
     """report.json: the report's figures, every list in the order schemas/audit-format.md §6.5 gives."""
+    # The names the vendor's gateway had for them at export (signed with the manifest) come first.
+    names = manifest.get("names") or {}
+    member_names, dataset_names = names.get("members") or {}, names.get("datasets") or {}
     members = sorted(summary.members.items(), key=lambda kv: (-kv[1].records, -kv[1].deliveries, kv[0]))
-    datasets = sorted(summary.datasets.items(), key=lambda kv: (kv[1].name or "", kv[0]))
+    dataset_rows = {dataset_id: dataset_names.get(dataset_id) or d.name for dataset_id, d in summary.datasets.items()}
+    datasets = sorted(summary.datasets.items(), key=lambda kv: (dataset_rows[kv[0]] or "", kv[0]))
     return {
         "format": GENERATOR, "period": {"from": summary.start, "to": summary.end}, "events": summary.events,
         "logs": len(manifest.get("logs") or []),
@@ -182,12 +204,15 @@ def figures(summary: Summary, manifest: dict[str, Any]) -> dict[str, Any]:
         "records": summary.records, "bytes": summary.bytes,
         # Counter.most_common: by count, ties in the order of first appearance in events.jsonl.
         "denials_by_reason": [{"reason": r, "count": n} for r, n in summary.denials_by_reason.most_common()],
-        "members": [{"member_id": member_id, "name": m.name, "licence_changes": dict(sorted(m.licences.items())),
+        "members": [{"member_id": member_id, "name": member_names.get(member_id) or m.name, "licence_changes": dict(sorted(m.licences.items())),
                      "terms_accepted": [{"at": at, "licence_id": licence_id, "terms_version": version}
                                         for at, licence_id, version in m.acceptances],
                      "deliveries": m.deliveries, "records": m.records, "bytes": m.bytes, "denials": m.denials}
                     for member_id, m in members],
-        "datasets": [{"dataset_id": dataset_id, "name": d.name, "versions": _versions(d)} for dataset_id, d in datasets],
+        "datasets": [{"dataset_id": dataset_id, "name": dataset_rows[dataset_id], "versions": _versions(d),
+                      "withdrawn": [{"withdrawn_at": at, "version": version, "records": records, "reason": reason}
+                                    for at, version, records, reason in d.withdrawn]}
+                     for dataset_id, d in datasets],
     }
 
 
@@ -244,10 +269,17 @@ def _row(*cells: Any, numeric: tuple[int, ...] = ()) -> str:
 
 
 def _scope_table(data: dict[str, Any], scope: dict[str, Any], manifest: dict[str, Any], logs: list[Any]) -> str:
-    rows = [("事業者 / Vendor", scope.get("vendor_id")), ("期間 / Period", f"{scope.get('from')} – {scope.get('to')}"),
-            ("会員 / Member filter", scope.get("member_id") or "—"),
-            ("データセット / Dataset filter", scope.get("dataset_id") or "—"),
-            ("作成 / Created", manifest.get("created_at")),
+    names = manifest.get("names") or {}
+
+    def named(what: str, subject: Any) -> str:
+        name = names.get(what, {}).get(subject) if what != "vendor" else names.get("vendor")
+        return f"{name} ({subject})" if name else str(subject or "—")
+
+    rows = [("事業者 / Vendor", named("vendor", scope.get("vendor_id"))),
+            ("期間 / Period", f"{shown_time(scope.get('from'))} – {shown_time(scope.get('to'))}"),
+            ("会員 / Member filter", named("members", scope.get("member_id"))),
+            ("データセット / Dataset filter", named("datasets", scope.get("dataset_id"))),
+            ("作成 / Created", shown_time(manifest.get("created_at"))),
             ("期間内のイベント / Events in the period", f"{data['events']:,}"),
             ("監査ログ / Audit logs", f"{len(logs):,}")]
     return "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>"
@@ -281,7 +313,7 @@ def _provision(data: dict[str, Any]) -> str:
     rows = []
     for m in members[:_TOP * 5]:
         licences = ", ".join(f"{k} ×{n}" for k, n in sorted(m["licence_changes"].items())) or "—"
-        accepted = "; ".join(f"v{a['terms_version']} {a['at'][:10]}" for a in m["terms_accepted"]) or "—"
+        accepted = "; ".join(f"v{a['terms_version']} {shown_time(a['at'])}" for a in m["terms_accepted"]) or "—"
         rows.append(_row(m["name"] or "—", m["member_id"], licences, accepted, f"{m['deliveries']:,}",
                          f"{m['records']:,}", f"{m['denials']:,}", numeric=(4, 5, 6)))
     bars = [(m["name"] or m["member_id"][:8], m["records"]) for m in members[:_TOP]]
@@ -297,14 +329,18 @@ def _provision(data: dict[str, Any]) -> str:
 
 
 def _accumulation(data: dict[str, Any]) -> str:
-    rows, series = [], []
+    rows, series, withdrawn = [], [], []
     for d in data["datasets"]:
         label = d["name"] or d["dataset_id"]
         points = []
         for v in d["versions"]:
             points.append((v["published_at"], v["cumulative"]))
-            rows.append(_row(label, v["version"] if v["version"] is not None else "—", v["published_at"],
+            rows.append(_row(label, v["version"] if v["version"] is not None else "—", shown_time(v["published_at"]),
                              f"{v['records']:,}", f"{v['cumulative']:,}", numeric=(3, 4)))
+        for w in d["withdrawn"]:
+            withdrawn.append(_row(label, w["version"] if w["version"] is not None else "—",
+                                  shown_time(w["withdrawn_at"]), f"{w['records']:,}", w["reason"] or "—",
+                                  numeric=(3,)))
         if points:
             series.append((d["name"] or d["dataset_id"][:8], points))
     return "".join([
@@ -313,7 +349,12 @@ def _accumulation(data: dict[str, Any]) -> str:
         "added, accumulated.</p>"),
         "<table><tr><th>Dataset</th><th>Version</th><th>Published</th><th>Records</th><th>Cumulative</th></tr>",
         "".join(rows) or _row("—", "—", "—", 0, 0), "</table>",
-        step_chart(series, data["period"]["from"], data["period"]["to"]) if series else ""])
+        step_chart(series, data["period"]["from"], data["period"]["to"]) if series else "",
+        *(["<h3>取り下げた版 <small>Versions withdrawn</small></h3>",
+           ("<p>取り下げた版はどの提供経路からも外れ、記録と証跡は残る。<br>A withdrawn version leaves every "
+            "delivery path; its records and its evidence stay.</p>"),
+           "<table><tr><th>Dataset</th><th>Version</th><th>Withdrawn</th><th>Records</th><th>Reason</th></tr>",
+           "".join(withdrawn), "</table>"] if withdrawn else [])])
 
 
 def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:

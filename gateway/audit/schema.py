@@ -157,6 +157,9 @@ _SCOPE = {"vendor_id": UUID, "from": TIME, "to": TIME, "member_id": NULL_UUID, "
 _MANIFEST_LOG = {"log": STR, "origin": STR, "events": INT, "first_seq": INT, "last_seq": INT, "checkpoints": INT,
                  "pending": INT}
 _PENDING_LOG = {"log": STR, "pending": INT}
+_NAMED = (lambda v: type(v) is dict and all(_uuid(k) and type(n) is str for k, n in v.items()),
+          "an object of names by lowercase UUID")
+_NAMES = {"vendor": STR, "members": _NAMED, "datasets": _NAMED}
 
 
 def manifest(value: Any) -> dict[str, Any]:
@@ -166,6 +169,9 @@ def manifest(value: Any) -> dict[str, Any]:
     if type(version) is not str or version not in FILES_OF:
         version = FORMAT  # refused below, saying which formats there are
     files = FILES_OF[version]
+    # Names came after format 2's first bundles: a format 2 manifest may lack them, never have others.
+    named = {"names": (_object(_NAMES, "names"), "an object")} if version != FORMAT_V1 and type(value) is dict \
+        and "names" in value else {}
     return closed(value, {
         "format": (lambda v: type(v) is str and v in FILES_OF, f"{FORMAT_V1!r} or {FORMAT!r}"),
         "created_at": TIME,
@@ -176,6 +182,7 @@ def manifest(value: Any) -> dict[str, Any]:
         "pending_logs": (_array(_object(_PENDING_LOG, "an entry of pending_logs")), "a list of objects"),
         "files": (_object({name: (_object(_FILE, f"files.{name}"), "an object") for name in files}, "files"),
                   "an object"),
+        **named,
     }, "manifest.json")
 
 
@@ -226,8 +233,10 @@ _MEMBER_ROW = {
     "terms_accepted": (_array(_object(_ACCEPTANCE, "an entry of terms_accepted")), "a list of objects"),
     "deliveries": INT, "records": _SIGNED, "bytes": _SIGNED, "denials": INT}
 _VERSION_ROW = {"published_at": TIME, "version": NULL_INT, "records": INT, "cumulative": INT}
+_WITHDRAWAL_ROW = {"withdrawn_at": TIME, "version": NULL_INT, "records": INT, "reason": NULL_STR}
 _DATASET_ROW = {"dataset_id": UUID, "name": (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string"),
-                "versions": (_array(_object(_VERSION_ROW, "an entry of versions")), "a list of objects")}
+                "versions": (_array(_object(_VERSION_ROW, "an entry of versions")), "a list of objects"),
+                "withdrawn": (_array(_object(_WITHDRAWAL_ROW, "an entry of withdrawn")), "a list of objects")}
 _REPORT = {
     "format": (_const(GENERATOR), repr(GENERATOR)),
     "period": (_object({"from": TIME, "to": TIME}, "period"), "an object"),

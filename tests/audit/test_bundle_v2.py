@@ -240,18 +240,14 @@ def test_a_format_1_bundle_still_verifies(tmp_path: Path) -> None:
     refused(V1_BUNDLE, "unknown-key", trusted_keys=[other])  # format 1: the checkpoints are the first signatures
 
 
-def test_a_format_1_bundle_keeps_its_report_and_key_checks(tmp_path: Path) -> None:
+def test_a_format_1_bundle_keeps_its_key_checks_and_says_its_page_is_not_rechecked(tmp_path: Path) -> None:
     files = read_bundle(V1_BUNDLE)
-    page = dict(files, **{"report.html": files["report.html"].replace(b"deliveries were", b"deliveries are")})
-    refused(write_bundle(tmp_path / "page.zip", page), "report")
     keys = orjson.loads(files["keys.json"])
     keys["keys"][0]["not_after"] = keys["keys"][0]["not_before"]
     refused(write_bundle(tmp_path / "keys.zip", dict(files, **{"keys.json": orjson.dumps(keys)})), "key-validity")
-    # What format 2 closes: format 1's report marker is unsigned, so renaming it skips the page check.
-    manifest = orjson.loads(files["manifest.json"])
-    manifest["report"] = "another report/1"
-    renamed = dict(page, **{"manifest.json": orjson.dumps(manifest)})
-    verdict = verify_bundle(write_bundle(tmp_path / "renamed.zip", renamed))
+    # Format 1's page is unsigned and its renderer retired: the verdict says it was not compared.
+    page = dict(files, **{"report.html": files["report.html"].replace(b"deliveries were", b"deliveries are")})
+    verdict = verify_bundle(write_bundle(tmp_path / "page.zip", page))
     assert verdict.ok and any("not re-checked" in note for note in verdict.notes), verdict.line()
 
 
@@ -262,6 +258,7 @@ def test_a_format_2_bundle_stripped_to_format_1_is_refused_when_signatures_are_r
             files.pop(name)
         manifest = orjson.loads(files["manifest.json"])
         manifest.update(format="lpd-gateway-evidence/1", report="another report/1")
+        manifest.pop("names")  # format 1 had no names
         for name in ("key-events.jsonl", "terms.jsonl", "report.json"):
             manifest["files"].pop(name)
         files["manifest.json"] = orjson.dumps(manifest)

@@ -151,6 +151,36 @@ async def test_a_japan_day_is_the_same_period_in_usage_reports_and_audit_exports
     assert await both(today + timedelta(days=1)) == (0, [])
 
 
+async def test_the_report_names_vendor_members_and_datasets_and_shows_japan_time(runtime: Runtime,
+                                                                                 client: httpx.AsyncClient) -> None:
+    """Names as they are at export (a member renamed after its events), withdrawn versions under
+    相当蓄積性, and times in JST with UTC beside them."""
+    licensed = await licensed_member(runtime, client)
+    compliance = (await licensed.vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance"}))["api_key"]
+    dataset = licensed.dataset["id"]
+    await licensed.vendor.publish(dataset, "north,2026-04-09,1,x\n")
+    await licensed.vendor.ok("POST", f"/v1/admin/datasets/{dataset}/versions/2/withdraw", json={"reason": "誤配信"})
+    await licensed.vendor.ok("PATCH", f"/v1/admin/members/{licensed.member['id']}", json={"name": "株式会社エー"})
+    delivered = await client.get(records_path_of(licensed), params={"limit": 1}, headers=licensed.headers)
+    await fetch_receipt(client, delivered.headers["audit-event"], licensed.key)  # all of it checkpointed
+    today = times.jst_day(times.now())
+    period = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat()}
+    exported = await client.get("/v1/audit/export", params=period, headers=auth(compliance))
+    assert exported.status_code == 200, exported.text
+    with zipfile.ZipFile(io.BytesIO(exported.content)) as bundle:
+        figures = orjson.loads(bundle.read("report.json"))
+        page = bundle.read("report.html").decode()
+        manifest = orjson.loads(bundle.read("manifest.json"))
+    [member] = [m for m in figures["members"] if m["member_id"] == licensed.member["id"]]
+    assert member["name"] == "株式会社エー"
+    [row] = [d for d in figures["datasets"] if d["dataset_id"] == dataset]
+    assert row["name"] == "footfall" and [(w["version"], w["records"], w["reason"]) for w in row["withdrawn"]] == \
+        [(2, 1, "誤配信")]
+    assert manifest["names"]["vendor"] in page and "株式会社エー" in page and "誤配信" in page
+    midnight = f"{today.isoformat()} 00:00:00 JST"
+    assert f"{midnight} (15:00:00 UTC)" in page
+
+
 def test_a_date_in_an_api_body_is_a_day_in_japan() -> None:
     from gateway.http.endpoints import Field, fields
 
