@@ -255,6 +255,11 @@ def _status_command(action: str) -> Handler:
     return run
 
 
+async def cmd_licence_terms(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return await licences.terms_history(runtime.pool, vendor.id, _uuid(args.licence), args.version)
+
+
 async def cmd_licence_list(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
     return {"items": [lic.to_json() for lic in await licences.list_for_vendor(runtime.pool, vendor.id)]}
@@ -441,6 +446,13 @@ def _whole_number(text: str) -> int:
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
     return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a version number, 1 or more."""
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 10 and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number such as 1")
+    return int(text)
 
 
 def _rate(text: str) -> float:
@@ -633,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="")
     p = _command(licence, "list", cmd_licence_list, "list licences", "gateway licence list --vendor 'Example Mobile'")
     _vendor_arg(p)
+    p = _command(licence, "terms", cmd_licence_terms, "every terms version of a licence, its text and acceptance",
+                 "gateway licence terms --vendor 'Example Mobile' LICENCE_ID --version 2")
+    _vendor_arg(p)
+    p.add_argument("licence")
+    p.add_argument("--version", type=_positive, help="only this terms version (1, 2, ...)")
 
     key = _subcommands(sub, "key", "API keys: member, compliance and vendor admin keys")
     p = _command(key, "issue", cmd_key_issue, "issue a member, compliance or vendor admin key (shown once)",

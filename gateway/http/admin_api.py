@@ -214,6 +214,17 @@ async def get_licence(request: Request) -> Response:
     return json_response(licence.to_json())
 
 
+async def licence_terms(request: Request) -> Response:
+    """Every terms version of the licence, its text and who accepted it when (`?version=N`: that one)."""
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
+    text = request.query_params.get("version")
+    if text is not None and not (text.isascii() and text.isdigit() and 0 < len(text) < 10 and int(text) > 0):
+        raise BadRequest("version must be a terms version number such as 1")
+    terms = await licences.terms_history(runtime_of(request).pool, vendor_of(caller),
+                                         path_id(request, "licence", "licence"), int(text) if text else None)
+    return json_response(terms)
+
+
 async def amend_licence(request: Request) -> Response:
     caller = _caller(request, EventKind.LICENCE_AMEND, *ADMIN)
     body = await _body(request, AMEND_FIELDS)
@@ -348,6 +359,7 @@ routes = [
     Route("/v1/admin/licences", grant_licence, methods=["POST"]),
     Route("/v1/admin/licences/{licence}", get_licence, methods=["GET"]),
     Route("/v1/admin/licences/{licence}", amend_licence, methods=["PATCH"]),
+    Route("/v1/admin/licences/{licence}/terms", licence_terms, methods=["GET"]),
     Route("/v1/admin/licences/{licence}/suspend", _status_route("suspend", EventKind.LICENCE_SUSPEND), methods=["POST"]),
     Route("/v1/admin/licences/{licence}/resume", _status_route("resume", EventKind.LICENCE_RESUME), methods=["POST"]),
     Route("/v1/admin/licences/{licence}/revoke", _status_route("revoke", EventKind.LICENCE_REVOKE), methods=["POST"]),

@@ -109,8 +109,11 @@ def test_terms_jsonl_holds_each_named_terms_text_with_its_digest(case: Case) -> 
     events = [orjson.loads(line) for line in lines(case.files["events.jsonl"])]
     named = {(e["licence_id"], e["terms_version"]) for e in events if e["licence_id"] and e["terms_version"]}
     assert [(r["licence_id"], r["version"]) for r in rows] == sorted(named)
-    accepted = [e for e in events if e["kind"] == "member:terms:accept"]
-    assert accepted and accepted[0]["detail"]["terms_sha256"] in {r["sha256"] for r in rows}
+    # Each acceptance's (licence, version) is there, with the very text whose digest the member named.
+    accepted = [e for e in events if e["kind"] == "member:terms:accept" and e["outcome"] == "change"]
+    texts = {(r["licence_id"], r["version"]): r["sha256"] for r in rows}
+    assert accepted and all(texts[(e["licence_id"], e["terms_version"])] == e["detail"]["terms_sha256"]
+                            for e in accepted)
 
 
 # -- the manifest's signature -----------------------------------------------------------------------------

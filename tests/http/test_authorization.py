@@ -28,7 +28,7 @@ from gateway.app import build_app
 from gateway.audit.writer import AuditWriter, new_log_id
 from gateway.runtime import Runtime
 from tests.audit.support import synthetic
-from tests.factories import COLUMNS, ROWS, VendorFixture, auth, make_vendor, wait_for_snapshot
+from tests.factories import COLUMNS, ROWS, VendorFixture, accept_terms, auth, make_vendor, wait_for_snapshot
 
 # Usage is written behind the deliveries of the setup, on its own schedule: not compared.
 METERED = frozenset({"usage_daily", "quota_grants", "quota_leases"})
@@ -64,8 +64,7 @@ async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: 
     licence = await vendor.licence(member["id"], dataset["id"], ["north", "south"])
     licence_id = uuid.UUID(licence["id"])
     await wait_for_snapshot(runtime, lambda: licence_id in runtime.snapshot.licences)
-    accepted = await client.post(f"/v1/licences/{licence['id']}/accept", headers=auth(key))
-    assert accepted.status_code == 200, accepted.text
+    await accept_terms(client, licence["id"], key)
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[licence_id].accepted_terms)
     compliance = await vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance", "label": "auditor"})
     oauth_client = await vendor.ok("POST", "/v1/admin/oauth-clients", json={"member_id": member["id"]})
