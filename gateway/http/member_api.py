@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import delivery, licences, metering
+from gateway import delivery, licences, metering, terminations
 from gateway import records as records_module
 from gateway.audit.events import EventKind
 from gateway.datasets import accumulation
@@ -194,6 +194,36 @@ async def licence_terms(request: Request) -> Response:
     return json_response(terms)
 
 
+async def termination_notice(request: Request) -> Response:
+    """The notice of a terminated licence: still served to its member after the cut-off, like nothing else of it."""
+    caller = principal(request, EventKind.TERMINATION_READ, *MEMBER)
+    licence = _own_licence(request, caller.member_id, live=False)
+    delivery.note_subject(context(request.scope).facts, licence)
+    found = await terminations.of_licence(runtime_of(request).pool, licence.member_id, licence.id)
+    context(request.scope).facts.note(termination_id=str(found.id), notice_sha256=found.notice_sha256.hex())
+    return json_response(found.to_json())
+
+
+ATTESTATION_FIELDS = {
+    "deleted_at": Field("datetime", required=True),
+    "deleted": Field("text", required=True, max_length=10_000),
+    "statement": Field("text", required=True, max_length=10_000),
+    "signatory": Field("text", required=True, max_length=500),
+}
+
+
+async def attest_deletion(request: Request) -> Response:
+    caller = principal(request, EventKind.DELETION_ATTEST, *MEMBER)
+    ctx = context(request.scope)
+    licence = _own_licence(request, caller.member_id, live=False)
+    delivery.note_subject(ctx.facts, licence)
+    body = await _member_body(request, ATTESTATION_FIELDS)
+    found = await terminations.attest(runtime_of(request).writer, ctx.actor, licence.id, body["deleted_at"],
+                                      body["deleted"], body["statement"], body["signatory"])
+    ctx.audited = True
+    return json_response(found.to_json(), status=201)
+
+
 async def _member_body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
     """A JSON body of `spec`; none at all is an empty object, whose missing fields are named (422)."""
     if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
@@ -222,4 +252,6 @@ routes = [
     Route("/v1/usage", usage, methods=["GET"]),
     Route("/v1/licences/{licence}/terms", licence_terms, methods=["GET"], name="licence_terms"),
     Route("/v1/licences/{licence}/accept", accept_terms, methods=["POST"]),
+    Route("/v1/licences/{licence}/termination", termination_notice, methods=["GET"]),
+    Route("/v1/licences/{licence}/deletion-attestation", attest_deletion, methods=["POST"]),
 ]

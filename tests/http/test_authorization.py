@@ -54,6 +54,7 @@ class Party:
     delivery_event: str
     file_token: str
     log: str  # an audit log holding events of this party's vendor only
+    termination: str  # the termination of a second member's licence
 
 
 async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: str) -> Party:
@@ -86,9 +87,12 @@ async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: 
     assert query.status_code == 200, query.text
     url = next(line["file"]["url"] for line in (httpx.Response(200, content=raw).json()
                                                   for raw in query.content.splitlines()) if "file" in line)
+    leaving = await vendor.member("leaving")
+    ended_licence = await vendor.licence(leaving["id"], dataset["id"], ["north"])
+    ended = await vendor.ok("POST", f"/v1/admin/licences/{ended_licence['id']}/terminate", json={"reason": "ended"})
     return Party(vendor, dataset, member, key, licence, compliance, oauth_client, issued.json()["access_token"],
                  sharing_key, share, delivery.headers["audit-event"], url.rsplit("/", 1)[1],
-                 await _log_of_its_own(runtime, vendor.id))
+                 await _log_of_its_own(runtime, vendor.id), ended["id"])
 
 
 async def _log_of_its_own(runtime: Runtime, vendor_id: uuid.UUID) -> str:
@@ -132,6 +136,7 @@ ID_PARAMS: dict[str, IdParam] = {
     "key": IdParam(lambda p: p.compliance["id"], _random_uuid),
     "client": IdParam(lambda p: p.oauth_client["id"], _random_uuid),
     "event": IdParam(lambda p: p.delivery_event, _random_uuid),
+    "termination": IdParam(lambda p: p.termination, _random_uuid),
     # Delta Sharing names: a share per vendor, tables by dataset name, one schema for everybody.
     "share": IdParam(lambda p: p.share, _random_name),
     "schema": IdParam(lambda p: "default", lambda: "default", fixed=True),
@@ -182,6 +187,7 @@ PROBE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/admin/licences/{licence}/suspend"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/resume"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/revoke"): {"reason": "probe"},
+    ("POST", "/v1/admin/licences/{licence}/terminate"): {"reason": "probe"},
 }
 
 
@@ -190,6 +196,10 @@ OWNER_STATUS: dict[str, set[int]] = {
     "/v1/admin/datasets/{dataset}/versions": {415},  # found, then the JSON probe body is not an upload
     "/v1/receipts/{event}": {200, 503},  # 503 until a signed checkpoint covers the event
     "/delta-sharing/shares/{share}/schemas/{schema}/tables/{table}/changes": {400},  # found, not offered
+    "/v1/licences/{licence}/accept": {422},  # found, then the probe body names no terms
+    "/v1/licences/{licence}/termination": {404},  # found, and not terminated: no notice to serve
+    "/v1/licences/{licence}/deletion-attestation": {422},  # found, then the probe body names no deletion
+    "/v1/admin/licences/{licence}/terminate": {409},  # found, and revoked by the revoke just before
 }
 
 
@@ -268,11 +278,11 @@ async def test_another_partys_objects_answer_exactly_like_missing_ones(runtime: 
     assert probes >= 150
     assert await database_state(runtime, skip=METERED) == before
 
-    # The foreign ids were real: their owners reach them (reads first, revocations last).
-    def order(route: tuple[str, str, list[str]]) -> tuple[bool, bool, bool, bool]:
+    # The foreign ids were real: their owners reach them (reads first, revocations, then termination, last).
+    def order(route: tuple[str, str, list[str]]) -> tuple[bool, bool, bool, bool, bool]:
         method, path, _ = route
-        return (path.startswith("/v1/admin/"), method not in READ_METHODS, path.endswith("/revoke"),
-                path.startswith("/v1/admin/members/"))
+        return (path.startswith("/v1/admin/"), method not in READ_METHODS, path.endswith("/terminate"),
+                path.endswith("/revoke"), path.startswith("/v1/admin/members/"))
 
     for method, template, params in sorted(routes, key=order):
         values = {name: ID_PARAMS[name].of(b) for name in params}
@@ -306,6 +316,7 @@ ADMIN_WRITES: dict[tuple[str, str], AdminWrite] = {
     ("POST", "/v1/admin/licences/{licence}/suspend"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/licences/{licence}/resume"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/licences/{licence}/revoke"): AdminWrite(lambda p, x: {"reason": "intruder"}),
+    ("POST", "/v1/admin/licences/{licence}/terminate"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/keys"): AdminWrite(lambda p, x: {"kind": "member", "member_id": p.member["id"]}),
     ("POST", "/v1/admin/keys/{key}/revoke"): AdminWrite(),
     ("POST", "/v1/admin/keys/{key}/rotate"): AdminWrite(lambda p, x: {"overlap_seconds": 60}),
@@ -347,10 +358,13 @@ async def test_members_and_compliance_keys_are_refused_every_admin_write_and_cha
                                           else 200), (path, compliance.text)
     assert await database_state(runtime, skip=METERED) == before
     # The same requests are the vendor admin's to make (so the 403s above were about the role).
-    for (method, template), write in sorted(ADMIN_WRITES.items(), key=lambda item: item[0][1].endswith("/revoke")):
+    # Termination last: the licence the revoke just ended is found, and refused as revoked already.
+    for (method, template), write in sorted(ADMIN_WRITES.items(), key=lambda item: (
+            item[0][1].endswith("/terminate"), item[0][1].endswith("/revoke"))):
         body = write.body(a, extra) if write.body else None
         response = await send_admin_write(client, method, template, a, extra, a.vendor.key, body, write.upload)
-        assert response.status_code in (200, 201), (method, template, response.text)
+        allowed = {409} if template.endswith("/terminate") else {200, 201}
+        assert response.status_code in allowed, (method, template, response.text)
 
 
 # -- BOPLA: mass assignment -----------------------------------------------------------------------
