@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import orjson
@@ -14,6 +18,7 @@ from gateway import signing_keys, times
 from gateway.audit.format import AUDIT
 from gateway.runtime import Runtime
 from keys.signing import verify_ed25519
+from tests.conftest import TEST_MASTER_KEY
 from tests.factories import Licensed, licensed_member, make_vendor, wait_for_snapshot
 
 ATTESTATION = {"deleted_at": "2026-01-05T10:00:00+09:00", "deleted": "every copy of footfall, incl. backups",
@@ -116,3 +121,35 @@ async def test_termination_input_is_checked_and_changes_nothing(runtime: Runtime
     revoked = await licensed.vendor.post(f"/v1/admin/licences/{licensed.licence['id']}/revoke", json={})
     assert revoked.status_code == 200
     assert (await licensed.vendor.post(path, json={"reason": "x"})).status_code == 409
+
+
+async def test_the_command_line_reads_terms_refuses_blank_ones_and_terminates(
+        runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    licensed = await licensed_member(runtime, client)
+    vendor = str(licensed.vendor.id)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+           "GATEWAY_DATABASE_URL": runtime.dsn, "GATEWAY_MASTER_KEY": TEST_MASTER_KEY, "GATEWAY_HOME": str(tmp_path)}
+
+    def gateway(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    terms = gateway("licence", "terms", "--vendor", vendor, licensed.licence["id"], "--version", "1")
+    assert terms.returncode == 0, terms.stderr
+    assert [i["text"] for i in orjson.loads(terms.stdout)["items"]] == ["terms v1"]
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n")
+    amended = gateway("licence", "amend", "--vendor", vendor, licensed.licence["id"], "--terms", str(blank))
+    assert amended.returncode == 1 and "terms text is empty" in amended.stderr and "Traceback" not in amended.stderr
+
+    ended = gateway("licence", "terminate", "--vendor", vendor, licensed.licence["id"], "--reason", "member left",
+                    "--grounds", "member_leaving")
+    assert ended.returncode == 0, ended.stderr
+    termination = orjson.loads(ended.stdout)
+    assert termination["notice"]["grounds"] == "member_leaving" and termination["attestation_outstanding"]
+    outstanding = gateway("termination", "list", "--vendor", vendor, "--outstanding")
+    assert [t["id"] for t in orjson.loads(outstanding.stdout)["items"]] == [termination["id"]]
+    shown = gateway("termination", "show", "--vendor", vendor, termination["id"])
+    assert orjson.loads(shown.stdout)["notice_sha256"] == termination["notice_sha256"]
+    again = gateway("licence", "terminate", "--vendor", vendor, licensed.licence["id"], "--reason", "again")
+    assert again.returncode == 1 and "terminated already" in again.stderr
