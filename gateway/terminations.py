@@ -6,7 +6,7 @@ after the notice). `terminate` revokes the licence and issues the notice in one 
 is a JSON document whose RFC 8785 bytes are signed by the current audit key, stored byte for byte and
 named by its SHA-256 in the vendor:licence:terminate event. The member, whose credentials still work,
 fetches it and answers with one deletion attestation (member:deletion:attest). Evidence bundles carry
-both (schemas/audit-format.md §6.6).
+both (terminations.jsonl, schemas/audit-format.md §6.1.4).
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import orjson
 from gateway import times
 from gateway.actors import Actor
 from gateway.audit.events import EventKind, Outcome, canonical, utc_text
+from gateway.audit.format import ATTESTATION_TYPE, NOTICE_TYPE
 from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 
-NOTICE_TYPE = "lpd-gateway-termination-notice/1"
-ATTESTATION_TYPE = "lpd-gateway-deletion-attestation/1"
 GROUNDS = {
     "contract_end": ("契約期間の満了", "the end of the contract term"),
     "breach": ("利用規約違反", "a breach of the terms"),
@@ -217,7 +216,7 @@ async def terminate(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, lic
             dataset_id=row["dataset_id"], licence_id=licence_id, terms_version=row["terms_version"],
             reason=status_reason,
             detail={"termination_id": str(termination_id), "notice_sha256": digest.hex(), "key_id": key_id,
-                    "grounds": grounds, "attestation_due": due.isoformat()}))
+                    "effective_at": utc_text(effective), "grounds": grounds, "attestation_due": due.isoformat()}))
         return Termination.from_row(await conn.fetchrow(_SELECT + " WHERE t.id = $1", termination_id))
 
 

@@ -1,7 +1,7 @@
 -- 0015 terminations: a licence ended with a signed notice, and the member's deletion attestation.
 -- Why: issue 16 "Termination". Ending a licence revokes it and issues a notice the member cannot say it
 -- never got; the member answers that its copies are deleted. Both are evidence (schemas/audit-format.md
--- §6.6), so their exact bytes are kept as they were signed and logged, and neither is ever changed.
+-- §6.1.4), so their exact bytes are kept as they were signed and logged, and neither is ever changed.
 -- Revises: 0001 (licences, credentials).
 
 CREATE TABLE terminations (
