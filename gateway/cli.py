@@ -47,6 +47,7 @@ from gateway import (
     oauth_clients,
     server_secrets,
     signing_keys,
+    terminations,
     vendors,
 )
 from gateway import config as config_module
@@ -306,6 +307,32 @@ def _status_command(action: str) -> Handler:
     return run
 
 
+async def cmd_licence_terms(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return await licences.terms_history(runtime.pool, vendor.id, _uuid(args.licence), args.version)
+
+
+async def cmd_licence_terminate(runtime: Runtime, args: argparse.Namespace) -> Any:
+    due = terminations.parse_due(args.attestation_due)
+    licence_id = _uuid(args.licence)
+    vendor = await _vendor(runtime, args)
+    termination = await terminations.terminate(runtime.writer, cli_actor(vendor.id), vendor.id, licence_id,
+                                               args.reason, args.grounds, due)
+    return termination.to_json()
+
+
+async def cmd_termination_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    found = await terminations.list_for_vendor(runtime.pool, vendor.id, outstanding=args.outstanding)
+    return {"items": [t.to_json() for t in found]}
+
+
+async def cmd_termination_show(runtime: Runtime, args: argparse.Namespace) -> Any:
+    termination_id = _uuid(args.termination)
+    vendor = await _vendor(runtime, args)
+    return (await terminations.get(runtime.pool, vendor.id, termination_id)).to_json()
+
+
 async def cmd_licence_list(runtime: Runtime, args: argparse.Namespace) -> Any:
     vendor = await _vendor(runtime, args)
     return {"items": [lic.to_json() for lic in await licences.list_for_vendor(runtime.pool, vendor.id)]}
@@ -501,6 +528,13 @@ def _whole_number(text: str) -> int:
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
     return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a version number, 1 or more."""
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 10 and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number such as 1")
+    return int(text)
 
 
 def _rate(text: str) -> float:
@@ -744,6 +778,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="")
     p = _command(licence, "list", cmd_licence_list, "list licences", "gateway licence list --vendor 'Example Mobile'")
     _vendor_arg(p)
+    p = _command(licence, "terms", cmd_licence_terms, "every terms version of a licence, its text and acceptance",
+                 "gateway licence terms --vendor 'Example Mobile' LICENCE_ID --version 2")
+    _vendor_arg(p)
+    p.add_argument("licence")
+    p.add_argument("--version", type=_positive, help="only this terms version (1, 2, ...)")
+    p = _command(licence, "terminate", cmd_licence_terminate,
+                 "end a licence: revoke it now and issue a signed termination notice (契約終了)",
+                 "gateway licence terminate --vendor 'Example Mobile' LICENCE_ID --reason 'contract ended "
+                 "2026-03-31' --grounds contract_end --attestation-due 2026-04-30")
+    _vendor_arg(p)
+    p.add_argument("licence")
+    p.add_argument("--reason", required=True, help="why, as the notice states it")
+    p.add_argument("--grounds", choices=tuple(terminations.GROUNDS), default="other", help="default: other")
+    p.add_argument("--attestation-due", help="the day in Japan (YYYY-MM-DD, JST) by which the member attests "
+                                             f"deletion (default: {terminations.DEFAULT_ATTESTATION_DAYS} days on)")
+
+    termination = _subcommands(sub, "termination", "terminated licences: notices and deletion attestations")
+    p = _command(termination, "list", cmd_termination_list, "list terminations (--outstanding: attestation not in)",
+                 "gateway termination list --vendor 'Example Mobile' --outstanding")
+    _vendor_arg(p)
+    p.add_argument("--outstanding", action="store_true", help="only those whose deletion attestation has not come")
+    p = _command(termination, "show", cmd_termination_show, "a termination: its notice, signature and attestation",
+                 "gateway termination show --vendor 'Example Mobile' TERMINATION_ID")
+    _vendor_arg(p)
+    p.add_argument("termination", help="the termination's id (from 'gateway termination list')")
 
     key = _subcommands(sub, "key", "API keys: member, compliance and vendor admin keys")
     p = _command(key, "issue", cmd_key_issue, "issue a member, compliance or vendor admin key (shown once)",

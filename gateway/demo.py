@@ -81,7 +81,7 @@ async def seed(runtime: Runtime, *, records: int = DEMO_RECORDS) -> tuple[dict[s
              "bytes_per_month": 2_000_000_000, "requests_per_second": 50.0, "burst": 100})
         # The demo member accepts the terms with its own key, as a real member would before its first pull.
         member_actor = Actor(kind="member", vendor_id=vendor.id, member_id=member.id, credential_id=credential.id)
-        await licences.accept_terms(writer, member_actor, licence)
+        await licences.accept_terms(writer, member_actor, licence, 1, licences.terms_sha256(TERMS))
         entry = {"name": name, "member_id": str(member.id), "api_key": key, "licence_id": str(licence.id),
                  "partitions": list(partitions)}
         if not entries:

@@ -181,6 +181,18 @@ def _sha256(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+def terms_sha256(text: str) -> str:
+    """The hex SHA-256 of a terms text's UTF-8 bytes: what a member names when it accepts the text."""
+    return _sha256(text).hex()
+
+
+def check_terms_text(text: str) -> None:
+    """Terms are what a member accepts and a termination notice binds it to: blank terms bind it to nothing."""
+    if not text.strip():
+        raise InvalidInput("the terms text is empty: give the licence terms the member is to accept "
+                           "(terms_text in the API, a --terms file on the command line)", field="terms_text")
+
+
 async def grant(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, member_id: uuid.UUID,
                 dataset_id: uuid.UUID, terms_text: str, values: dict[str, Any]) -> Licence:
     """Licence a member of this vendor to a dataset of this vendor."""
@@ -194,6 +206,7 @@ async def grant(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, member_
         if dataset is None:
             raise NotFound("dataset")
         _validate(values, dataset)
+        check_terms_text(terms_text)
         values = {"valid_from": times.now(), **values}
         licence_id = uuid.uuid4()
         names = ["id", "vendor_id", "member_id", "dataset_id", *values]
@@ -229,6 +242,7 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, licence
         values = {name: value for name, value in values.items() if not _same(name, value, current[name])}
         terms_version = current["terms_version"]
         if terms_text is not None:
+            check_terms_text(terms_text)
             latest = await conn.fetchval("SELECT sha256 FROM licence_terms WHERE licence_id = $1 AND version = $2",
                                          licence_id, terms_version)
             if latest != _sha256(terms_text):
@@ -342,18 +356,54 @@ async def current_terms(conn: asyncpg.Pool | asyncpg.Connection, licence: Licenc
             "accepted": licence.terms_version in licence.accepted_terms}
 
 
-async def accept_terms(writer: AuditWriter, actor: Actor, licence: Licence) -> dict[str, Any]:
-    """The member accepts the licence's current terms; recorded with the credential and the terms digest."""
+async def terms_history(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, licence_id: uuid.UUID,
+                        version: int | None = None) -> dict[str, Any]:
+    """Every terms version of a licence of this vendor (or the one asked for), oldest first, with the text,
+    its digest and who accepted it when: what the vendor and its compliance officers can show was agreed."""
+    rows = await conn.fetch(
+        "SELECT t.version, t.text, t.sha256, t.created_at, a.accepted_at, a.credential_id, l.terms_version AS current "
+        "FROM licences l JOIN licence_terms t ON t.licence_id = l.id "
+        "LEFT JOIN terms_acceptances a ON a.licence_id = t.licence_id AND a.terms_version = t.version "
+        "WHERE l.id = $1 AND l.vendor_id = $2 AND ($3::int IS NULL OR t.version = $3) ORDER BY t.version",
+        licence_id, vendor_id, version)
+    if not rows:
+        if version is not None and await conn.fetchval("SELECT 1 FROM licences WHERE id = $1 AND vendor_id = $2",
+                                                       licence_id, vendor_id):
+            raise NotFound("terms version", reason=f"licence {licence_id} has no terms version {version}")
+        raise NotFound("licence")
+    return {"licence_id": str(licence_id), "current_version": rows[0]["current"], "items": [
+        {"version": row["version"], "text": row["text"], "sha256": bytes(row["sha256"]).hex(),
+         "published_at": row["created_at"].isoformat(),
+         "accepted_at": row["accepted_at"].isoformat() if row["accepted_at"] else None,
+         "accepted_by_credential_id": str(row["credential_id"]) if row["credential_id"] else None}
+        for row in rows]}
+
+
+async def accept_terms(writer: AuditWriter, actor: Actor, licence: Licence, version: int,
+                       sha256: str) -> dict[str, Any]:
+    """The member accepts the terms it read, named by version and digest; recorded with the credential.
+
+    Terms amended after the member read them are not what it agreed to: unless the version and digest
+    are the licence's current ones, nothing is recorded and the Conflict names the current terms."""
     async with writer.change() as change:
+        # FOR SHARE: an amendment of the terms (FOR UPDATE) waits, so what is accepted is still current.
         row = await change.conn.fetchrow(
-            "SELECT t.version, t.sha256 FROM licences l JOIN licence_terms t ON t.licence_id = l.id "
-            "AND t.version = l.terms_version WHERE l.id = $1", licence.id)
+            "SELECT t.version, t.sha256, l.status FROM licences l JOIN licence_terms t ON t.licence_id = l.id "
+            "AND t.version = l.terms_version WHERE l.id = $1 FOR SHARE OF l", licence.id)
+        current = bytes(row["sha256"]).hex()
+        if row["status"] == "revoked":
+            raise Conflict("this licence is revoked: its terms can no longer be accepted")
+        if (version, sha256.lower()) != (row["version"], current):
+            raise Conflict(f"these are not the licence's current terms (version {row['version']}, SHA-256 "
+                           f"{current}): read them again at GET /v1/licences/{licence.id}/terms and accept what "
+                           "you read", current_terms_version=row["version"], current_terms_sha256=current,
+                           terms=f"/v1/licences/{licence.id}/terms")
         accepted_at = await change.conn.fetchval(
             "INSERT INTO terms_acceptances (licence_id, terms_version, credential_id, terms_sha256) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT (licence_id, terms_version) DO UPDATE SET licence_id = EXCLUDED.licence_id "
             "RETURNING accepted_at", licence.id, row["version"], actor.credential_id, row["sha256"])
         change.record(actor.event(EventKind.TERMS_ACCEPT, Outcome.CHANGE, vendor_id=licence.vendor_id,
                                   dataset_id=licence.dataset_id, licence_id=licence.id, terms_version=row["version"],
-                                  detail={"terms_sha256": bytes(row["sha256"]).hex()}))
-    return {"licence_id": str(licence.id), "terms_version": row["version"], "terms_sha256": bytes(row["sha256"]).hex(),
+                                  detail={"terms_sha256": current}))
+    return {"licence_id": str(licence.id), "terms_version": row["version"], "terms_sha256": current,
             "accepted_at": accepted_at.isoformat()}

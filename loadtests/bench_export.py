@@ -141,7 +141,7 @@ async def set_up(runtime: Runtime, csv_path: Path, csv_bytes: int, rows: int, pa
                                     "valid_from": datetime(2020, 4, 1, tzinfo=UTC),
                                     "records_per_month": 100 * rows, "bytes_per_month": 100_000 * rows})
     member_actor = Actor(kind="member", vendor_id=vendor.id, member_id=member.id, credential_id=credential.id)
-    await licences.accept_terms(runtime.writer, member_actor, licence)
+    await licences.accept_terms(runtime.writer, member_actor, licence, 1, licences.terms_sha256("bench terms v1"))
     return Fixture(dataset.id, api_key, seconds)
 
 

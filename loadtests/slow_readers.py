@@ -120,7 +120,8 @@ async def set_up(runtime: Runtime, csv_path: Path, rows: int) -> Fixture:
                                        {"partitions": ["13"], "columns": [c.name for c in DEMO_COLUMNS],
                                         "valid_from": datetime(2020, 4, 1, tzinfo=UTC)})
         await licences.accept_terms(runtime.writer, Actor(kind="member", vendor_id=vendor.id, member_id=member.id,
-                                                          credential_id=credential.id), licence)
+                                                          credential_id=credential.id), licence,
+                                    1, licences.terms_sha256("bench terms v1"))
         keys.append(api_key)
     return Fixture(dataset.id, keys[0], keys[1])
 

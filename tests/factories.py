@@ -125,10 +125,20 @@ async def licensed_member(runtime: Runtime, client: httpx.AsyncClient, partition
     licence = await vendor.licence(member["id"], dataset["id"], partitions or ["north", "south"], **licence_extra)
     await wait_for_snapshot(runtime, lambda: uuid.UUID(licence["id"]) in runtime.snapshot.licences)
     if accept:
-        response = await client.post(f"/v1/licences/{licence['id']}/accept", headers=auth(key))
-        assert response.status_code == 200, response.text
+        await accept_terms(client, licence["id"], key)
         await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[uuid.UUID(licence["id"])].accepted_terms)
     return Licensed(vendor, dataset, member, key, licence)
+
+
+async def accept_terms(client: httpx.AsyncClient, licence_id: str, key: str) -> dict[str, Any]:
+    """Read the licence's current terms and accept exactly those, as a member's software does."""
+    terms = await client.get(f"/v1/licences/{licence_id}/terms", headers=auth(key))
+    assert terms.status_code == 200, terms.text
+    response = await client.post(f"/v1/licences/{licence_id}/accept", headers=auth(key),
+                                 json={"terms_version": terms.json()["version"], "terms_sha256": terms.json()["sha256"]})
+    assert response.status_code == 200, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted
 
 
 def records_path_of(licensed: Licensed) -> str:

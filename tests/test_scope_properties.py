@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gateway import cursors
 from gateway.runtime import Runtime
 from gateway.server_secrets import CURSOR
-from tests.factories import auth, make_vendor, wait_for_snapshot
+from tests.factories import accept_terms, auth, make_vendor, wait_for_snapshot
 
 LICENSED = ("p-north", "p-south")
 UNLICENSED = ("p-east", "p-west")
@@ -72,7 +72,7 @@ async def world(runtime: Runtime, client: httpx.AsyncClient) -> World:
     for key, licence in zip(keys, licences, strict=True):
         licence_id = uuid.UUID(licence["id"])
         await wait_for_snapshot(runtime, lambda lid=licence_id: lid in runtime.snapshot.licences)
-        assert (await client.post(f"/v1/licences/{licence['id']}/accept", headers=auth(key))).status_code == 200
+        await accept_terms(client, licence["id"], key)
         await wait_for_snapshot(runtime, lambda lid=licence_id: runtime.snapshot.licences[lid].accepted_terms)
     dataset_id = uuid.UUID(dataset["id"])
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[dataset_id].latest_version == 3)

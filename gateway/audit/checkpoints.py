@@ -68,6 +68,15 @@ class CheckpointSigner:
             key, signed_at = await self._current(conn)
             return note_signer(key).sign(text_at(signed_at))
 
+    async def sign_bytes(self, conn: asyncpg.Connection,
+                         message_at: Callable[[datetime], bytes]) -> tuple[str, datetime, bytes, bytes]:
+        """Sign the bytes `message_at(signed_at)` with the audit key current at `signed_at` (a termination
+        notice, gateway/terminations.py): (key id, signed_at, message, Ed25519 signature). Call it in the
+        transaction that stores the signature: the key's row stays locked until that commits."""
+        key, signed_at = await self._current(conn)
+        message = message_at(signed_at)
+        return key.key_id, signed_at, message, key.sign(message)
+
     async def _current(self, conn: asyncpg.Connection) -> tuple[SigningKey, datetime]:
         """The current audit key, locked FOR SHARE until the transaction ends, and the time read after."""
         # FOR SHARE: a rotation (gateway.signing_keys.rotate) waits until this signature is stored, and

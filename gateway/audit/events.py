@@ -37,6 +37,8 @@ class EventKind(enum.StrEnum):
     TERMS_READ = "member:terms:read"
     TERMS_ACCEPT = "member:terms:accept"
     RECEIPT_READ = "member:receipt:read"
+    TERMINATION_READ = "member:termination:read"  # a terminated licence's notice, fetched by its member
+    DELETION_ATTEST = "member:deletion:attest"    # the member's deletion attestation answering the notice
     # Authentication outcomes that never reached a route.
     AUTH_REJECT = "auth:credential:reject"
     # Vendor administration (each one a change, audited in the change's own transaction).
@@ -54,6 +56,7 @@ class EventKind(enum.StrEnum):
     LICENCE_SUSPEND = "vendor:licence:suspend"
     LICENCE_RESUME = "vendor:licence:resume"
     LICENCE_REVOKE = "vendor:licence:revoke"
+    LICENCE_TERMINATE = "vendor:licence:terminate"  # revoked with a signed termination notice
     KEY_ISSUE = "vendor:key:issue"
     KEY_REVOKE = "vendor:key:revoke"
     VENDOR_CREATE = "operator:vendor:create"

@@ -11,6 +11,8 @@ A bundle is a ZIP (layout and verification in schemas/audit-format.md):
     keys.json           the audit public keys with their validity
     key-events.jsonl    the audit keys' signed history: their keyring events, each with its checkpoint and proof
     terms.jsonl         the licence terms texts the events name (licence, version), with their SHA-256
+    terminations.jsonl  the termination notices (as signed, with their signatures) and deletion attestations
+                        the events name, with their SHA-256
     report.json         the statutory report's figures (gateway/audit/report.py), from the manifest and events
     report.html         the report rendered from report.json
 
@@ -47,8 +49,16 @@ import orjson
 
 from gateway.audit import report, tiles
 from gateway.audit.checkpoints import CheckpointSigner
-from gateway.audit.events import utc_text
-from gateway.audit.format import FILES, FORMAT, MANIFEST_SIG, b64, manifest_signature_text, origin
+from gateway.audit.events import EventKind, utc_text
+from gateway.audit.format import (
+    FILES,
+    FORMAT,
+    MANIFEST_SIG,
+    b64,
+    manifest_signature_text,
+    named_termination,
+    origin,
+)
 from gateway.errors import InvalidInput
 from gateway.signing_keys import AUDIT, public_keys
 from keys.merkle import leaf_hash
@@ -180,6 +190,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
     result = ExportResult(partial, series=scope.series)
     summary = report.Summary(utc_text(scope.start), utc_text(scope.end))
     terms: set[tuple[str, int]] = set()
+    terminations: dict[str, bool] = {}  # named by the events: whether an attestation event is among them
     logs: list[dict[str, Any]] = []
     pending_logs: list[dict[str, Any]] = []
     files: dict[str, dict[str, Any]] = {}
@@ -201,12 +212,14 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
                 with bundle.open("events.jsonl", "w", force_zip64=True) as raw_events:
                     events = _Sink(raw_events)
                     for plan in await _plan(conn, scope):
-                        entry = await _export_log(conn, scope, plan, events, sinks, summary, terms, result, progress)
+                        entry = await _export_log(conn, scope, plan, events, sinks, summary, terms, terminations,
+                                                  result, progress)
                         (logs if entry["events"] else pending_logs).append(entry)
                     files["events.jsonl"] = events.describe()
                 keys = [key.to_json() for key in await public_keys(conn, AUDIT)]
                 key_events = await _key_events(conn, result)
                 terms_jsonl = await _terms(conn, terms, result)
+                terminations_jsonl = await _terminations(conn, terminations, result)
                 names = await _names(conn, scope)
             for name, sink in sinks.items():
                 files[name] = sink.describe()
@@ -218,7 +231,7 @@ async def _export(conn: asyncpg.Connection, scope: _Scope, partial: Path, signer
                 handle.close()
         written = {"keys.json": orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2) + b"\n",
                    "key-events.jsonl": key_events,
-                   "terms.jsonl": terms_jsonl}
+                   "terms.jsonl": terms_jsonl, "terminations.jsonl": terminations_jsonl}
 
         def signed_text(signed_at: datetime) -> str:
             # Called under the signing key's lock, once the time is read: the manifest names the export
@@ -314,6 +327,37 @@ async def _terms(conn: asyncpg.Connection, named: set[tuple[str, int]], result: 
     return b"".join(out)
 
 
+async def _terminations(conn: asyncpg.Connection, named: dict[str, bool], result: ExportResult) -> bytes:
+    """terminations.jsonl (schemas/audit-format.md §6.1.4): per termination the events name, in id order, its
+    notice exactly as signed with the signature and key, and its attestation if an exported event names it."""
+    rows = await conn.fetch(
+        "SELECT t.id::text AS id, t.licence_id::text AS licence_id, t.notice, t.notice_sha256, t.key_id, t.signature, "
+        "a.attestation, a.attestation_sha256 FROM terminations t "
+        "LEFT JOIN deletion_attestations a ON a.termination_id = t.id WHERE t.id = ANY($1::uuid[])",
+        [uuid.UUID(termination) for termination in named])
+    found = {row["id"]: row for row in rows}
+    out = []
+    for termination in sorted(named):
+        row = found.get(termination)
+        if row is None or (named[termination] and row["attestation"] is None):
+            result.warnings.append(f"termination {termination}, named by an event, is not stored with its documents; "
+                                   "the bundle will not verify")
+            continue
+        attested = named[termination]
+        documents = [(row["notice"], row["notice_sha256"])] + ([(row["attestation"], row["attestation_sha256"])]
+                                                               if attested else [])
+        if any(hashlib.sha256(text.encode("utf-8")).digest() != bytes(digest) for text, digest in documents):
+            result.warnings.append(f"termination {termination}: a stored document no longer has its recorded SHA-256; "
+                                   "the bundle will not verify")
+        out.append(orjson.dumps({
+            "termination_id": termination, "licence_id": row["licence_id"], "notice": row["notice"],
+            "notice_sha256": bytes(row["notice_sha256"]).hex(), "key_id": row["key_id"],
+            "signature": b64(bytes(row["signature"])),
+            "attestation": row["attestation"] if attested else None,
+            "attestation_sha256": bytes(row["attestation_sha256"]).hex() if attested else None}) + b"\n")
+    return b"".join(out)
+
+
 @dataclass
 class _Plan:
     log_id: str
@@ -349,8 +393,8 @@ _CHECKPOINTS = """
 
 
 async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, events: _Sink, sinks: dict[str, _Sink],
-                      summary: report.Summary, terms: set[tuple[str, int]], result: ExportResult,
-                      progress: Progress | None) -> dict[str, Any]:
+                      summary: report.Summary, terms: set[tuple[str, int]], terminations: dict[str, bool],
+                      result: ExportResult, progress: Progress | None) -> dict[str, Any]:
     log_id = plan.log_id
     latest = await conn.fetchval("SELECT max(tree_size) FROM audit_checkpoints WHERE log_id = $1", log_id) or 0
     where, args = _where(scope)
@@ -395,6 +439,13 @@ async def _export_log(conn: asyncpg.Connection, scope: _Scope, plan: _Plan, even
         summary.add(event)
         if event["licence_id"] is not None and event["terms_version"] is not None:
             terms.add((event["licence_id"], event["terms_version"]))
+        try:
+            termination = named_termination(event)
+        except ValueError as e:
+            result.warnings.append(f"log {log_id}: event {seq}: {e}; the bundle will not verify")
+            termination = None
+        if termination is not None:
+            terminations[termination] = terminations.get(termination, False) or event["kind"] == EventKind.DELETION_ATTEST
         count += 1
         result.events += 1
         if progress is not None and result.events % 1000 == 0:

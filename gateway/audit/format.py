@@ -32,7 +32,7 @@ FORMAT = "lpd-gateway-evidence/2"  # what the exporter writes; the verifier read
 # its signature, are the others of a bundle).
 FILES_V1 = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
 FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "key-events.jsonl",
-         "terms.jsonl", "report.json", "report.html")
+         "terms.jsonl", "terminations.jsonl", "report.json", "report.html")
 FILES_OF = {FORMAT_V1: FILES_V1, FORMAT: FILES}
 MANIFEST_SIG = "manifest.sig"
 _MANIFEST_DIGEST = "manifest-sha256 "
@@ -240,6 +240,26 @@ def _until(key: PublicKey) -> str:
 
 def _key_hash(key: PublicKey) -> bytes:
     return bytes.fromhex(key.vkey().split("+")[1])
+
+
+# -- terminations (format 2, schemas/audit-format.md §6.1.4) -------------------------------------------
+
+TERMINATION_KINDS = (EventKind.LICENCE_TERMINATE, EventKind.DELETION_ATTEST)
+NOTICE_TYPE = "lpd-gateway-termination-notice/1"        # a notice's `type`
+ATTESTATION_TYPE = "lpd-gateway-deletion-attestation/1"  # an attestation's `type`
+
+
+def named_termination(event: Mapping[str, Any]) -> str | None:
+    """The termination whose documents a bundle must carry for `event`: `detail.termination_id` of a
+    vendor:licence:terminate or member:deletion:attest event with outcome change, else None. Raises
+    ValueError for such an event that names none."""
+    if event["kind"] not in TERMINATION_KINDS or event["outcome"] != "change":
+        return None
+    detail = event["detail"]
+    termination = detail.get("termination_id") if type(detail) is dict else None
+    if type(termination) is not str:
+        raise ValueError(f"a {event['kind']} event names no termination (detail.termination_id)")
+    return termination
 
 
 # -- the key history (format 2, schemas/audit-format.md §4.3) ------------------------------------------

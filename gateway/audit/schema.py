@@ -218,6 +218,21 @@ def terms_line(value: Any, what: str) -> dict[str, Any]:
     return closed(value, _TERMS_LINE, what)
 
 
+# A 64-byte Ed25519 signature in canonical base64: 85 characters, one carrying two bits and four zero
+# bits (so one of these 4), and "==".
+_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==").fullmatch
+_TERMINATIONS_LINE = {
+    "termination_id": UUID, "licence_id": UUID, "notice": STR, "notice_sha256": (_hex64, "64 lowercase hex digits"),
+    "key_id": (_pattern(_KEY_ID), "16 lowercase hex digits"),
+    "signature": (_pattern(_SIGNATURE), "the canonical base64 of 64 bytes"),
+    "attestation": NULL_STR, "attestation_sha256": (_nullable(_hex64), "null or 64 lowercase hex digits")}
+
+
+def terminations_line(value: Any, what: str) -> dict[str, Any]:
+    """A line of terminations.jsonl (schemas/audit-terminations-line.schema.json)."""
+    return closed(value, _TERMINATIONS_LINE, what)
+
+
 # report.json (schemas/audit-report.schema.json). Records and bytes are differences of a stream's
 # totals (§2.1.1), so a signed but strange log could make them negative: any integer of the format.
 _SIGNED = (lambda v: type(v) is int and -MAX_INT <= v <= MAX_INT, "an integer from -(2^53-1) to 2^53-1")

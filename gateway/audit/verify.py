@@ -11,7 +11,9 @@ successive checkpoints (and with a trusted checkpoint); then every event: its in
 its covering checkpoint, (log, seq) order and uniqueness, its log and seq against its proof line, its
 place in the scope, and — for unfiltered exports — the gap-free vendor (or member) series with its
 witnesses; finally per-log counts against the manifest, (format 2) terms.jsonl against the digests and
-the (licence, version) pairs the events name, and the report: report.json recomputed from the manifest
+the (licence, version) pairs the events name, terminations.jsonl against the terminations the events name
+(each document's digest, each notice's signature by the audit key valid at its effective time), and the
+report: report.json recomputed from the manifest
 and the events (report.html rendered again from them, the reference implementation's extra check).
 
 When a file's content fails a check, the verifier first finishes hashing it: if the manifest does not
@@ -40,18 +42,24 @@ import orjson
 from gateway.audit import report, schema
 from gateway.audit.events import EventKind, utc_text
 from gateway.audit.format import (
+    ATTESTATION_TYPE,
     FILES_OF,
     FORMAT,
     FORMAT_V1,
     KEY_EVENT_KINDS,
     MANIFEST_SIG,
+    NOTICE_TYPE,
+    TERMINATION_KINDS,
     CheckpointError,
     KeyEvent,
     OpenedCheckpoint,
     PublicKey,
     b64,
+    from_b64,
     key_history,
+    key_valid_at,
     keys_from_vkeys,
+    named_termination,
     open_checkpoint,
     open_manifest_signature,
     origin,
@@ -62,6 +70,7 @@ from gateway.audit.schema import ShapeError
 from keys.cosignatures import CosignatureVerifier, cosignatures
 from keys.merkle import HASH_BYTES, ProofError, leaf_hash, verify_consistency, verify_inclusion
 from keys.notes import MAX_NOTE_BYTES, NoteError, parse_note
+from keys.signing import verify_ed25519
 
 # Large: while the parser runs, an inflater thread gets the GIL back once per switch interval (5 ms),
 # and reading a chunk takes it about ten turns (file, each inflate buffer, CRC, hash). A chunk must
@@ -164,6 +173,8 @@ class _Verifier:
         # Format 2: every (licence, terms version) the events name, and each acceptance's digest.
         self.terms_named: set[tuple[str, int]] = set()
         self.terms_accepted: list[tuple[int, str, int, str]] = []  # line, licence, version, sha256
+        # Format 2: the events naming a termination's documents: line, termination id, event.
+        self.terminations_named: list[tuple[int, str, dict[str, Any]]] = []
 
     def run(self) -> Verdict:
         self.manifest = self._manifest()
@@ -196,6 +207,7 @@ class _Verifier:
         self._per_log()
         if self.format != FORMAT_V1:
             self._terms()
+            self._terminations()
         self._report()
         if self.witnesses is not None:
             self._witnessed(*self.witnesses)
@@ -507,6 +519,7 @@ class _Verifier:
         filters = [(name, scope[name]) for name in ("member_id", "dataset_id") if scope.get(name)]
         loads, dumps, sort, sha256, add = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, self.summary.add
         unique, event_valid, proof_valid = schema.check_unique, schema.event_valid, schema.proof_line_valid
+        termination_kinds = frozenset(TERMINATION_KINDS)
         cache = _ProofCache(0, b"")
         high = 0  # the size of the previous event's covering checkpoint: it covers the seqs up to high - 1
         state = _Log()
@@ -604,6 +617,13 @@ class _Verifier:
                         digest = detail.get("terms_sha256") if detail is not None else None
                         if type(digest) is str:
                             self.terms_accepted.append((number, licence, event["terms_version"], digest))
+                if event["kind"] in termination_kinds:
+                    try:
+                        termination = named_termination(event)
+                    except ValueError as e:
+                        raise BundleError("terminations", f"{_at(number)}: {e}") from None
+                    if termination is not None:
+                        self.terminations_named.append((number, termination, event))
         except orjson.JSONDecodeError:
             raise BundleError("bundle-format", f"{_at(number)} or its proof line is not valid JSON") from None
         except ShapeError as e:
@@ -678,6 +698,85 @@ class _Verifier:
             if digests[(licence, version)] != digest:
                 raise BundleError("terms", f"{_at(number)}: the member accepted terms with SHA-256 {digest}; "
                                            f"terms.jsonl's text of licence {licence} version {version} is another")
+
+    def _terminations(self) -> None:
+        """Step 8b (format 2): terminations.jsonl holds, in termination_id order, the documents of exactly the
+        terminations the events name, each with the SHA-256 its events recorded; each notice is signed by
+        the audit key it names, valid at the notice's effective time (§6.1.4)."""
+        keys = {key.key_id: key for key in self.keys}
+        found: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {}  # id: line number, line, notice
+        previous: str | None = None
+        for number, line in self._jsonl("terminations.jsonl", schema.terminations_line):
+            where = f"terminations.jsonl line {number}"
+            termination = line["termination_id"]
+            if previous is not None and termination <= previous:
+                raise BundleError("terminations", f"{where}: lines must be in termination_id order, each once")
+            previous = termination
+            if (line["attestation"] is None) != (line["attestation_sha256"] is None):
+                raise BundleError("terminations", f"{where}: attestation and attestation_sha256 must be both null or "
+                                                  "both given")
+            for what in ("notice", "attestation"):
+                text = line[what]
+                if text is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() != line[f"{what}_sha256"]:
+                    raise BundleError("terminations", f"{where}: the {what} of termination {termination} does not have "
+                                                      f"the SHA-256 the line names (the {what} was changed)")
+            notice = _document(line["notice"], f"{where}: the notice")
+            effective = notice.get("effective_at")
+            effective = effective.get("utc") if type(effective) is dict else None
+            if (notice.get("type") != NOTICE_TYPE or notice.get("termination_id") != termination
+                    or notice.get("licence_id") != line["licence_id"] or not _time(effective)):
+                raise BundleError("terminations", f"{where}: the notice is not a {NOTICE_TYPE} of termination "
+                                                  f"{termination} and licence {line['licence_id']} with an effective_at.utc "
+                                                  "time")
+            key = keys.get(line["key_id"])
+            if key is None:
+                raise BundleError("terminations", f"{where}: the notice of termination {termination} is signed by key "
+                                                  f"{line['key_id']}, not an audit key of the bundle"
+                                                  + (" that is trusted" if self.trusted_keys is not None else ""))
+            if not key_valid_at(key, parse_time(effective)):
+                raise BundleError("terminations", f"{where}: key {key.key_id} was not valid at the notice's effective "
+                                                  f"time {effective} ({_validity(key)})")
+            if not verify_ed25519(key.public, from_b64(line["signature"]), line["notice"].encode("utf-8")):
+                raise BundleError("terminations", f"{where}: the signature of the notice of termination {termination} "
+                                                  f"does not verify under key {key.key_id} (the notice or its "
+                                                  "signature was changed)")
+            if line["attestation"] is not None:
+                attestation = _document(line["attestation"], f"{where}: the attestation")
+                if (attestation.get("type") != ATTESTATION_TYPE or attestation.get("termination_id") != termination
+                        or attestation.get("licence_id") != line["licence_id"]
+                        or attestation.get("notice_sha256") != line["notice_sha256"]):
+                    raise BundleError("terminations", f"{where}: the attestation is not a {ATTESTATION_TYPE} answering "
+                                                      f"this line's notice (termination {termination})")
+            found[termination] = (number, line, notice)
+        attested: dict[str, bool] = {}
+        for number, termination, event in self.terminations_named:
+            kind, detail = event["kind"], event["detail"]
+            if termination not in found:
+                raise BundleError("terminations", f"{_at(number)}: {kind} names termination {termination}, whose "
+                                                  "documents terminations.jsonl lacks")
+            _, line, notice = found[termination]
+            recorded = {"licence_id": event["licence_id"], "notice_sha256": detail.get("notice_sha256")}
+            if kind == EventKind.LICENCE_TERMINATE:
+                recorded.update(key_id=detail.get("key_id"))
+            else:
+                recorded.update(attestation_sha256=detail.get("attestation_sha256"))
+            for name, value in recorded.items():
+                if line[name] != value:
+                    raise BundleError("terminations", f"{_at(number)}: {kind} records {name} {_short(value)} for "
+                                                      f"termination {termination}; terminations.jsonl has "
+                                                      f"{_short(line[name])} (a document was changed or left out)")
+            if kind == EventKind.LICENCE_TERMINATE and detail.get("effective_at") != notice["effective_at"]["utc"]:
+                raise BundleError("terminations", f"{_at(number)}: {kind} records effective_at "
+                                                  f"{_short(detail.get('effective_at'))}, the notice "
+                                                  f"{notice['effective_at']['utc']}")
+            attested[termination] = attested.get(termination, False) or kind == EventKind.DELETION_ATTEST
+        for termination, (number, line, _) in found.items():
+            if termination not in attested:
+                raise BundleError("terminations", f"terminations.jsonl line {number}: termination {termination} is "
+                                                  "named by no event")
+            if line["attestation"] is not None and not attested[termination]:
+                raise BundleError("terminations", f"terminations.jsonl line {number}: the attestation of termination "
+                                                  f"{termination} is named by no event")
 
     def _report(self) -> None:
         if self.format == FORMAT_V1:
@@ -883,6 +982,17 @@ def _digest(bundle: zipfile.ZipFile, name: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def _document(text: str, where: str) -> dict[str, Any]:
+    """A termination notice or attestation: a JSON object naming no property twice."""
+    try:
+        value = schema.loads(text.encode("utf-8"))
+    except (orjson.JSONDecodeError, ShapeError, UnicodeError) as e:
+        raise BundleError("terminations", f"{where} is not JSON: {e}") from None
+    if type(value) is not dict:
+        raise BundleError("terminations", f"{where} is not a JSON object")
+    return value
 
 
 def _time(value: Any) -> bool:

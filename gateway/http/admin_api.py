@@ -17,7 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import access_tokens, credentials, datasets, licences, members, metering, oauth, oauth_clients
+from gateway import (
+    access_tokens,
+    credentials,
+    datasets,
+    licences,
+    members,
+    metering,
+    oauth,
+    oauth_clients,
+    terminations,
+)
 from gateway.actors import Actor
 from gateway.audit.events import EventKind
 from gateway.credentials import Principal
@@ -78,6 +88,11 @@ STATUS_FIELDS = {"reason": Field("text", max_length=1000)}
 WITHDRAW_FIELDS = {"reason": Field("text", required=True, max_length=datasets.MAX_REASON_CHARS)}
 # Query parameters of a publish: how the version joins the dataset, and whether a duplicate is meant.
 PUBLISH_QUERY = {"mode": datasets.PUBLISH_MODES, "duplicate": ("allow",)}
+TERMINATE_FIELDS = {
+    "reason": Field("text", required=True, max_length=2000),
+    "grounds": Field("text", max_length=20),
+    "attestation_due": Field("text", max_length=10),  # a JST day, YYYY-MM-DD (terminations.parse_due)
+}
 KEY_FIELDS = {
     "kind": Field("text", required=True),
     "member_id": Field("uuid"),
@@ -266,6 +281,17 @@ async def get_licence(request: Request) -> Response:
     return json_response(licence.to_json())
 
 
+async def licence_terms(request: Request) -> Response:
+    """Every terms version of the licence, its text and who accepted it when (`?version=N`: that one)."""
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
+    text = request.query_params.get("version")
+    if text is not None and not (text.isascii() and text.isdigit() and 0 < len(text) < 10 and int(text) > 0):
+        raise BadRequest("version must be a terms version number such as 1")
+    terms = await licences.terms_history(runtime_of(request).pool, vendor_of(caller),
+                                         path_id(request, "licence", "licence"), int(text) if text else None)
+    return json_response(terms)
+
+
 async def amend_licence(request: Request) -> Response:
     caller = _caller(request, EventKind.LICENCE_AMEND, *ADMIN)
     body = await _body(request, AMEND_FIELDS)
@@ -288,6 +314,34 @@ def _status_route(action: str, kind: EventKind) -> Any:
 
     change_status.__name__ = f"{action}_licence"
     return change_status
+
+
+async def terminate_licence(request: Request) -> Response:
+    """Revoke the licence and issue its signed termination notice (gateway/terminations.py)."""
+    caller = _caller(request, EventKind.LICENCE_TERMINATE, *ADMIN)
+    body = await _body(request, TERMINATE_FIELDS)
+    termination = await terminations.terminate(
+        runtime_of(request).writer, _actor(request), vendor_of(caller), path_id(request, "licence", "licence"),
+        body["reason"], body.get("grounds", "other"), terminations.parse_due(body.get("attestation_due")))
+    _changed(request)
+    return json_response(termination.to_json(), status=201)
+
+
+async def list_terminations(request: Request) -> Response:
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
+    outstanding = request.query_params.get("outstanding", "false")
+    if outstanding not in ("true", "false"):
+        raise BadRequest("outstanding must be true or false")
+    found = await terminations.list_for_vendor(runtime_of(request).pool, vendor_of(caller),
+                                               outstanding=outstanding == "true")
+    return json_response({"items": [t.to_json() for t in found]})
+
+
+async def get_termination(request: Request) -> Response:
+    caller = _caller(request, EventKind.ADMIN_READ, *READERS)
+    found = await terminations.get(runtime_of(request).pool, vendor_of(caller),
+                                   path_id(request, "termination", "termination"))
+    return json_response(found.to_json())
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -406,9 +460,13 @@ _routes = [
     Route("/v1/admin/licences", grant_licence, methods=["POST"]),
     Route("/v1/admin/licences/{licence}", get_licence, methods=["GET"]),
     Route("/v1/admin/licences/{licence}", amend_licence, methods=["PATCH"]),
+    Route("/v1/admin/licences/{licence}/terms", licence_terms, methods=["GET"]),
     Route("/v1/admin/licences/{licence}/suspend", _status_route("suspend", EventKind.LICENCE_SUSPEND), methods=["POST"]),
     Route("/v1/admin/licences/{licence}/resume", _status_route("resume", EventKind.LICENCE_RESUME), methods=["POST"]),
     Route("/v1/admin/licences/{licence}/revoke", _status_route("revoke", EventKind.LICENCE_REVOKE), methods=["POST"]),
+    Route("/v1/admin/licences/{licence}/terminate", terminate_licence, methods=["POST"]),
+    Route("/v1/admin/terminations", list_terminations, methods=["GET"]),
+    Route("/v1/admin/terminations/{termination}", get_termination, methods=["GET"]),
     Route("/v1/admin/keys", list_keys, methods=["GET"]),
     Route("/v1/admin/keys", issue_key, methods=["POST"]),
     Route("/v1/admin/keys/{key}/revoke", revoke_key, methods=["POST"]),

@@ -10,23 +10,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import delivery, licences, metering
+from gateway import delivery, licences, metering, terminations
 from gateway import records as records_module
 from gateway.audit.events import EventKind
 from gateway.datasets import accumulation
 from gateway.delivery import MAX_PAGE, RecordsRequest
-from gateway.errors import BadRequest, NotAcceptable, NotFound
+from gateway.errors import BadRequest, Forbidden, InvalidInput, NotAcceptable, NotFound
 from gateway.http.context import context
 from gateway.http.endpoints import (
     NO_STORE,
     Direct,
+    Field,
     RawResponse,
     StreamingDelivery,
     derived,
     encode_headers,
+    fields,
     json_response,
     path_id,
     principal,
+    read_json,
     runtime_of,
 )
 from gateway.licences import Licence
@@ -163,29 +166,84 @@ async def usage(request: Request) -> Response:
                                       for lic in own]})
 
 
+ACCEPT_FIELDS = {"terms_version": Field("integer", required=True), "terms_sha256": Field("text", required=True)}
+
+
 async def accept_terms(request: Request) -> Response:
     caller = principal(request, EventKind.TERMS_ACCEPT, *MEMBER)
     runtime = runtime_of(request)
-    licence = _own_licence(request, caller.member_id)
-    delivery.note_subject(context(request.scope).facts, licence)
-    accepted = await licences.accept_terms(runtime.writer, context(request.scope).actor, licence)
-    context(request.scope).audited = True
+    ctx = context(request.scope)
+    licence = _own_licence(request, caller.member_id, live=True)
+    delivery.note_subject(ctx.facts, licence)
+    body = await _member_body(request, ACCEPT_FIELDS)
+    digest = body["terms_sha256"]
+    if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise InvalidInput("terms_sha256 must be the 64 hex digits of the SHA-256 of the terms text you read "
+                           f"(the sha256 of GET /v1/licences/{licence.id}/terms)", field="terms_sha256")
+    # A refusal's event says what the member named, beside the licence's current version it names anyway.
+    ctx.facts.note(terms_version_named=body["terms_version"], terms_sha256_named=digest.lower())
+    accepted = await licences.accept_terms(runtime.writer, ctx.actor, licence, body["terms_version"], digest)
+    ctx.audited = True
     return json_response(accepted)
 
 
 async def licence_terms(request: Request) -> Response:
     caller = principal(request, EventKind.TERMS_READ, *MEMBER)
     runtime = runtime_of(request)
-    licence = _own_licence(request, caller.member_id)
+    licence = _own_licence(request, caller.member_id, live=True)
     delivery.note_subject(context(request.scope).facts, licence)
     terms = await licences.current_terms(runtime.pool, licence)
     return json_response(terms)
 
 
-def _own_licence(request: Request, member_id: Any) -> Licence:
+async def termination_notice(request: Request) -> Response:
+    """The notice of a terminated licence: still served to its member after the cut-off, like nothing else of it."""
+    caller = principal(request, EventKind.TERMINATION_READ, *MEMBER)
+    licence = _own_licence(request, caller.member_id, live=False)
+    delivery.note_subject(context(request.scope).facts, licence)
+    found = await terminations.of_licence(runtime_of(request).pool, licence.member_id, licence.id)
+    context(request.scope).facts.note(termination_id=str(found.id), notice_sha256=found.notice_sha256.hex())
+    return json_response(found.to_json())
+
+
+ATTESTATION_FIELDS = {
+    "deleted_at": Field("datetime", required=True),
+    "deleted": Field("text", required=True, max_length=10_000),
+    "statement": Field("text", required=True, max_length=10_000),
+    "signatory": Field("text", required=True, max_length=500),
+}
+
+
+async def attest_deletion(request: Request) -> Response:
+    caller = principal(request, EventKind.DELETION_ATTEST, *MEMBER)
+    ctx = context(request.scope)
+    licence = _own_licence(request, caller.member_id, live=False)
+    delivery.note_subject(ctx.facts, licence)
+    body = await _member_body(request, ATTESTATION_FIELDS)
+    found = await terminations.attest(runtime_of(request).writer, ctx.actor, licence.id, body["deleted_at"],
+                                      body["deleted"], body["statement"], body["signatory"])
+    ctx.audited = True
+    return json_response(found.to_json(), status=201)
+
+
+async def _member_body(request: Request, spec: dict[str, Field]) -> dict[str, Any]:
+    """A JSON body of `spec`; none at all is an empty object, whose missing fields are named (422)."""
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return fields({}, spec)
+    return fields(await read_json(request, runtime_of(request).config.max_body_bytes), spec)
+
+
+def _own_licence(request: Request, member_id: Any, *, live: bool) -> Licence:
+    """The caller's licence named in the path (404 for any other). A revoked one is found too, for the
+    routes that serve what outlives it (its termination notice, the deletion attestation); `live` routes
+    refuse it, saying where its notice is."""
     licence = runtime_of(request).snapshot.licences.get(path_id(request, "licence", "licence"))
     if licence is None or licence.member_id != member_id:
         raise NotFound("licence")
+    if live and not licence.live:
+        raise Forbidden(f"licence revoked{': ' + licence.status_reason if licence.status_reason else ''}; "
+                        f"a termination notice, if one was issued, is at GET /v1/licences/{licence.id}/termination",
+                        licence_id=str(licence.id))
     return licence
 
 
@@ -196,4 +254,6 @@ routes = [
     Route("/v1/usage", usage, methods=["GET"]),
     Route("/v1/licences/{licence}/terms", licence_terms, methods=["GET"], name="licence_terms"),
     Route("/v1/licences/{licence}/accept", accept_terms, methods=["POST"]),
+    Route("/v1/licences/{licence}/termination", termination_notice, methods=["GET"]),
+    Route("/v1/licences/{licence}/deletion-attestation", attest_deletion, methods=["POST"]),
 ]

@@ -22,7 +22,7 @@ from gateway.audit.format import MANIFEST_SIG, manifest_signature_text
 from gateway.runtime import Runtime
 from keys.notes import NoteSigner, parse_note
 from tests.conftest import client_for, open_runtime
-from tests.factories import Licensed, auth, licensed_member
+from tests.factories import Licensed, auth, licensed_member, wait_for_snapshot
 
 PERIOD_START = datetime.now(UTC) - timedelta(days=1)
 PERIOD_END = datetime.now(UTC) + timedelta(days=1)
@@ -35,7 +35,8 @@ async def audited_runtime(dsn: str, home: Path, instance: str = "test", **overri
 
 @dataclass
 class Scenario:
-    """A vendor with two members: deliveries (paged and streamed), terms acceptance, denials."""
+    """A vendor with two members: deliveries (paged and streamed), terms acceptance, denials; the second
+    member's licence terminated and its deletion attested."""
 
     licensed: Licensed
     other_member: dict[str, Any]
@@ -62,6 +63,15 @@ async def scenario(runtime: Runtime, client: httpx.AsyncClient) -> Scenario:
     other = await vendor.member("member-b")
     other_key = (await vendor.member_key(other["id"]))["api_key"]
     assert (await client.get(path, headers=auth(other_key))).status_code in (403, 404)
+    # The other member's licence ends: a signed notice, and the member's deletion attestation.
+    ended = await vendor.licence(other["id"], licensed.dataset["id"], ["north"])
+    await wait_for_snapshot(runtime, lambda: uuid.UUID(ended["id"]) in runtime.snapshot.licences)
+    await vendor.ok("POST", f"/v1/admin/licences/{ended['id']}/terminate",
+                    json={"reason": "contract ended", "grounds": "contract_end"})
+    attested = await client.post(f"/v1/licences/{ended['id']}/deletion-attestation", headers=auth(other_key), json={
+        "deleted_at": "2026-01-05T10:00:00+09:00", "deleted": "every copy", "statement": "All copies were deleted.",
+        "signatory": "Hanako Yamada, CISO"})
+    assert attested.status_code == 201, attested.text
     await vendor.publish(licensed.dataset["id"], "north,2026-05-01,7,n\n")
     return Scenario(licensed, other, other_key)
 

@@ -5,6 +5,7 @@ gateway before format 2)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -109,8 +110,11 @@ def test_terms_jsonl_holds_each_named_terms_text_with_its_digest(case: Case) -> 
     events = [orjson.loads(line) for line in lines(case.files["events.jsonl"])]
     named = {(e["licence_id"], e["terms_version"]) for e in events if e["licence_id"] and e["terms_version"]}
     assert [(r["licence_id"], r["version"]) for r in rows] == sorted(named)
-    accepted = [e for e in events if e["kind"] == "member:terms:accept"]
-    assert accepted and accepted[0]["detail"]["terms_sha256"] in {r["sha256"] for r in rows}
+    # Each acceptance's (licence, version) is there, with the very text whose digest the member named.
+    accepted = [e for e in events if e["kind"] == "member:terms:accept" and e["outcome"] == "change"]
+    texts = {(r["licence_id"], r["version"]): r["sha256"] for r in rows}
+    assert accepted and all(texts[(e["licence_id"], e["terms_version"])] == e["detail"]["terms_sha256"]
+                            for e in accepted)
 
 
 # -- the manifest's signature -----------------------------------------------------------------------------
@@ -205,9 +209,17 @@ def test_report_json_with_an_unknown_property_is_a_format_problem(case: Case, tm
 
 # -- terms.jsonl ------------------------------------------------------------------------------------------
 
+def _accepted_terms_line(files: dict[str, bytes]) -> int:
+    """The index in terms.jsonl of the terms the member accepted (the other member's were never accepted)."""
+    accepted = next(orjson.loads(e)["licence_id"] for e in lines(files["events.jsonl"])
+                    if orjson.loads(e)["kind"] == "member:terms:accept")
+    return next(i for i, t in enumerate(lines(files["terms.jsonl"])) if orjson.loads(t)["licence_id"] == accepted)
+
+
 def test_a_terms_text_changed_is_refused(case: Case, tmp_path: Path) -> None:
+    index = _accepted_terms_line(case.files)
     text_only = lambda f: f.update(
-        {"terms.jsonl": edit_jsonl(f["terms.jsonl"], 0, lambda t: t.update(text=t["text"] + " (amended)"))})
+        {"terms.jsonl": edit_jsonl(f["terms.jsonl"], index, lambda t: t.update(text=t["text"] + " (amended)"))})
     refused(tampered(case, tmp_path, text_only), "terms")
 
     def text_and_digest(t: dict[str, Any]) -> None:
@@ -215,7 +227,7 @@ def test_a_terms_text_changed_is_refused(case: Case, tmp_path: Path) -> None:
         t["sha256"] = hashlib.sha256(t["text"].encode()).hexdigest()
 
     # Consistent in itself, but not the text the member accepted: the acceptance event names its digest.
-    refused(tampered(case, tmp_path, lambda f: f.update({"terms.jsonl": edit_jsonl(f["terms.jsonl"], 0,
+    refused(tampered(case, tmp_path, lambda f: f.update({"terms.jsonl": edit_jsonl(f["terms.jsonl"], index,
                                                                                    text_and_digest)})), "terms")
 
 
@@ -254,15 +266,90 @@ def test_a_format_1_bundle_keeps_its_key_checks_and_says_its_page_is_not_recheck
 def test_a_format_2_bundle_stripped_to_format_1_is_refused_when_signatures_are_required(case: Case,
                                                                                        tmp_path: Path) -> None:
     def downgrade(files: dict[str, bytes]) -> None:
-        for name in ("manifest.sig", "key-events.jsonl", "terms.jsonl", "report.json"):
+        for name in ("manifest.sig", "key-events.jsonl", "terms.jsonl", "terminations.jsonl", "report.json"):
             files.pop(name)
         manifest = orjson.loads(files["manifest.json"])
         manifest.update(format="lpd-gateway-evidence/1", report="another report/1")
         manifest.pop("names")  # format 1 had no names
-        for name in ("key-events.jsonl", "terms.jsonl", "report.json"):
+        for name in ("key-events.jsonl", "terms.jsonl", "terminations.jsonl", "report.json"):
             manifest["files"].pop(name)
         files["manifest.json"] = orjson.dumps(manifest)
 
     path = tampered(case, tmp_path, downgrade)
     assert verify_bundle(path).ok  # as format 1 says: nothing signs its manifest
     refused(path, "manifest-signature", require_signed=True)
+
+
+# -- terminations.jsonl -----------------------------------------------------------------------------------
+
+def _termination(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, bytes]], None]:
+    return lambda files: files.update({"terminations.jsonl": edit_jsonl(files["terminations.jsonl"], 0, change)})
+
+
+def _notice(change: Callable[[dict[str, Any]], None], *, rehash: bool) -> Callable[[dict[str, Any]], None]:
+    """The line's notice changed (and, with `rehash`, its line's digest made to match again)."""
+    def edit(line: dict[str, Any]) -> None:
+        notice = orjson.loads(line["notice"])
+        change(notice)
+        line["notice"] = orjson.dumps(notice, option=orjson.OPT_SORT_KEYS).decode()
+        if rehash:
+            line["notice_sha256"] = hashlib.sha256(line["notice"].encode()).hexdigest()
+    return edit
+
+
+def test_terminations_jsonl_holds_the_signed_notice_and_the_attestation_the_events_name(case: Case) -> None:
+    [line] = [orjson.loads(row) for row in lines(case.files["terminations.jsonl"])]
+    events = [orjson.loads(row) for row in lines(case.files["events.jsonl"])]
+    ended = next(e for e in events if e["kind"] == "vendor:licence:terminate" and e["outcome"] == "change")
+    attested = next(e for e in events if e["kind"] == "member:deletion:attest" and e["outcome"] == "change")
+    assert line["termination_id"] == ended["detail"]["termination_id"] == attested["detail"]["termination_id"]
+    assert line["notice_sha256"] == ended["detail"]["notice_sha256"] == hashlib.sha256(line["notice"].encode()).hexdigest()
+    assert line["attestation_sha256"] == attested["detail"]["attestation_sha256"]
+    notice = orjson.loads(line["notice"])
+    assert notice["grounds"] == "contract_end" and notice["effective_at"]["utc"] == ended["detail"]["effective_at"]
+    key = next(k for k in orjson.loads(case.files["keys.json"])["keys"] if k["key_id"] == line["key_id"])
+    assert key and orjson.loads(line["attestation"])["notice_sha256"] == line["notice_sha256"]
+
+
+TERMINATION_CHANGES: dict[str, tuple[Callable[[dict[str, bytes]], None], str]] = {
+    # The notice edited, its line's digest left: the document is not the one the line names.
+    "a notice's reason edited": (_termination(_notice(lambda n: n.update(reason="none given"), rehash=False)),
+                                 "does not have the SHA-256 the line names (the notice was changed)"),
+    # Edited consistently in the file: the event's signed digest, and the signature, still tell.
+    "a notice's due date moved, its digest restated": (
+        _termination(_notice(lambda n: n.update(attestation_due="2099-12-31"), rehash=True)),
+        "does not verify under key"),
+    "a signature's byte changed": (
+        _termination(lambda t: t.update(signature=base64.b64encode(
+            bytes([base64.b64decode(t["signature"])[0] ^ 1]) + base64.b64decode(t["signature"])[1:]).decode())),
+        "does not verify under key"),
+    "a notice left out": (lambda files: files.update({"terminations.jsonl": b""}),
+                          "whose documents terminations.jsonl lacks"),
+    "an attestation left out": (_termination(lambda t: t.update(attestation=None, attestation_sha256=None)),
+                                "attestation_sha256"),
+    "an attestation edited": (_termination(lambda t: t.update(attestation=t["attestation"].replace("All", "Some"))),
+                              "does not have the SHA-256 the line names (the attestation was changed)"),
+    "a notice signed by an unknown key": (_termination(lambda t: t.update(key_id="0" * 16)),
+                                          "not an audit key of the bundle"),
+}
+
+
+@pytest.mark.parametrize("name", list(TERMINATION_CHANGES))
+def test_a_termination_document_changed_or_left_out_is_refused(case: Case, tmp_path: Path, name: str) -> None:
+    change, reason = TERMINATION_CHANGES[name]
+    verdict = verify_bundle(tampered(case, tmp_path, change))
+    assert not verdict.ok and verdict.code == "terminations" and reason in (verdict.problem or ""), verdict.line()
+
+
+def test_a_notice_restated_with_its_event_still_fails_its_signature(case: Case, tmp_path: Path) -> None:
+    """Whoever rewrites a notice and every digest naming it still lacks a signature over the new bytes."""
+    def restate(files: dict[str, bytes]) -> None:
+        _termination(_notice(lambda n: n.update(reason="breach"), rehash=True))(files)
+        digest = orjson.loads(lines(files["terminations.jsonl"])[0])["notice_sha256"]
+        rows = [orjson.loads(row) for row in lines(files["events.jsonl"])]
+        for row in rows:
+            if row["kind"] in ("vendor:licence:terminate", "member:deletion:attest") and row["outcome"] == "change":
+                row["detail"]["notice_sha256"] = digest
+        files["events.jsonl"] = b"".join(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n" for row in rows)
+
+    refused(tampered(case, tmp_path, restate), "inclusion")  # the events are signed into the log

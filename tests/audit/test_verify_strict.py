@@ -212,6 +212,7 @@ UNKNOWN: dict[str, tuple[Callable[[dict[str, bytes]], None], str]] = {
     "events.jsonl": (lambda f: edit_line(f, "events.jsonl", 2, _extra(lambda e: e), sort=True), "bundle-format"),
     "events.jsonl actor": (lambda f: edit_line(f, "events.jsonl", 2, _extra(lambda e: e["actor"]), sort=True),
                               "bundle-format"),
+    "terminations.jsonl": (lambda f: edit_line(f, "terminations.jsonl", 0, _extra(lambda t: t)), "bundle-format"),
 }
 
 
@@ -521,6 +522,7 @@ def test_the_manifest_and_keys_checks_are_the_schemas(genuine: Genuine) -> None:
     ("proofs.jsonl", "audit-proof-line", schema.proof_line),
     ("events.jsonl", "audit-event", schema.event),
     ("terms.jsonl", "audit-terms-line", schema.terms_line),
+    ("terminations.jsonl", "audit-terminations-line", schema.terminations_line),
     ("key-events.jsonl", "audit-key-event-line", schema.key_event_line),
 ])
 def test_each_line_check_is_its_schema(genuine: Genuine, file: str, name: str, check: Any) -> None:

@@ -28,7 +28,7 @@ from gateway.app import build_app
 from gateway.audit.writer import AuditWriter, new_log_id
 from gateway.runtime import Runtime
 from tests.audit.support import synthetic
-from tests.factories import COLUMNS, ROWS, VendorFixture, auth, make_vendor, wait_for_snapshot
+from tests.factories import COLUMNS, ROWS, VendorFixture, accept_terms, auth, make_vendor, wait_for_snapshot
 
 # Usage is written behind the deliveries of the setup, on its own schedule: not compared.
 METERED = frozenset({"usage_daily", "quota_grants", "quota_leases"})
@@ -54,6 +54,7 @@ class Party:
     delivery_event: str
     file_token: str
     log: str  # an audit log holding events of this party's vendor only
+    termination: str  # the termination of a second member's licence
 
 
 async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: str) -> Party:
@@ -64,8 +65,7 @@ async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: 
     licence = await vendor.licence(member["id"], dataset["id"], ["north", "south"])
     licence_id = uuid.UUID(licence["id"])
     await wait_for_snapshot(runtime, lambda: licence_id in runtime.snapshot.licences)
-    accepted = await client.post(f"/v1/licences/{licence['id']}/accept", headers=auth(key))
-    assert accepted.status_code == 200, accepted.text
+    await accept_terms(client, licence["id"], key)
     await wait_for_snapshot(runtime, lambda: runtime.snapshot.licences[licence_id].accepted_terms)
     compliance = await vendor.ok("POST", "/v1/admin/keys", json={"kind": "compliance", "label": "auditor"})
     oauth_client = await vendor.ok("POST", "/v1/admin/oauth-clients", json={"member_id": member["id"]})
@@ -87,9 +87,12 @@ async def make_party(runtime: Runtime, client: httpx.AsyncClient, dataset_name: 
     assert query.status_code == 200, query.text
     url = next(line["file"]["url"] for line in (httpx.Response(200, content=raw).json()
                                                   for raw in query.content.splitlines()) if "file" in line)
+    leaving = await vendor.member("leaving")
+    ended_licence = await vendor.licence(leaving["id"], dataset["id"], ["north"])
+    ended = await vendor.ok("POST", f"/v1/admin/licences/{ended_licence['id']}/terminate", json={"reason": "ended"})
     return Party(vendor, dataset, member, key, licence, compliance, oauth_client, issued.json()["access_token"],
                  sharing_key, share, delivery.headers["audit-event"], url.rsplit("/", 1)[1],
-                 await _log_of_its_own(runtime, vendor.id))
+                 await _log_of_its_own(runtime, vendor.id), ended["id"])
 
 
 async def _log_of_its_own(runtime: Runtime, vendor_id: uuid.UUID) -> str:
@@ -135,6 +138,7 @@ ID_PARAMS: dict[str, IdParam] = {
     "key": IdParam(lambda p: p.compliance["id"], _random_uuid),
     "client": IdParam(lambda p: p.oauth_client["id"], _random_uuid),
     "event": IdParam(lambda p: p.delivery_event, _random_uuid),
+    "termination": IdParam(lambda p: p.termination, _random_uuid),
     # Delta Sharing names: a share per vendor, tables by dataset name, one schema for everybody.
     "share": IdParam(lambda p: p.share, _random_name),
     "schema": IdParam(lambda p: "default", lambda: "default", fixed=True),
@@ -188,6 +192,7 @@ PROBE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/admin/licences/{licence}/resume"): {"reason": "probe"},
     ("POST", "/v1/admin/licences/{licence}/revoke"): {"reason": "probe"},
     ("POST", "/v1/admin/datasets/{dataset}/versions/{version}/withdraw"): {"reason": "probe"},
+    ("POST", "/v1/admin/licences/{licence}/terminate"): {"reason": "probe"},
 }
 
 
@@ -196,6 +201,10 @@ OWNER_STATUS: dict[str, set[int]] = {
     "/v1/admin/datasets/{dataset}/versions": {415},  # found, then the JSON probe body is not an upload
     "/v1/receipts/{event}": {200, 503},  # 503 until a signed checkpoint covers the event
     "/delta-sharing/shares/{share}/schemas/{schema}/tables/{table}/changes": {400},  # found, not offered
+    "/v1/licences/{licence}/accept": {422},  # found, then the probe body names no terms
+    "/v1/licences/{licence}/termination": {404},  # found, and not terminated: no notice to serve
+    "/v1/licences/{licence}/deletion-attestation": {422},  # found, then the probe body names no deletion
+    "/v1/admin/licences/{licence}/terminate": {409},  # found, and revoked by the revoke just before
 }
 
 
@@ -274,11 +283,11 @@ async def test_another_partys_objects_answer_exactly_like_missing_ones(runtime: 
     assert probes >= 150
     assert await database_state(runtime, skip=METERED) == before
 
-    # The foreign ids were real: their owners reach them (reads first, revocations last).
-    def order(route: tuple[str, str, list[str]]) -> tuple[bool, bool, bool, bool]:
+    # The foreign ids were real: their owners reach them (reads first, revocations, then termination, last).
+    def order(route: tuple[str, str, list[str]]) -> tuple[bool, bool, bool, bool, bool]:
         method, path, _ = route
-        return (path.startswith("/v1/admin/"), method not in READ_METHODS, path.endswith("/revoke"),
-                path.startswith("/v1/admin/members/"))
+        return (path.startswith("/v1/admin/"), method not in READ_METHODS, path.endswith("/terminate"),
+                path.endswith("/revoke"), path.startswith("/v1/admin/members/"))
 
     for method, template, params in sorted(routes, key=order):
         values = {name: ID_PARAMS[name].of(b) for name in params}
@@ -318,6 +327,7 @@ ADMIN_WRITES: dict[tuple[str, str], AdminWrite] = {
     ("POST", "/v1/admin/licences/{licence}/suspend"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/licences/{licence}/resume"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/licences/{licence}/revoke"): AdminWrite(lambda p, x: {"reason": "intruder"}),
+    ("POST", "/v1/admin/licences/{licence}/terminate"): AdminWrite(lambda p, x: {"reason": "intruder"}),
     ("POST", "/v1/admin/keys"): AdminWrite(lambda p, x: {"kind": "member", "member_id": p.member["id"]}),
     ("POST", "/v1/admin/keys/{key}/revoke"): AdminWrite(),
     ("POST", "/v1/admin/keys/{key}/rotate"): AdminWrite(lambda p, x: {"overlap_seconds": 60}),
@@ -359,13 +369,15 @@ async def test_members_and_compliance_keys_are_refused_every_admin_write_and_cha
                                           else 200), (path, compliance.text)
     assert await database_state(runtime, skip=METERED) == before
     # The same requests are the vendor admin's to make (so the 403s above were about the role). Revocations
-    # last, the member's after its licence's: a member's revocation revokes its licences with it.
-    last = {"/v1/admin/members/{member}/revoke": 2}
+    # last: a termination after the licence's revocation (it is found, and refused as revoked already), the
+    # member's after both (a member's revocation revokes its licences with it).
+    last = {"/v1/admin/licences/{licence}/terminate": 2, "/v1/admin/members/{member}/revoke": 3}
     for (method, template), write in sorted(ADMIN_WRITES.items(),
                                             key=lambda item: last.get(item[0][1], item[0][1].endswith("/revoke"))):
         body = write.body(a, extra) if write.body else None
         response = await send_admin_write(client, method, template, a, extra, a.vendor.key, body, write.upload)
-        assert response.status_code in (200, 201), (method, template, response.text)
+        allowed = {409} if template.endswith("/terminate") else {200, 201}
+        assert response.status_code in allowed, (method, template, response.text)
 
 
 # -- BOPLA: mass assignment -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 import orjson
 
 from gateway.runtime import Runtime
-from tests.factories import auth, licensed_member, make_vendor, wait_for_snapshot
+from tests.factories import accept_terms, auth, licensed_member, make_vendor, wait_for_snapshot
 
 
 def ndjson(response: httpx.Response) -> list[dict]:
@@ -131,7 +131,7 @@ async def test_terms_must_be_accepted_and_accepted_again_after_a_change(runtime:
     terms_link = refused.json()["terms"]
     terms = await client.get(terms_link, headers=licensed.headers)
     assert terms.status_code == 200 and terms.json()["text"] == "terms v1"
-    assert (await client.post(f"/v1/licences/{licensed.licence['id']}/accept", headers=licensed.headers)).status_code == 200
+    await accept_terms(client, licensed.licence["id"], licensed.key)
     licence_id = uuid.UUID(licensed.licence["id"])
     await wait_for_snapshot(runtime, lambda: 1 in runtime.snapshot.licences[licence_id].accepted_terms)
     assert (await client.get(path, headers=licensed.headers)).status_code == 200
