@@ -111,19 +111,23 @@ def _obligations(due: date) -> list[dict[str, str]]:
 def _notice(termination_id: uuid.UUID, row: asyncpg.Record, effective: datetime, grounds: str, reason: str,
             due: date) -> dict[str, Any]:
     licence_id = str(row["id"])
-    jst = effective.astimezone(times.JST).strftime("%Y-%m-%d %H:%M:%S JST")
+    jst = times.jst_text(effective)
     ground_ja, ground_en = GROUNDS[grounds]
     obligations = _obligations(due)
     scope = {"partitions": sorted(row["partitions"]), "columns": list(row["columns"]),
              "valid_from": utc_text(row["valid_from"]),
              "valid_until": None if row["valid_until"] is None else utc_text(row["valid_until"])}
     terms_sha256 = bytes(row["terms_sha256"]).hex()
+    every = "*" in row["partitions"]  # a licence to every partition, present and future (licences.py)
+    partitions_ja = "すべて（将来の版のパーティションを含む）" if every else "、".join(scope["partitions"])
+    partitions_en = "every partition, those of later versions included" if every else ", ".join(scope["partitions"])
     text_ja = "\n".join([
         "限定提供データ利用許諾 終了通知書",
         (f"{row['vendor_name']}は、{row['member_name']}（会員ID {row['member_id']}）に対し、データセット"
         f"「{row['dataset_name']}」（ID {row['dataset_id']}）に係るライセンス {licence_id}"
         f"（利用規約 第{row['terms_version']}版、SHA-256 {terms_sha256}）を、{jst}"
         f"（{utc_text(effective)}）をもって終了したことを通知します。"),
+        f"対象: パーティション {partitions_ja}、列 {'、'.join(scope['columns'])}",
         f"終了事由: {ground_ja}。理由: {reason}",
         "本データは不正競争防止法第2条第7項の限定提供データです。利用規約に基づき、次の義務を負います。",
         *(f"・{o['ja']}" for o in obligations),
@@ -134,6 +138,7 @@ def _notice(termination_id: uuid.UUID, row: asyncpg.Record, effective: datetime,
         (f"{row['vendor_name']} gives notice to {row['member_name']} (member {row['member_id']}) that licence "
         f"{licence_id} to the dataset {row['dataset_name']!r} ({row['dataset_id']}), under terms version "
         f"{row['terms_version']} (SHA-256 {terms_sha256}), ended at {utc_text(effective)} ({jst})."),
+        f"Scope: partitions {partitions_en}; columns {', '.join(scope['columns'])}",
         f"Grounds: {ground_en}. Reason: {reason}",
         ("The data is limited provision data under Japan's Unfair Competition Prevention Act art. 2(7). "
         "Under the terms you must:"),

@@ -52,6 +52,7 @@ async def test_termination_revokes_and_issues_a_signed_notice_the_member_still_f
     assert notice["effective_at"]["jst"].endswith("+09:00")
     assert [o["code"] for o in notice["obligations"]] == ["stop_use", "delete_copies", "attest_deletion"]
     assert "終了" in notice["text_ja"] and "terminat" in notice["text_en"]
+    assert "パーティション north、south" in notice["text_ja"] and "partitions north, south" in notice["text_en"]
     # Signed by the audit key over the notice's RFC 8785 bytes, which its digest names.
     stored = await runtime.pool.fetchrow("SELECT notice FROM terminations WHERE id = $1", uuid.UUID(ended["id"]))
     signed = stored["notice"].encode()
@@ -153,3 +154,11 @@ async def test_the_command_line_reads_terms_refuses_blank_ones_and_terminates(
     assert orjson.loads(shown.stdout)["notice_sha256"] == termination["notice_sha256"]
     again = gateway("licence", "terminate", "--vendor", vendor, licensed.licence["id"], "--reason", "again")
     assert again.returncode == 1 and "terminated already" in again.stderr
+
+
+async def test_a_notice_of_a_licence_to_every_partition_says_so(runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await licensed_member(runtime, client, partitions=["*"])
+    notice = (await _terminate(runtime, licensed))["notice"]
+    assert notice["scope"]["partitions"] == ["*"]
+    assert "すべて（将来の版のパーティションを含む）" in notice["text_ja"]
+    assert "every partition, those of later versions included" in notice["text_en"]
