@@ -204,7 +204,7 @@ async def withdraw_version(request: Request) -> Response:
     runtime = runtime_of(request)
     dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
     text = request.path_params["version"]
-    if not (text.isascii() and text.isdigit() and len(text) < 11):
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and 0 < int(text) < 2**31):  # an integer column
         raise NotFound("version")
     body = await _body(request, WITHDRAW_FIELDS)
     version = await datasets.withdraw(runtime.writer, _actor(request), dataset, int(text), body["reason"])
