@@ -202,7 +202,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
                    help="refuse the bundle unless each log's events are covered by a checkpoint cosigned by K of "
                         "the --witness keys (default: all of them)")
     p.add_argument("--require-signed", action="store_true",
-                   help="refuse a format 1 bundle, whose manifest is not signed (a format 2 bundle stripped of "
+                   help="refuse a format 1 bundle, whose manifest is not signed (a signed bundle stripped of "
                         "manifest.sig, terms.jsonl and report.json would otherwise verify as one)")
     command(actions, "check", cmd_check, "re-verify every audit log in PostgreSQL against its signed checkpoints",
              "gateway audit check")

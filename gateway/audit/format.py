@@ -27,13 +27,17 @@ from gateway.audit.events import EventKind, utc_text
 from keys.notes import NoteError, NoteVerifier, open_note, parse_checkpoint, parse_note
 
 FORMAT_V1 = "lpd-gateway-evidence/1"
-FORMAT = "lpd-gateway-evidence/2"  # what the exporter writes; the verifier reads both
+FORMAT_V2 = "lpd-gateway-evidence/2"
+FORMAT = "lpd-gateway-evidence/3"  # what the exporter writes; the verifier reads all three
 # The files the manifest lists, per format (manifest.json itself and, from version 2, manifest.sig,
-# its signature, are the others of a bundle).
+# its signature, are the others of a bundle). Format 3 added terminations.jsonl.
 FILES_V1 = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "report.html")
+FILES_V2 = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "key-events.jsonl",
+            "terms.jsonl", "report.json", "report.html")
 FILES = ("events.jsonl", "proofs.jsonl", "checkpoints.jsonl", "consistency.jsonl", "keys.json", "key-events.jsonl",
          "terms.jsonl", "terminations.jsonl", "report.json", "report.html")
-FILES_OF = {FORMAT_V1: FILES_V1, FORMAT: FILES}
+FILES_OF = {FORMAT_V1: FILES_V1, FORMAT_V2: FILES_V2, FORMAT: FILES}
+SIGNED_FORMATS = (FORMAT_V2, FORMAT)  # those with manifest.sig
 MANIFEST_SIG = "manifest.sig"
 _MANIFEST_DIGEST = "manifest-sha256 "
 _EXPORTED_AT = "exported-at "
@@ -177,15 +181,16 @@ def open_checkpoint(note: str, keys: Sequence[PublicKey], log_id: str | None = N
     return OpenedCheckpoint(found_log, checkpoint.size, checkpoint.root_hash, signed_at, key, note)
 
 
-# -- the manifest's signature (format 2) -------------------------------------------------------------
+# -- the manifest's signature (formats 2 and 3) -------------------------------------------------------------
 
-def manifest_signature_text(manifest_sha256: str, exported_at: str) -> str:
+def manifest_signature_text(manifest_sha256: str, exported_at: str, bundle_format: str = FORMAT) -> str:
     """The signed text of manifest.sig: the format, the manifest's digest and the export time."""
-    return f"{FORMAT}\n{_MANIFEST_DIGEST}{manifest_sha256}\n{_EXPORTED_AT}{exported_at}\n"
+    return f"{bundle_format}\n{_MANIFEST_DIGEST}{manifest_sha256}\n{_EXPORTED_AT}{exported_at}\n"
 
 
 @dataclass(frozen=True, slots=True)
 class OpenedManifestSignature:
+    bundle_format: str
     manifest_sha256: str
     exported_at: str
     key: PublicKey
@@ -210,10 +215,10 @@ def open_manifest_signature(note: str, keys: Sequence[PublicKey]) -> OpenedManif
     except NoteError as e:
         raise CheckpointError(code, f"manifest.sig: {e.reason}") from None
     lines = parsed.unverified_text.split("\n")
-    if (len(lines) != 4 or lines[0] != FORMAT or not lines[1].startswith(_MANIFEST_DIGEST)
+    if (len(lines) != 4 or lines[0] not in SIGNED_FORMATS or not lines[1].startswith(_MANIFEST_DIGEST)
             or not lines[2].startswith(_EXPORTED_AT) or lines[3] != ""):
-        raise CheckpointError(code, f"manifest.sig's text is not {FORMAT!r}, a manifest-sha256 line and an "
-                                    "exported-at line")
+        raise CheckpointError(code, f"manifest.sig's text is not a format ({' or '.join(SIGNED_FORMATS)}), a "
+                                    "manifest-sha256 line and an exported-at line")
     digest, exported = lines[1].removeprefix(_MANIFEST_DIGEST), lines[2].removeprefix(_EXPORTED_AT)
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise CheckpointError(code, "manifest.sig's manifest-sha256 is not 64 lowercase hex digits")
@@ -225,7 +230,7 @@ def open_manifest_signature(note: str, keys: Sequence[PublicKey]) -> OpenedManif
     if not key_valid_at(key, moment):
         raise CheckpointError(code, f"manifest.sig: key {key.key_id} was not valid at {exported} (valid from "
                                     f"{utc_text(key.not_before)} to {_until(key)})")
-    return OpenedManifestSignature(digest, exported, key)
+    return OpenedManifestSignature(lines[0], digest, exported, key)
 
 
 def key_valid_at(key: PublicKey, moment: datetime) -> bool:
@@ -242,7 +247,7 @@ def _key_hash(key: PublicKey) -> bytes:
     return bytes.fromhex(key.vkey().split("+")[1])
 
 
-# -- terminations (format 2, schemas/audit-format.md §6.1.4) -------------------------------------------
+# -- terminations (format 3, schemas/audit-format.md §6.1.4) -------------------------------------------
 
 TERMINATION_KINDS = (EventKind.LICENCE_TERMINATE, EventKind.DELETION_ATTEST)
 NOTICE_TYPE = "lpd-gateway-termination-notice/1"        # a notice's `type`
@@ -262,7 +267,7 @@ def named_termination(event: Mapping[str, Any]) -> str | None:
     return termination
 
 
-# -- the key history (format 2, schemas/audit-format.md §4.3) ------------------------------------------
+# -- the key history (formats 2 and 3, schemas/audit-format.md §4.3) ------------------------------------------
 
 KEY_EVENT_KINDS = (EventKind.KEYRING_CREATE, EventKind.KEYRING_ROTATE, EventKind.KEYRING_RETIRE)
 

@@ -6,10 +6,11 @@ summarises the bundle's events under each heading, in Japanese and English, with
 inline SVG only: no script, no external resource, a Content-Security-Policy that forbids loading any.
 Every text from an event is escaped.
 
-The figures come first, as report.json (format 2): `figures()` is a pure function of the manifest and
-the events whose every rule schemas/audit-format.md §6.5 writes down, so any verifier recomputes them
-byte for byte; the page renders those figures (`render`). A format 1 bundle has only the page, which
-the verifier renders again from the same figures and compares.
+The figures come first, as report.json (formats 2 and 3): `figures()` is a pure function of the
+manifest and the events whose every rule schemas/audit-format.md §6.5 writes down, so any verifier
+recomputes them byte for byte; the page renders those figures (`render`). Format 3's figures
+(`lpd-gateway report/3`) add withdrawals and terminations to format 2's (`lpd-gateway report/2`),
+which the verifier still recomputes for bundles exported before.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Any
 import orjson
 
 from gateway import times
+from gateway.audit.format import TERMINATION_KINDS
 
-GENERATOR = "lpd-gateway report/2"  # format 2: report.json, and report.html rendered from it
+GENERATOR = "lpd-gateway report/3"  # format 3: report.json, and report.html rendered from it
+GENERATOR_V2 = "lpd-gateway report/2"  # format 2: the same without withdrawals and terminations
 # A delivery is authorised by one event (a page carries its records) and a stream's records come with
 # its progress and end events, each repeating the stream's totals so far (audit-format.md §2.1.1: a
 # stream's delivery is its last event's); Delta Sharing file downloads follow the same pattern.
@@ -58,6 +61,17 @@ class DatasetRow:
 
 
 @dataclass
+class TerminationRow:
+    licence_id: str | None = None
+    member_id: str | None = None
+    dataset_id: str | None = None
+    terminated_at: str | None = None
+    grounds: str | None = None
+    attestation_due: str | None = None
+    attested_at: str | None = None
+
+
+@dataclass
 class Summary:
     """Counts over the events whose time is in [start, end) (RFC 3339 texts compare as times)."""
 
@@ -72,6 +86,7 @@ class Summary:
     denials_by_reason: Counter[str] = field(default_factory=Counter)
     members: dict[str, MemberRow] = field(default_factory=dict)
     datasets: dict[str, DatasetRow] = field(default_factory=dict)
+    terminations: dict[str, TerminationRow] = field(default_factory=dict)
     # What the streams still running in the events so far have counted: (records, bytes) by authorising event.
     streams: dict[str | None, tuple[int, int]] = field(default_factory=dict)
 
@@ -154,6 +169,17 @@ class Summary:
                 reason = event.get("reason")
                 self._dataset(dataset_id).withdrawn.append((at, version, _int(delivery.get("records")),
                                                             reason if type(reason) is str else None))
+        elif kind in TERMINATION_KINDS and type(detail) is dict and type(detail.get("termination_id")) is str:
+            row = self.terminations.get(detail["termination_id"])
+            if row is None:
+                row = self.terminations[detail["termination_id"]] = TerminationRow()
+            row.licence_id, row.member_id, row.dataset_id = (_text(event.get(name)) for name in
+                                                             ("licence_id", "member_id", "dataset_id"))
+            if kind == "vendor:licence:terminate":
+                row.terminated_at, row.grounds = at, _text(detail.get("grounds"))
+                row.attestation_due = _text(detail.get("attestation_due"))
+            else:
+                row.attested_at = at
 
     def _member(self, member_id: str) -> MemberRow:
         row = self.members.get(member_id)
@@ -179,6 +205,11 @@ def shown_time(text: Any) -> str:
     return f"{times.jst_text(moment)} ({moment.astimezone(UTC):%H:%M:%S} UTC)"
 
 
+def _text(value: Any) -> str | None:
+    """A non-empty string, or null."""
+    return value if type(value) is str and value else None
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -188,15 +219,18 @@ def e(value: Any) -> str:
 
 
 def figures(summary: Summary, manifest: dict[str, Any]) -> dict[str, Any]:
-    """report.json: the report's figures, every list in the order schemas/audit-format.md §6.5 gives."""
+    """report.json: the report's figures, every list in the order schemas/audit-format.md §6.5 gives, of
+    the report format the manifest names (format 2's lack withdrawals and terminations)."""
+    current = manifest.get("report") != GENERATOR_V2
     # The names the vendor's gateway had for them at export (signed with the manifest) come first.
     names = manifest.get("names") or {}
     member_names, dataset_names = names.get("members") or {}, names.get("datasets") or {}
     members = sorted(summary.members.items(), key=lambda kv: (-kv[1].records, -kv[1].deliveries, kv[0]))
     dataset_rows = {dataset_id: dataset_names.get(dataset_id) or d.name for dataset_id, d in summary.datasets.items()}
     datasets = sorted(summary.datasets.items(), key=lambda kv: (dataset_rows[kv[0]] or "", kv[0]))
-    return {
-        "format": GENERATOR, "period": {"from": summary.start, "to": summary.end}, "events": summary.events,
+    data: dict[str, Any] = {
+        "format": GENERATOR if current else GENERATOR_V2,
+        "period": {"from": summary.start, "to": summary.end}, "events": summary.events,
         "logs": len(manifest.get("logs") or []),
         "deliveries_by_credential": [{"credential": k, "deliveries": n} for k, n in
                                      sorted(summary.deliveries_by_credential.items(), key=lambda kv: (-kv[1], kv[0]))],
@@ -210,10 +244,14 @@ def figures(summary: Summary, manifest: dict[str, Any]) -> dict[str, Any]:
                      "deliveries": m.deliveries, "records": m.records, "bytes": m.bytes, "denials": m.denials}
                     for member_id, m in members],
         "datasets": [{"dataset_id": dataset_id, "name": dataset_rows[dataset_id], "versions": _versions(d),
-                      "withdrawn": [{"withdrawn_at": at, "version": version, "records": records, "reason": reason}
-                                    for at, version, records, reason in d.withdrawn]}
+                      **({"withdrawn": [{"withdrawn_at": at, "version": version, "records": records, "reason": reason}
+                                        for at, version, records, reason in d.withdrawn]} if current else {})}
                      for dataset_id, d in datasets],
     }
+    if current:
+        data["terminations"] = [{"termination_id": termination_id, **vars(t)}
+                                for termination_id, t in sorted(summary.terminations.items())]
+    return data
 
 
 def _versions(dataset: DatasetRow) -> list[dict[str, Any]]:
@@ -237,7 +275,7 @@ def render(data: dict[str, Any], manifest: dict[str, Any]) -> str:
     logs = manifest.get("logs") or []
     parts = [_HEAD, "<h1>限定提供データ 証跡レポート<br><small>Limited provision data: evidence report</small></h1>",
              _scope_table(data, scope, manifest, logs),
-             _management(data), _provision(data), _accumulation(data), _verification(manifest, logs),
+             _management(data), _provision(data, manifest), _accumulation(data), _verification(manifest, logs),
              "</main></body></html>\n"]
     return "\n".join(parts)
 
@@ -308,7 +346,7 @@ def _management(data: dict[str, Any]) -> str:
         _row(f"(other {len(denials) - _TOP} reasons)", f"{rest:,}", numeric=(1,)) if rest else "", "</table>"])
 
 
-def _provision(data: dict[str, Any]) -> str:
+def _provision(data: dict[str, Any], manifest: dict[str, Any]) -> str:
     members = data["members"]
     rows = []
     for m in members[:_TOP * 5]:
@@ -325,7 +363,37 @@ def _provision(data: dict[str, Any]) -> str:
         ("<table><tr><th>Member</th><th>Id</th><th>Licence changes</th><th>Terms accepted</th>"
         "<th>Deliveries</th><th>Records</th><th>Denials</th></tr>"), "".join(rows) or _row("—", "", "", "", 0, 0, 0),
         "</table>", "<h3>会員別の提供レコード数 <small>Records delivered per member</small></h3>",
-        bar_chart(bars) if bars else "<p>—</p>"])
+        bar_chart(bars) if bars else "<p>—</p>", _terminations(data, manifest)])
+
+
+GROUNDS = {"contract_end": "契約期間の満了 / contract end", "breach": "契約違反 / breach",
+           "member_leaving": "会員の退会 / member leaving", "other": "その他 / other"}
+
+
+def _terminations(data: dict[str, Any], manifest: dict[str, Any]) -> str:
+    terminations = data.get("terminations") or []
+    if not terminations:
+        return ""
+    names = manifest.get("names") or {}
+    members = {m["member_id"]: m["name"] for m in data["members"]} | (names.get("members") or {})
+    datasets = {d["dataset_id"]: d["name"] for d in data["datasets"]} | (names.get("datasets") or {})
+    rows, outstanding = [], 0
+    for t in terminations:
+        if t["terminated_at"] is not None and t["attested_at"] is None:
+            outstanding += 1
+        rows.append(_row(members.get(t["member_id"]) or t["member_id"] or "—",
+                         datasets.get(t["dataset_id"]) or t["dataset_id"] or "—", t["licence_id"] or "—",
+                         shown_time(t["terminated_at"]) if t["terminated_at"] else "—",
+                         GROUNDS.get(t["grounds"], t["grounds"] or "—"), t["attestation_due"] or "—",
+                         shown_time(t["attested_at"]) if t["attested_at"] else "未提出 / outstanding"))
+    return "".join([
+        "<h3>契約終了と削除証明 <small>Terminations and deletion attestations</small></h3>",
+        ("<p>終了したライセンスには監査鍵で署名した終了通知が発行され、会員は複製の削除を証明する。<br>"
+         "A terminated licence gets a termination notice signed with the audit key; the member attests that "
+         "its copies are deleted.</p>"),
+        f"<p>未提出の削除証明 / attestations outstanding: <b>{outstanding:,}</b></p>",
+        ("<table><tr><th>Member</th><th>Dataset</th><th>Licence</th><th>Terminated</th><th>Grounds</th>"
+         "<th>Attestation due (JST)</th><th>Attested</th></tr>"), "".join(rows), "</table>"])
 
 
 def _accumulation(data: dict[str, Any]) -> str:
@@ -337,7 +405,7 @@ def _accumulation(data: dict[str, Any]) -> str:
             points.append((v["published_at"], v["cumulative"]))
             rows.append(_row(label, v["version"] if v["version"] is not None else "—", shown_time(v["published_at"]),
                              f"{v['records']:,}", f"{v['cumulative']:,}", numeric=(3, 4)))
-        for w in d["withdrawn"]:
+        for w in d.get("withdrawn", ()):  # format 2's figures have none
             withdrawn.append(_row(label, w["version"] if w["version"] is not None else "—",
                                   shown_time(w["withdrawn_at"]), f"{w['records']:,}", w["reason"] or "—",
                                   numeric=(3,)))

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.format import FILES_OF, FORMAT, FORMAT_V1
-from gateway.audit.report import GENERATOR
+from gateway.audit.format import FILES_OF, FORMAT, FORMAT_V2
+from gateway.audit.report import GENERATOR, GENERATOR_V2
 
 MAX_INT = 2**53 - 1  # every integer of the format is below 2^53 (§2.2)
 
@@ -144,6 +144,7 @@ STR = (_str, "a string")
 TIME = (_time, "a time like 2026-04-01T09:30:00.000000Z")
 UUID = (_uuid, "a lowercase UUID")
 NULL_STR = (_nullable(_str), "null or a string")
+NULL_TEXT = (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string")
 NULL_INT = (_nullable(_int), "null or an integer from 0 to 2^53-1")
 NULL_TIME = (_nullable(_time), "null or a time like 2026-04-01T09:30:00.000000Z")
 NULL_UUID = (_nullable(_uuid), "null or a lowercase UUID")
@@ -162,27 +163,29 @@ _NAMED = (lambda v: type(v) is dict and all(_uuid(k) and type(n) is str for k, n
 _NAMES = {"vendor": STR, "members": _NAMED, "datasets": _NAMED}
 
 
+# The report generator a signed format's manifest names: the one whose figures report.json holds.
+REPORT_OF = {FORMAT_V2: GENERATOR_V2, FORMAT: GENERATOR}
+
+
 def manifest(value: Any) -> dict[str, Any]:
-    """manifest.json (schemas/audit-manifest.schema.json), of format 1 or 2: the format decides which
-    files it lists and, from 2, that `report` names the one report generator whose figures are checked."""
+    """manifest.json (schemas/audit-manifest.schema.json), of format 1, 2 or 3: the format decides which
+    files it lists, from 2 that `report` names the report generator whose figures are checked, and from
+    3 that it holds `names`."""
     version = value.get("format") if type(value) is dict else None
     if type(version) is not str or version not in FILES_OF:
         version = FORMAT  # refused below, saying which formats there are
     files = FILES_OF[version]
-    # Names came after format 2's first bundles: a format 2 manifest may lack them, never have others.
-    named = {"names": (_object(_NAMES, "names"), "an object")} if version != FORMAT_V1 and type(value) is dict \
-        and "names" in value else {}
     return closed(value, {
-        "format": (lambda v: type(v) is str and v in FILES_OF, f"{FORMAT_V1!r} or {FORMAT!r}"),
+        "format": (lambda v: type(v) is str and v in FILES_OF, " or ".join(map(repr, FILES_OF))),
         "created_at": TIME,
         "scope": (_object(_SCOPE, "scope"), "an object"),
         "series": (lambda v: v in ("vendor", "member", None), '"vendor", "member" or null'),
-        "report": STR if version == FORMAT_V1 else (_const(GENERATOR), repr(GENERATOR)),
+        "report": (_const(REPORT_OF[version]), repr(REPORT_OF[version])) if version in REPORT_OF else STR,
         "logs": (_array(_object(_MANIFEST_LOG, "an entry of logs")), "a list of objects"),
         "pending_logs": (_array(_object(_PENDING_LOG, "an entry of pending_logs")), "a list of objects"),
         "files": (_object({name: (_object(_FILE, f"files.{name}"), "an object") for name in files}, "files"),
                   "an object"),
-        **named,
+        **({"names": (_object(_NAMES, "names"), "an object")} if version == FORMAT else {}),
     }, "manifest.json")
 
 
@@ -241,7 +244,7 @@ _DENIAL_ROW = {"reason": STR, "count": INT}
 _ACCEPTANCE = {"at": TIME, "licence_id": NULL_UUID, "terms_version": NULL_INT}
 _LICENCE_CHANGES = ("grant", "amend", "suspend", "resume", "revoke")
 _MEMBER_ROW = {
-    "member_id": UUID, "name": (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string"),
+    "member_id": UUID, "name": NULL_TEXT,
     "licence_changes": (lambda v: type(v) is dict and all(k in _LICENCE_CHANGES and type(n) is int and 0 < n <= MAX_INT
                                                           for k, n in v.items()),
                         f"an object of counts above 0 named {list(_LICENCE_CHANGES)}"),
@@ -249,11 +252,15 @@ _MEMBER_ROW = {
     "deliveries": INT, "records": _SIGNED, "bytes": _SIGNED, "denials": INT}
 _VERSION_ROW = {"published_at": TIME, "version": NULL_INT, "records": INT, "cumulative": INT}
 _WITHDRAWAL_ROW = {"withdrawn_at": TIME, "version": NULL_INT, "records": INT, "reason": NULL_STR}
-_DATASET_ROW = {"dataset_id": UUID, "name": (_nullable(lambda v: type(v) is str and v != ""), "null or a non-empty string"),
-                "versions": (_array(_object(_VERSION_ROW, "an entry of versions")), "a list of objects"),
+_DATASET_ROW_V2 = {"dataset_id": UUID, "name": NULL_TEXT,
+                   "versions": (_array(_object(_VERSION_ROW, "an entry of versions")), "a list of objects")}
+_DATASET_ROW = {**_DATASET_ROW_V2,
                 "withdrawn": (_array(_object(_WITHDRAWAL_ROW, "an entry of withdrawn")), "a list of objects")}
-_REPORT = {
-    "format": (_const(GENERATOR), repr(GENERATOR)),
+_TERMINATION_ROW = {"termination_id": UUID, "licence_id": NULL_UUID, "member_id": NULL_UUID, "dataset_id": NULL_UUID,
+                    "terminated_at": NULL_TIME, "grounds": NULL_TEXT, "attestation_due": NULL_TEXT,
+                    "attested_at": NULL_TIME}
+_REPORT_V2 = {
+    "format": (_const(GENERATOR_V2), repr(GENERATOR_V2)),
     "period": (_object({"from": TIME, "to": TIME}, "period"), "an object"),
     "events": INT, "logs": INT,
     "deliveries_by_credential": (_array(_object(_CREDENTIAL_ROW, "an entry of deliveries_by_credential")),
@@ -261,13 +268,20 @@ _REPORT = {
     "unauthenticated_deliveries": INT, "records": _SIGNED, "bytes": _SIGNED,
     "denials_by_reason": (_array(_object(_DENIAL_ROW, "an entry of denials_by_reason")), "a list of objects"),
     "members": (_array(_object(_MEMBER_ROW, "an entry of members")), "a list of objects"),
+    "datasets": (_array(_object(_DATASET_ROW_V2, "an entry of datasets")), "a list of objects"),
+}
+_REPORT = {
+    **_REPORT_V2,
+    "format": (_const(GENERATOR), repr(GENERATOR)),
     "datasets": (_array(_object(_DATASET_ROW, "an entry of datasets")), "a list of objects"),
+    "terminations": (_array(_object(_TERMINATION_ROW, "an entry of terminations")), "a list of objects"),
 }
 
 
 def report_figures(value: Any) -> dict[str, Any]:
-    """report.json (schemas/audit-report.schema.json)."""
-    return closed(value, _REPORT, "report.json")
+    """report.json (schemas/audit-report.schema.json), by the report format its `format` names."""
+    v2 = type(value) is dict and value.get("format") == GENERATOR_V2
+    return closed(value, _REPORT_V2 if v2 else _REPORT, "report.json")
 
 
 def node_valid(value: Any) -> bool:

@@ -2,7 +2,7 @@
 
     python -m gateway.verify bundle.zip [--trusted-checkpoint FILE] [--trusted-key VKEY ...]
 
-Checks, in order, stopping at the first problem: (format 2) the signed key history of key-events.jsonl,
+Checks, in order, stopping at the first problem: (formats 2 and 3) the signed key history of key-events.jsonl,
 each audit key's validity, which keys.json must state exactly; manifest.sig, the audit key's signature
 over manifest.json's SHA-256 and the export time, so that no manifest field can change unseen; the
 ZIP's files against manifest.json; every
@@ -10,8 +10,9 @@ checkpoint's signature by a known key valid at its signed time; consistency betw
 successive checkpoints (and with a trusted checkpoint); then every event: its inclusion proof against
 its covering checkpoint, (log, seq) order and uniqueness, its log and seq against its proof line, its
 place in the scope, and — for unfiltered exports — the gap-free vendor (or member) series with its
-witnesses; finally per-log counts against the manifest, (format 2) terms.jsonl against the digests and
-the (licence, version) pairs the events name, terminations.jsonl against the terminations the events name
+witnesses; finally per-log counts against the manifest, (formats 2 and 3) terms.jsonl against the digests
+and the (licence, version) pairs the events name, (format 3) terminations.jsonl against the terminations the
+events name
 (each document's digest, each notice's signature by the audit key valid at its effective time), and the
 report: report.json recomputed from the manifest
 and the events (report.html rendered again from them, the reference implementation's extra check).
@@ -46,9 +47,11 @@ from gateway.audit.format import (
     FILES_OF,
     FORMAT,
     FORMAT_V1,
+    FORMAT_V2,
     KEY_EVENT_KINDS,
     MANIFEST_SIG,
     NOTICE_TYPE,
+    SIGNED_FORMATS,
     TERMINATION_KINDS,
     CheckpointError,
     KeyEvent,
@@ -122,7 +125,7 @@ def verify_bundle(path: str | Path, trusted_checkpoint: str | None = None, *,
     """Verify the bundle at `path`. `trusted_checkpoint`: a checkpoint obtained earlier, as a signed note
     (e.g. a receipt's) or as the JSON GET /v1/audit/checkpoint returns; `trusted_keys`: C2SP verifier
     keys to accept instead of trusting keys.json alone (each key's validity comes from the bundle's
-    signed key history in format 2, from keys.json in format 1);
+    signed key history from format 2 on, from keys.json in format 1);
     `witnesses` (cosignature/v1 vkeys) and `quorum` (default: all of them): each log's events must be
     covered by a checkpoint cosigned by `quorum` of those witnesses (schemas/audit-format.md §8.4);
     `require_signed`: refuse a format 1 bundle, whose manifest nothing signs."""
@@ -170,10 +173,10 @@ class _Verifier:
         self.verdict = Verdict(True)
         self.checkpoints: dict[str, list[OpenedCheckpoint]] = {}
         self.logs: dict[str, _Log] = {}
-        # Format 2: every (licence, terms version) the events name, and each acceptance's digest.
+        # Formats 2 and 3: every (licence, terms version) the events name, and each acceptance's digest.
         self.terms_named: set[tuple[str, int]] = set()
         self.terms_accepted: list[tuple[int, str, int, str]] = []  # line, licence, version, sha256
-        # Format 2: the events naming a termination's documents: line, termination id, event.
+        # The events naming a termination's documents: line, termination id, event.
         self.terminations_named: list[tuple[int, str, dict[str, Any]]] = []
 
     def run(self) -> Verdict:
@@ -224,11 +227,12 @@ class _Verifier:
         names = [info.filename for info in self.bundle.infolist()]
         if len(names) != len(set(names)):
             raise BundleError("bundle-format", "the ZIP holds two files of the same name")
-        # The layout says the format: manifest.sig is there from format 2 on (§6.1). The manifest's own
-        # format field is read only once the signature over it has verified.
-        self.format = FORMAT if MANIFEST_SIG in names else FORMAT_V1
+        # The layout says whether the format is signed: manifest.sig is there from format 2 on (§6.1); which
+        # signed format, the manifest says, and manifest.sig's text, which names it, vouches for that.
+        signed = MANIFEST_SIG in names
+        self.format = self._signed_format() if signed else FORMAT_V1
         self.files = FILES_OF[self.format]
-        expected = {"manifest.json", *self.files} | ({MANIFEST_SIG} if self.format == FORMAT else set())
+        expected = {"manifest.json", *self.files} | ({MANIFEST_SIG} if signed else set())
         if set(names) != expected:
             missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
             raise BundleError("bundle-format", f"the bundle's files differ from the format's: missing {missing}, "
@@ -237,14 +241,14 @@ class _Verifier:
             raise BundleError("manifest-signature", "a format 1 bundle: nothing signs its manifest (export it again "
                                                     "for a signed one)")
         data = self._read("manifest.json", _MAX_MANIFEST)
-        signature = self._signature(data) if self.format == FORMAT else None
+        signature = self._signature(data) if signed else None
         manifest = _json(data, "manifest.json")
         try:
             schema.manifest(manifest)
         except ShapeError as e:
             raise BundleError("bundle-format", str(e)) from None
         if manifest["format"] != self.format:
-            # Only a format 2 manifest is signed, so this is one that says 1 beside a manifest.sig.
+            # Only formats 2 and 3 are signed, so this is one that says 1 beside a manifest.sig.
             raise BundleError("bundle-format", f"manifest.json says format {manifest['format']!r}, but the bundle's "
                                                f"files are those of {self.format!r}")
         if signature is not None and manifest["created_at"] != signature:
@@ -264,6 +268,15 @@ class _Verifier:
             self.verdict.notes.append("format 1 bundle: its manifest is not signed, so its fields (the report "
                                       "marker among them) are protected by nothing")
         return manifest
+
+    def _signed_format(self) -> str:
+        """The signed format manifest.json claims, unverified (its signature is checked next); format 3 when
+        it claims none of them (the manifest's own checks then say what is wrong)."""
+        try:
+            claimed = orjson.loads(self._read("manifest.json", _MAX_MANIFEST))["format"]
+        except (KeyError, TypeError, orjson.JSONDecodeError):
+            return FORMAT
+        return claimed if claimed in SIGNED_FORMATS else FORMAT
 
     def _signature(self, manifest: bytes) -> str:
         """Step 1a: manifest.sig verifies with keys.json's keys (step 3's checks first, the trusted keys
@@ -293,6 +306,9 @@ class _Verifier:
         if opened.manifest_sha256 != hashlib.sha256(manifest).hexdigest():
             raise BundleError("manifest-signature", "manifest.json is not the manifest manifest.sig signed (a "
                                                     "field was changed)")
+        if opened.bundle_format != self.format:
+            raise BundleError("manifest-signature", f"manifest.sig signed a {opened.bundle_format!r} bundle; its "
+                                                    f"files are those of {self.format!r}")
         self._key_events_proven()
         self.verdict.notes.append(f"manifest signed by key {opened.key.key_id} at {opened.exported_at}")
         return opened.exported_at
@@ -700,9 +716,15 @@ class _Verifier:
                                            f"terms.jsonl's text of licence {licence} version {version} is another")
 
     def _terminations(self) -> None:
-        """Step 8b (format 2): terminations.jsonl holds, in termination_id order, the documents of exactly the
+        """Step 8b (format 3): terminations.jsonl holds, in termination_id order, the documents of exactly the
         terminations the events name, each with the SHA-256 its events recorded; each notice is signed by
         the audit key it names, valid at the notice's effective time (§6.1.4)."""
+        if self.format == FORMAT_V2:  # which has no terminations.jsonl, nor events naming one
+            if self.terminations_named:
+                number, termination, _ = self.terminations_named[0]
+                raise BundleError("terminations", f"{_at(number)} names termination {termination}, which a "
+                                                  f"{FORMAT_V2!r} bundle cannot hold")
+            return
         keys = {key.key_id: key for key in self.keys}
         found: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {}  # id: line number, line, notice
         previous: str | None = None
@@ -784,8 +806,8 @@ class _Verifier:
             self.verdict.notes.append(f"report.html of format 1 (made by {self.manifest.get('report')!r}) is not "
                                       "re-checked; its figures are recomputed by exporting the period again")
             return
-        # Format 2: report.json is what any verifier recomputes (§6.5); the page is rendered from it, and
-        # comparing it with this renderer's is the reference implementation's extra check.
+        # Formats 2 and 3: report.json is what any verifier recomputes (§6.5); the page is rendered from
+        # it, and comparing it with this renderer's is the reference implementation's extra check.
         claimed = _json(self._read("report.json", _MAX_REPORT), "report.json")
         try:
             schema.report_figures(claimed)
@@ -795,7 +817,10 @@ class _Verifier:
         if report.figures_json(figures) != self._read("report.json", _MAX_REPORT):
             raise BundleError("report", "report.json does not hold the figures of events.jsonl and the manifest "
                                         f"({_first_difference(figures, claimed)})")
-        if report.render(figures, self.manifest).encode("utf-8") != self._read("report.html", _MAX_REPORT):
+        if self.format == FORMAT_V2:
+            self.verdict.notes.append("report.html of format 2 was laid out by a renderer since retired (times in "
+                                      "UTC): its figures, report.json, are checked; the page is not")
+        elif report.render(figures, self.manifest).encode("utf-8") != self._read("report.html", _MAX_REPORT):
             raise BundleError("report", "report.html is not report.json rendered (by this verifier's renderer)")
 
 

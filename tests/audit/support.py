@@ -126,9 +126,11 @@ def write_bundle(path: Path, files: dict[str, bytes], *, rehash: bool = True, re
     return path
 
 
-def sign_manifest(signature: bytes, manifest_json: bytes, signer: NoteSigner | None = None) -> bytes:
-    """manifest.sig over `manifest_json` (its created_at as the export time), by `signer` or else by the
-    audit key that made `signature`; `signature` unchanged when no such key is known."""
+def sign_manifest(signature: bytes, manifest_json: bytes, signer: NoteSigner | None = None,
+                  bundle_format: str | None = None) -> bytes:
+    """manifest.sig over `manifest_json` (its created_at as the export time, `bundle_format` or else its
+    format as the format), by `signer` or else by the audit key that made `signature`; `signature`
+    unchanged when no such key is known."""
     import hashlib
 
     if signer is None:
@@ -136,12 +138,14 @@ def sign_manifest(signature: bytes, manifest_json: bytes, signer: NoteSigner | N
                        if s.key_hash in _AUDIT_SIGNERS), None)
         if signer is None:
             return signature
-    text = manifest_signature_text(hashlib.sha256(manifest_json).hexdigest(), orjson.loads(manifest_json)["created_at"])
+    manifest = orjson.loads(manifest_json)
+    text = manifest_signature_text(hashlib.sha256(manifest_json).hexdigest(), manifest["created_at"],
+                                   bundle_format or manifest["format"])
     return signer.sign(text).encode()
 
 
 def restate_report(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
-    """report.json (format 2) and report.html recomputed from the bundle's events, as a careful attacker would."""
+    """report.json (formats 2 and 3) and report.html recomputed from the bundle's events, as a careful attacker would."""
     summary = report.Summary(manifest["scope"]["from"], manifest["scope"]["to"])
     for line in lines(files["events.jsonl"]):
         summary.add(orjson.loads(line))
@@ -149,8 +153,6 @@ def restate_report(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
     if "report.json" in files:
         files["report.json"] = report.figures_json(figures)
     files["report.html"] = report.render(figures, manifest).encode()
-
-
 
 
 def lines(data: bytes) -> list[bytes]:

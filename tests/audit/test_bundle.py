@@ -484,3 +484,25 @@ def test_the_report_counts_a_stream_once_as_its_last_event_says() -> None:
         summary.add(event(kind, records, size, stream))
     assert (summary.records, summary.bytes) == (65_000, 13_100_000)
     assert summary.members["m"].records == 65_000
+
+
+def test_the_report_lists_a_termination_whose_attestation_is_outstanding() -> None:
+    termination, licence, member = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
+    summary = report.Summary("2026-01-01T00:00:00.000000Z", "2027-01-01T00:00:00.000000Z")
+    summary.add({"at": "2026-06-01T01:00:00.000000Z", "kind": "vendor:licence:terminate", "outcome": "change",
+                 "member_id": member, "licence_id": licence, "dataset_id": None,
+                 "detail": {"termination_id": termination, "grounds": "breach", "attestation_due": "2026-07-01"}})
+    # A refused attestation names nothing.
+    summary.add({"at": "2026-06-02T00:00:00.000000Z", "kind": "member:deletion:attest", "outcome": "deny",
+                 "member_id": member, "licence_id": licence, "detail": {"termination_id": termination}})
+    manifest = {"report": report.GENERATOR, "scope": {}, "logs": []}
+    figures = report.figures(summary, manifest)
+    assert figures["terminations"] == [{
+        "termination_id": termination, "licence_id": licence, "member_id": member, "dataset_id": None,
+        "terminated_at": "2026-06-01T01:00:00.000000Z", "grounds": "breach", "attestation_due": "2026-07-01",
+        "attested_at": None}]
+    page = report.render(figures, manifest)
+    assert "attestations outstanding: <b>1</b>" in page and "未提出 / outstanding" in page
+    assert "2026-06-01 10:00:00 JST" in page  # the termination's time, in Japan first
+    # Format 2's figures have no terminations, whatever the events say.
+    assert "terminations" not in report.figures(summary, {"report": report.GENERATOR_V2})

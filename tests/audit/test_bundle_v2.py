@@ -1,12 +1,14 @@
-"""Format 2 bundles (schemas/audit-format.md §6.1, §6.4 steps 1a, 8a and 9, §6.5): the manifest is signed,
-the report's figures are report.json, recomputed by the verifier, and the terms texts the events name
-travel with them. Format 1 bundles still verify (tests/audit/fixtures/bundle-v1.zip, exported by the
-gateway before format 2)."""
+"""Signed bundles (schemas/audit-format.md §6.1, §6.4 steps 1a, 8a, 8b and 9, §6.5), format 3 as exported
+now: the manifest is signed, the report's figures are report.json, recomputed by the verifier, and the
+terms texts and termination documents the events name travel with them. Format 2 bundles (no
+terminations, report/2) and format 1 bundles (tests/audit/fixtures/bundle-v1.zip, exported by the
+gateway before format 2) still verify."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit.format import FORMAT, PublicKey
+from gateway.audit import report
+from gateway.audit.format import FORMAT, FORMAT_V2, PublicKey
 from gateway.audit.verify import verify_bundle
 from keys.notes import NoteSigner
 from keys.signing import SigningKey
@@ -38,6 +41,7 @@ V1_BUNDLE = Path(__file__).parent / "fixtures" / "bundle-v1.zip"
 class Case:
     bundle: Path
     files: dict[str, bytes]
+    member_files: dict[str, bytes]  # the licensed member's events alone: no termination among them
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,8 @@ async def case(databases: Any, migrated_template: str, tmp_path_factory: pytest.
             found = await scenario(runtime, client)
         result = await export(runtime, home / "bundle.zip", found.vendor_id)
         assert not result.warnings
-        yield Case(home / "bundle.zip", read_bundle(home / "bundle.zip"))
+        await export(runtime, home / "member.zip", found.vendor_id, member_id=uuid.UUID(found.licensed.member["id"]))
+        yield Case(home / "bundle.zip", read_bundle(home / "bundle.zip"), read_bundle(home / "member.zip"))
     finally:
         await runtime.close()
         await databases.drop(name)
@@ -79,10 +84,10 @@ def _manifest(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, b
 
 # -- the genuine bundle ---------------------------------------------------------------------------------
 
-def test_a_genuine_bundle_is_format_2_and_verifies(case: Case) -> None:
-    assert {"manifest.sig", "terms.jsonl", "report.json"} <= case.files.keys()
+def test_a_genuine_bundle_is_format_3_and_verifies(case: Case) -> None:
+    assert {"manifest.sig", "terms.jsonl", "terminations.jsonl", "report.json"} <= case.files.keys()
     manifest = orjson.loads(case.files["manifest.json"])
-    assert manifest["format"] == FORMAT and manifest["report"] == "lpd-gateway report/2"
+    assert manifest["format"] == FORMAT == "lpd-gateway-evidence/3" and manifest["report"] == "lpd-gateway report/3"
     signed = case.files["manifest.sig"].decode()
     assert signed.startswith(f"{FORMAT}\nmanifest-sha256 {hashlib.sha256(case.files['manifest.json']).hexdigest()}\n"
                              f"exported-at {manifest['created_at']}\n\n— lpd-gateway-audit ")
@@ -102,6 +107,18 @@ def test_report_json_holds_the_figures_and_the_page_shows_them(case: Case) -> No
     assert "member-a" in names and [d["name"] for d in figures["datasets"]] == ["footfall"]
     page = case.files["report.html"].decode()
     assert f"records delivered: <b>{figures['records']:,}</b>" in page
+    # The second member's terminated licence, under 限定提供性, its attestation received.
+    events = [orjson.loads(line) for line in lines(case.files["events.jsonl"])]
+    [ended] = [e for e in events if e["kind"] == "vendor:licence:terminate"]
+    [attested] = [e for e in events if e["kind"] == "member:deletion:attest"]
+    assert figures["terminations"] == [{
+        "termination_id": ended["detail"]["termination_id"], "licence_id": ended["licence_id"],
+        "member_id": ended["member_id"], "dataset_id": ended["dataset_id"], "terminated_at": ended["at"],
+        "grounds": "contract_end", "attestation_due": ended["detail"]["attestation_due"],
+        "attested_at": attested["at"]}]
+    provision = page[page.index("<h2>限定提供性"):page.index("<h2>相当蓄積性")]
+    assert "契約終了と削除証明" in provision and "attestations outstanding: <b>0</b>" in provision
+    assert "member-b" in provision and "契約期間の満了 / contract end" in provision
 
 
 def test_terms_jsonl_holds_each_named_terms_text_with_its_digest(case: Case) -> None:
@@ -278,6 +295,58 @@ def test_a_format_2_bundle_stripped_to_format_1_is_refused_when_signatures_are_r
     path = tampered(case, tmp_path, downgrade)
     assert verify_bundle(path).ok  # as format 1 says: nothing signs its manifest
     refused(path, "manifest-signature", require_signed=True)
+
+
+# -- format 2, as exported before format 3 -----------------------------------------------------------------
+
+def as_format_2(files: dict[str, bytes]) -> None:
+    """The bundle as the exporter of format 2 wrote it: no terminations.jsonl, no names, report/2."""
+    files.pop("terminations.jsonl")
+    manifest = orjson.loads(files["manifest.json"])
+    manifest.update(format=FORMAT_V2, report="lpd-gateway report/2")
+    manifest.pop("names")
+    manifest["files"].pop("terminations.jsonl")
+    figures = orjson.loads(files["report.json"])
+    figures["format"] = "lpd-gateway report/2"
+    figures.pop("terminations")
+    for dataset in figures["datasets"]:
+        dataset.pop("withdrawn")
+    files["report.json"] = report.figures_json(figures)
+    files["manifest.json"] = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def test_a_format_2_bundle_still_verifies_its_figures_and_says_its_page_is_not_rechecked(case: Case,
+                                                                                         tmp_path: Path) -> None:
+    files = dict(case.member_files)
+    as_format_2(files)
+    files["report.html"] = files["report.html"].replace(b"records delivered", b"records handed over")
+    path = write_bundle(tmp_path / "v2.zip", files)  # manifest.sig re-signed by the audit key, as format 2's
+    assert read_bundle(path)["manifest.sig"].startswith(b"lpd-gateway-evidence/2\n")
+    verdict = verify_bundle(path, require_signed=True)
+    assert verdict.ok and any("report.html of format 2" in note for note in verdict.notes), verdict.line()
+    # Its figures are still recomputed: by format 2's rules, which have no terminations.
+    figures = orjson.loads(files["report.json"])
+    figures["records"] += 1
+    refused(write_bundle(tmp_path / "figures.zip", dict(files, **{"report.json": report.figures_json(figures)})),
+            "report")
+    figures["records"] -= 1
+    figures["terminations"] = []
+    refused(write_bundle(tmp_path / "terminations.zip", dict(files, **{"report.json": report.figures_json(figures)})),
+            "bundle-format")
+
+
+def test_a_format_2_bundle_cannot_name_a_termination_nor_pass_for_format_3(case: Case, tmp_path: Path) -> None:
+    files = dict(case.files)
+    as_format_2(files)
+    refused(write_bundle(tmp_path / "terminated.zip", files), "terminations")
+    # A format 3 bundle's manifest rewritten as format 2, manifest.sig still saying format 3.
+    files = dict(case.member_files)
+    as_format_2(files)
+    path = write_bundle(tmp_path / "relabelled.zip", files, resign=False)
+    relabelled = read_bundle(path)
+    relabelled["manifest.sig"] = sign_manifest(case.member_files["manifest.sig"], relabelled["manifest.json"],
+                                               bundle_format=FORMAT)
+    refused(write_bundle(tmp_path / "mislabelled.zip", relabelled, rehash=False), "manifest-signature")
 
 
 # -- terminations.jsonl -----------------------------------------------------------------------------------
