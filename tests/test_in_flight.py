@@ -242,3 +242,36 @@ async def test_a_revoked_compliance_keys_bundle_download_stops_and_is_recorded_a
     end = orjson.loads(entry)
     assert end["delivery"]["complete"] is False and end["reason"] == "the key was revoked during the delivery"
     assert received <= end["delivery"]["bytes"] < length
+
+
+@pytest.mark.slow
+async def test_a_terminated_licences_stream_stops_on_another_instance_which_still_serves_the_notice(
+        first: Runtime, second: GatewayProcess) -> None:
+    async with client_for(first) as local:
+        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
+        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
+        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                                .latest_version == 2)
+        licence = licensed.licence["id"]
+
+        async def terminate(_key: dict[str, str]) -> datetime:
+            done = await licensed.vendor.ok("POST", f"/v1/admin/licences/{licence}/terminate",
+                                            json={"reason": "contract ended", "grounds": "contract_end"})
+            return datetime.fromisoformat(done["effective_at"])
+
+        async def nothing() -> None:
+            return None
+
+        # A termination is final: one try.
+        seconds, ends = await _tries(first, second, licensed, terminate, nothing, tries=1)
+        key = (await licensed.vendor.member_key(licensed.member["id"]))["api_key"]
+        async with httpx.AsyncClient(base_url=second.url) as member:
+            notice = await member.get(f"/v1/licences/{licence}/termination", headers=auth(key))
+            records = await member.get(f"/v1/datasets/{licensed.dataset['id']}/records", headers=auth(key))
+    _report("terminated licence", seconds)
+    assert ends[0]["delivery"]["complete"] is False  # type: ignore[index]
+    assert "terminated" in str(ends[0]["reason"]) and "contract ended" in str(ends[0]["reason"]), ends[0]["reason"]
+    assert max(seconds) < STOP_LIMIT_SECONDS
+    # After the cut-off the other instance serves the member its notice, and nothing else.
+    assert notice.status_code == 200 and notice.json()["notice"]["licence_id"] == licence, notice.text
+    assert records.status_code in (403, 404), records.text
