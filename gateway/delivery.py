@@ -16,10 +16,12 @@ stops, settles what was sent and writes the stream-end event.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
+import itertools
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -392,13 +394,13 @@ class Deliveries:
 
         async def produce(write: Write, stopped: Callable[[], bool]) -> None:
             if fmt == "csv":
-                await write(records.csv_header(scope), 0)
+                await write(records.csv_header(scope), ())
             # A chunk takes milliseconds to read; one that takes the audit deadline ends the stream as an
             # error while this process can still record it (before it is taken for dead, DEAD_AFTER_SECONDS).
             async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS, read_seconds=self.writer.deadline):
                 if stopped():
                     return
-                await write(chunk.body, len(chunk))
+                await write(chunk.body, chunk.sizes)
 
         first = Tally(min(quota.records, EXPORT_CHUNK_RECORDS) if quota.records is not None else 0,
                       min(quota.bytes, _estimated_bytes(scope.dataset, EXPORT_CHUNK_RECORDS))
@@ -465,7 +467,7 @@ class Deliveries:
             handle = await asyncio.to_thread(open, path, "rb")
             with handle:
                 while not stopped() and (chunk := await asyncio.to_thread(handle.read, FILE_CHUNK_BYTES)):
-                    await write(chunk, 0)
+                    await write(chunk, ())
 
         return Stream(self, None, EventKind.AUDIT_EXPORT_STREAM_END, produce, Tally(),
                       self._credential_allows(caller.credential.id), length=path.stat().st_size)
@@ -484,15 +486,17 @@ class Deliveries:
                     chunk = await asyncio.to_thread(handle.read, min(FILE_CHUNK_BYTES, end - start - sent))
                     if not chunk:
                         break
-                    await write(chunk, 0)
+                    await write(chunk, ())
                     sent += len(chunk)
 
         return Stream(self, licence_id, EventKind.SHARING_FILE_STREAM_END, produce, Tally(charge, end - start),
                       still_allowed, charge=charge, length=end - start, uncharge=uncharge)
 
 
-# A stream source hands over chunks with their record count (None: count the newlines, one record each).
-Write = Callable[[bytes, int | None], Awaitable[None]]
+# A stream source hands over chunks with the byte sizes of the records in them, in order (none for bytes
+# that hold no record: a CSV header, a file). Records are counted by these sizes, never by line breaks:
+# a text value may hold line breaks, and a CSV record with one spans several lines.
+Write = Callable[[bytes, Sequence[int]], Awaitable[None]]
 
 
 class Transport(Protocol):
@@ -572,7 +576,7 @@ class Stream:
                                             digest.copy().hexdigest(), False, None, metered))
             metered.records, metered.bytes = records, sent.bytes
 
-        async def write(chunk: bytes, count: int | None) -> None:
+        async def write(chunk: bytes, sizes: Sequence[int]) -> None:
             nonlocal cut, stopped_because
             if stopped():
                 return
@@ -582,11 +586,11 @@ class Stream:
             if reason is not None:
                 stopped_because = reason
                 return
-            count = chunk.count(b"\n") if count is None else count
+            count = len(sizes)
             part = chunk
             if self.hard is not None:
                 await self._make_room(count, len(chunk), sent, record_progress)
-                part, count = _within(chunk, count, self._limits(), sent)
+                part, count = _within(chunk, sizes, self._limits(), sent)
             if part:
                 if (sent.bytes - metered.bytes + len(part) > PROGRESS_BYTES
                         or sent.records - metered.records + count > PROGRESS_RECORDS):
@@ -711,22 +715,19 @@ def _member_credential(snapshot: Snapshot, credential_id: uuid.UUID) -> Credenti
     return found
 
 
-def _within(chunk: bytes, count: int, limits: tuple[int | None, int | None], sent: Tally) -> tuple[bytes, int]:
-    """The part of `chunk` (whole records) that fits in the (records, bytes) limits after what was sent."""
+def _within(chunk: bytes, sizes: Sequence[int], limits: tuple[int | None, int | None],
+            sent: Tally) -> tuple[bytes, int]:
+    """The part of `chunk` (whole records, of `sizes` bytes each) that fits in the (records, bytes) limits
+    after what was sent, and how many records it holds."""
     records_limit, bytes_limit = limits
-    room_records = count if records_limit is None else min(count, records_limit - sent.records)
+    count = len(sizes)
+    room_records = count if records_limit is None else max(0, min(count, records_limit - sent.records))
     room_bytes = len(chunk) if bytes_limit is None else bytes_limit - sent.bytes
     if room_records >= count and room_bytes >= len(chunk):
         return chunk, count
-    end = 0
-    kept = 0
-    while kept < room_records:
-        newline = chunk.find(b"\n", end)
-        if newline < 0 or newline + 1 > room_bytes:
-            break
-        end = newline + 1
-        kept += 1
-    return chunk[:end], kept
+    ends = list(itertools.accumulate(sizes[:room_records]))
+    kept = bisect.bisect_right(ends, room_bytes)
+    return chunk[:ends[kept - 1] if kept else 0], kept
 
 
 def _estimated_bytes(dataset: Dataset, count: int) -> int:

@@ -2,8 +2,9 @@
 
 PostgreSQL renders the records: NDJSON lines are `(data - <columns outside the licence>)::text` and
 CSV fields are quoted by `csv_field` (migration 0007) over the licensed columns only, so records are
-never decoded and re-encoded in Python. Records are single-line by construction (gateway/uploads.py refuses control
-characters), which makes a delivered record exactly one line: metering counts newlines.
+never decoded and re-encoded in Python. A text value may hold line breaks (NDJSON escapes them; a CSV
+field holding one is quoted and spans lines), so a page carries each record's size and deliveries count
+records by those sizes, never by line breaks.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import uuid
+from typing import Any
 
 import httpx
 import orjson
@@ -198,3 +201,76 @@ async def test_head_on_records_checks_and_answers_headers_but_delivers_and_meter
                             == "revoked")
     refused = await client.head(records_path(licensed), headers=licensed.headers)
     assert refused.status_code == 403 and "data-notice" not in refused.headers
+
+
+# Text holding line breaks and TABs: a record is counted once on every path, however many lines it spans.
+
+NOTES = ["一行目\n二行目", "tab\there\tand there", "\n\nblank lines inside\n", 'quoted "x",\nand a comma']
+ALL_COLUMNS = ["area", "day", "count", "secret_note"]
+
+
+async def _with_multiline_notes(runtime: Runtime, client: httpx.AsyncClient, **licence: Any) -> Licensed:
+    """30 plain records of north and south, then 4 of north whose notes hold line breaks and TABs."""
+    licensed = await licensed_member(runtime, client, columns=ALL_COLUMNS, **licence)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(
+        ["north", "2026-05-01", 900 + i, note] for i, note in enumerate(NOTES))
+    await licensed.vendor.publish(licensed.dataset["id"], buffer.getvalue())
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    return licensed
+
+
+def _csv_records(body: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(body.decode(), newline="")))
+
+
+async def _all_pages(client: httpx.AsyncClient, licensed: Licensed, fmt: str) -> bytes:
+    response = await client.get(records_path(licensed), params={"format": fmt, "limit": 3}, headers=licensed.headers)
+    body = response.content
+    while "next" in response.links:
+        response = await client.get(response.links["next"]["url"], headers=licensed.headers)
+        body += response.content
+    return body
+
+
+async def test_text_with_line_breaks_arrives_exactly_and_each_record_is_metered_once_on_every_path(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    licensed = await _with_multiline_notes(runtime, client)
+    ndjson = await client.get(records_path(licensed), headers=licensed.headers)
+    assert ndjson.status_code == 200
+    received = lines(ndjson)  # NDJSON escapes the line breaks: one record a line
+    assert len(received) == 34 and [r["secret_note"] for r in received if r["count"] >= 900] == NOTES
+    assert b"\t" not in ndjson.content and ndjson.content.count(b"\n") == 34
+    csv_stream = await client.get(records_path(licensed), params={"format": "csv"}, headers=licensed.headers)
+    rows = _csv_records(csv_stream.content)  # CSV quotes them: a record spans lines
+    assert rows[0] == ALL_COLUMNS and len(rows) == 35
+    assert [row[3] for row in rows[1:] if int(row[2]) >= 900] == NOTES
+    assert csv_stream.content.count(b"\n") > 35
+    ndjson_pages = await _all_pages(client, licensed, "ndjson")
+    csv_pages = await _all_pages(client, licensed, "csv")
+    assert ndjson_pages == ndjson.content and csv_pages == csv_stream.content
+    await runtime.writer.close()  # drain: the streams' completion events are queued without waiting
+    requests, records, byte_count = await usage_rows(runtime, licensed.licence["id"])
+    assert records == 4 * 34  # two streams and two runs of pages, each of 34 records
+    assert byte_count == len(ndjson.content) + len(csv_stream.content) + len(ndjson_pages) + len(csv_pages)
+    assert requests == 2 + 2 * 12  # 34 records in pages of 3: 12 pages each
+
+
+async def test_a_csv_export_cut_at_the_hard_quota_cuts_between_records_that_span_lines(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """North's 15 plain records, then two whose notes hold line breaks, fill the quota of 17: the cut
+    falls after the second of them, whole, not at one of their line breaks."""
+    licensed = await _with_multiline_notes(runtime, client, records_per_month=17)
+    received = b""
+    async with serve(runtime) as served, httpx.AsyncClient(base_url=served.base) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream("GET", records_path(licensed), params={"format": "csv"},
+                                   headers=licensed.headers) as response:
+                async for chunk in response.aiter_raw():
+                    received += chunk
+    rows = _csv_records(received)
+    assert len(rows) == 1 + 17 and [row[3] for row in rows[-2:]] == NOTES[:2]
+    await runtime.writer.close()
+    _, records, byte_count = await usage_rows(runtime, licensed.licence["id"])
+    assert (records, byte_count) == (17, len(received))

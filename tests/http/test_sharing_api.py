@@ -490,3 +490,29 @@ async def test_files_whose_records_fill_the_quota_are_still_read_whole(runtime: 
             await in_thread(delta_sharing.load_as_pandas, f"{profile}#{share}.default.footfall")
         assert failure.value.response.status_code == 403
         assert failure.value.response.json()["errorCode"] == "QUOTA_EXCEEDED"
+
+
+async def test_text_with_line_breaks_and_tabs_reads_back_exactly_and_is_counted_once(
+        runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    notes = ["一行目\n二行目", "tab\there", "\n\nblank lines inside\n", 'quoted "x",\nand a comma']
+    licensed = await licensed_member(runtime, client, columns=["area", "day", "count", "secret_note"])
+    rows = "".join(f'north,2026-05-01,{900 + i},"{note.replace(chr(34), chr(34) * 2)}"\n' for i, note in enumerate(notes))
+    await licensed.vendor.publish(licensed.dataset["id"], rows)
+    await wait_for_snapshot(runtime, lambda: runtime.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    share = runtime.snapshot.vendors[licensed.vendor.id].name
+    async with serve(runtime) as served:
+        profile = await profile_file(served, licensed.key, tmp_path)
+        frame = await in_thread(delta_sharing.load_as_pandas, f"{profile}#{share}.default.footfall")
+        native = await native_records(served, records_path_of(licensed), licensed.key)
+    assert len(frame) == len(native) == 34
+    assert sorted(frame[frame["count"] >= 900]["secret_note"]) == sorted(notes)
+    assert normalised(frame) == collections.Counter(
+        (r["area"], r["day"], r["count"], r["secret_note"]) for r in native)
+    await runtime.writer.close()  # drain: completion events are queued without waiting
+    ends = await audit_entries(runtime, "member:sharing-file:stream-end")
+    assert sum(e["delivery"]["records"] for e in ends) == 34
+    async with runtime.pool.acquire() as conn:
+        metered = await conn.fetchval("SELECT sum(records) FROM usage_daily WHERE licence_id = $1",
+                                      uuid.UUID(licensed.licence["id"]))
+    assert metered == 34 + 34  # the connector's files, and the native read beside them
