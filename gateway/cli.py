@@ -118,13 +118,18 @@ async def _vendor(runtime: Runtime, args: argparse.Namespace) -> vendors.Vendor:
     return await vendors.find(runtime.pool, args.vendor)
 
 
-async def cmd_dataset_create(runtime: Runtime, args: argparse.Namespace) -> Any:
-    text = read_file(args.columns, "--columns file")
+def _columns_file(path: str) -> Any:
+    """The column declaration a --columns file holds (JSON, as the API takes it)."""
+    text = read_file(path, "--columns file")
     try:
-        declared = orjson.loads(text)
+        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"--columns file {args.columns!r} is not valid JSON ({exc}); it must hold a list such as "
+        raise InvalidInput(f"--columns file {path!r} is not valid JSON ({exc}); it must hold a list such as "
                            '[{"name": "prefecture", "type": "text"}]', field="columns") from None
+
+
+async def cmd_dataset_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    declared = _columns_file(args.columns)
     vendor = await _vendor(runtime, args)
     dataset = await datasets.create(runtime.writer, cli_actor(vendor.id), vendor.id, args.name, args.description,
                                     declared, args.partition_column)
@@ -139,7 +144,9 @@ async def cmd_dataset_list(runtime: Runtime, args: argparse.Namespace) -> Any:
 async def cmd_dataset_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
     values = {name: getattr(args, name) for name in datasets.AMENDABLE if getattr(args, name) is not None}
     if not values:
-        raise InvalidInput("nothing to change; give at least one of --name or --description")
+        raise InvalidInput("nothing to change; give at least one of --name, --description or --columns")
+    if "columns" in values:
+        values["columns"] = _columns_file(values["columns"])
     vendor = await _vendor(runtime, args)
     dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
     return (await datasets.amend(runtime.writer, cli_actor(vendor.id), vendor.id, dataset.id, values)).to_json()
@@ -699,17 +706,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--description", default="")
     p.add_argument("--columns", required=True, type=path_arg,
-                   help='JSON file: [{"name": "...", "type": "text|integer|...", "description": "..."}]')
+                   help='JSON file: [{"name": "...", "type": "text|integer|...", "description": "..."}], each '
+                        'with the spellings its text uses if not the standard ones, e.g. "true": ["TRUE"], '
+                        '"false": ["FALSE"]; "format": "%%Y/%%m/%%d"; "thousands_separator": ","; '
+                        '"time_zone": "Asia/Tokyo" (see README)')
     p.add_argument("--partition-column", required=True)
     p = _command(dataset, "list", cmd_dataset_list, "list a vendor's datasets",
                  "gateway dataset list --vendor 'Example Mobile'")
     _vendor_arg(p)
-    p = _command(dataset, "amend", cmd_dataset_amend, "rename a dataset or change its description (its id stays)",
+    p = _command(dataset, "amend", cmd_dataset_amend, "rename a dataset, change its description or its columns' "
+                 "descriptions and spellings (its id stays)",
                  "gateway dataset amend --vendor 'Example Mobile' mobile-location --name mobile-location-jp")
     _vendor_arg(p)
     p.add_argument("dataset", help="dataset name or id")
     p.add_argument("--name", help="the new name: 1-63 lowercase letters, digits, '-' or '_'")
     p.add_argument("--description")
+    p.add_argument("--columns", type=path_arg,
+                   help="JSON file: the same columns (names, types, order) with new descriptions or spellings, "
+                        "which apply to the uploads from now on")
     p = _command(dataset, "publish", cmd_dataset_publish, "publish a new version from a CSV or NDJSON file",
                  "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv")
     _vendor_arg(p)

@@ -137,10 +137,7 @@ def accumulation(versions: tuple[Version, ...], partitions: frozenset[str] | Non
 
 async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: str, description: str,
                  columns: Any, partition_column: str) -> Dataset:
-    try:
-        declared = columns_module.parse_columns(columns)
-    except columns_module.ColumnError as exc:
-        raise InvalidInput(str(exc), field="columns") from None
+    declared = _declared(columns)
     if partition_column not in {c.name for c in declared}:
         raise InvalidInput(f"partition_column {partition_column!r} must be one of the declared columns",
                            field="partition_column")
@@ -163,22 +160,44 @@ async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: 
 
 
 NAME_RULE = "name must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-AMENDABLE = ("name", "description")
+AMENDABLE = ("name", "description", "columns")
+SHAPE_RULE = ("an amendment may change the columns' descriptions and spellings, not their names, types or order "
+              "(the records are stored by them); declare the same columns, or a new dataset for other ones")
+
+
+def _declared(raw: Any) -> tuple[Column, ...]:
+    try:
+        return columns_module.parse_columns(raw)
+    except columns_module.ColumnError as exc:
+        raise InvalidInput(str(exc), field="columns") from None
 
 
 async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, dataset_id: uuid.UUID,
-                values: dict[str, str]) -> Dataset:
-    """Rename a dataset or change its description; its id, versions and licences stay as they are."""
+                values: dict[str, Any]) -> Dataset:
+    """Rename a dataset, change its description, or its columns' descriptions and declared spellings (they
+    apply to uploads from now on; what is stored is in canonical form already); its id, versions and
+    licences stay as they are."""
     unknown = sorted(set(values) - set(AMENDABLE))
     if unknown:
         raise InvalidInput(f"unknown dataset field(s): {', '.join(unknown)}; amendable: {', '.join(AMENDABLE)}",
                            field=unknown[0])
+    declared = _declared(values["columns"]) if "columns" in values else None
     async with writer.change() as change:
         current = await change.conn.fetchrow(
-            "SELECT name, description FROM datasets WHERE id = $1 AND vendor_id = $2 FOR UPDATE", dataset_id, vendor_id)
+            "SELECT name, description, columns FROM datasets WHERE id = $1 AND vendor_id = $2 FOR UPDATE",
+            dataset_id, vendor_id)
         if current is None:
             raise NotFound("dataset")
-        changed = {name: value for name, value in values.items() if current[name] != value}
+        changed = {name: value for name, value in values.items() if name != "columns" and current[name] != value}
+        before = {name: current[name] for name in changed}
+        after = dict(changed)
+        if declared is not None:
+            stored = columns_module.parse_columns(orjson.loads(current["columns"]))
+            if not columns_module.same_shape(stored, declared):
+                raise InvalidInput(SHAPE_RULE, field="columns")
+            if declared != stored:
+                changed["columns"] = orjson.dumps(columns_module.to_json(declared)).decode()
+                before["columns"], after["columns"] = columns_module.to_json(stored), columns_module.to_json(declared)
         if not changed:
             raise Conflict("nothing to change: the dataset already has these values; give at least one of "
                            f"{', '.join(AMENDABLE)} with a new value")
@@ -192,7 +211,7 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, dataset
         except asyncpg.CheckViolationError:
             raise InvalidInput(NAME_RULE, field="name") from None
         change.record(actor.event(EventKind.DATASET_AMEND, Outcome.CHANGE, vendor_id=vendor_id, dataset_id=dataset_id,
-                                  detail={"before": {n: current[n] for n in changed}, "after": changed}))
+                                  detail={"before": before, "after": after}))
         [dataset] = await load(change.conn, [dataset_id])
     return dataset
 

@@ -20,6 +20,15 @@ from gateway.audit.writer import AuditWriter
 from gateway.errors import Conflict, InvalidInput, NotFound
 
 REVOKED = "member access revoked by the vendor"
+NAME_RULE = "name must be 1 to 200 characters, with no space (or other white space) at its start or end"
+
+
+def check_name(name: object) -> None:
+    """A member's name is how the vendor and the CLI tell members apart: ' Shibuya' beside 'Shibuya', or a name
+    of spaces only, would look like another member's or like none."""
+    if not (isinstance(name, str) and 1 <= len(name) <= 200 and name == name.strip()):
+        raise InvalidInput(f"{NAME_RULE} (got {name!r})" if isinstance(name, str) and len(name) <= 200 else NAME_RULE,
+                           field="name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,7 @@ def refusal(member: Member | None) -> str | None:
 
 
 async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: str) -> Member:
+    check_name(name)
     member_id = uuid.uuid4()
     async with writer.change() as change:
         try:
@@ -61,7 +71,7 @@ async def create(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, name: 
         except asyncpg.UniqueViolationError:
             raise Conflict(f"this vendor already has a member named {name!r}") from None
         except asyncpg.CheckViolationError:
-            raise InvalidInput("name must be 1 to 200 characters", field="name") from None
+            raise InvalidInput(NAME_RULE, field="name") from None
         change.record(actor.event(EventKind.MEMBER_CREATE, Outcome.CHANGE, vendor_id=vendor_id, member_id=member_id,
                                   detail={"name": name}))
     return Member.from_row(row)
@@ -130,8 +140,8 @@ def _check_amendment(values: dict[str, Any]) -> None:
     if unknown:
         raise InvalidInput(f"unknown member field(s): {', '.join(unknown)}; amendable: {', '.join(AMENDABLE)}",
                            field=unknown[0])
-    if "name" in values and not (isinstance(values["name"], str) and 1 <= len(values["name"]) <= 200):
-        raise InvalidInput("name must be 1 to 200 characters", field="name")
+    if "name" in values:
+        check_name(values["name"])
     if values.get("contact_name") is not None and not 1 <= len(values["contact_name"]) <= 200:
         raise InvalidInput("contact_name must be 1 to 200 characters, or null to clear it", field="contact_name")
     email = values.get("contact_email")

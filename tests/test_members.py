@@ -184,3 +184,43 @@ async def test_another_vendors_member_is_not_found(runtime: Runtime, client: htt
     other = await make_vendor(runtime, client)
     response = await other.post(f"/v1/admin/members/{licensed.member['id']}/{action}")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["   ", " Shibuya", "Shibuya ", "\u3000渋谷", "渋谷\t", "\n"])
+async def test_member_names_of_spaces_or_with_spaces_around_are_refused_by_the_api_and_the_cli(
+        runtime: Runtime, client: httpx.AsyncClient, dsn: str, tmp_path: Path, name: str) -> None:
+    vendor = await make_vendor(runtime, client)
+    refused = await vendor.post("/v1/admin/members", json={"name": name})
+    assert refused.status_code == 422 and refused.json()["field"] == "name"
+    assert "no space (or other white space) at its start or end" in refused.json()["detail"]
+    member = await vendor.member("Shibuya")
+    refused = await vendor.client.patch(f"/v1/admin/members/{member['id']}", json={"name": name}, headers=vendor.headers)
+    assert refused.status_code == 422 and refused.json()["field"] == "name"
+    for args in (("member", "create", "--vendor", str(vendor.id), name),
+                 ("member", "amend", "--vendor", str(vendor.id), "Shibuya", "--name", name)):
+        done = cli(dsn, tmp_path, *args)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "no space (or other white space) at its start or end" in done.stderr
+    assert [m["name"] for m in (await vendor.ok("GET", "/v1/admin/members"))["items"]] == ["Shibuya"]
+
+
+@pytest.mark.parametrize("name", ["   ", " footfall", "footfall ", "foot fall"])
+async def test_dataset_names_with_spaces_are_refused_by_the_api_and_the_cli(
+        runtime: Runtime, client: httpx.AsyncClient, dsn: str, tmp_path: Path, name: str) -> None:
+    vendor = await make_vendor(runtime, client)
+    refused = await vendor.post("/v1/admin/datasets", json={"name": name, "columns": [{"name": "a", "type": "text"}],
+                                                            "partition_column": "a"})
+    assert refused.status_code == 422 and refused.json()["field"] == "name"
+    dataset = await vendor.dataset()
+    refused = await vendor.client.patch(f"/v1/admin/datasets/{dataset['id']}", json={"name": name},
+                                        headers=vendor.headers)
+    assert refused.status_code == 422 and refused.json()["field"] == "name"
+    columns = tmp_path / "columns.json"
+    columns.write_text('[{"name": "a", "type": "text"}]')
+    for args in (("dataset", "create", "--vendor", str(vendor.id), "--name", name, "--columns", str(columns),
+                  "--partition-column", "a"),
+                 ("dataset", "amend", "--vendor", str(vendor.id), "footfall", "--name", name)):
+        done = cli(dsn, tmp_path, *args)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "lowercase letters, digits, '-' or '_'" in done.stderr
+    assert [d["name"] for d in (await vendor.ok("GET", "/v1/admin/datasets"))["items"]] == ["footfall"]

@@ -62,7 +62,8 @@ MEMBER_AMEND_FIELDS = {
     "contact_name": Field("text", nullable=True, max_length=200),
     "contact_email": Field("text", nullable=True, max_length=254),
 }
-DATASET_AMEND_FIELDS = {"name": Field("text", max_length=63), "description": Field("text", max_length=2000)}
+DATASET_AMEND_FIELDS = {"name": Field("text", max_length=63), "description": Field("text", max_length=2000),
+                        "columns": Field("json")}
 LICENCE_VALUE_FIELDS = {
     "partitions": Field("text_list"),
     "columns": Field("text_list"),
