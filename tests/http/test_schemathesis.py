@@ -51,6 +51,17 @@ INEXPRESSIBLE: list[tuple[str, int, str, str]] = [
     # (operationId, status, text the refusal's detail or message contains, why JSON Schema cannot say it)
     ("adminCreateDataset", 422, "must be one of the declared columns", "partition_column names a sibling's value"),
     ("adminCreateDataset", 422, "is declared twice", "unique column names: uniqueItems compares whole objects"),
+    ("adminAmendDataset", 422, "is declared twice", "unique column names: uniqueItems compares whole objects"),
+    ("adminAmendDataset", 422, "not their names, types or order", "columns must be the stored ones, in order"),
+    # A column's declared spellings (gateway/columns.py): relations between its fields, or with the
+    # time zone database.
+    ("*", 422, "cannot spell both true and false", "the true and false lists are disjoint"),
+    ("*", 422, "appears twice", "each format directive at most once"),
+    ("*", 422, "format needs %", "a format holds the directives its type requires"),
+    ("*", 422, "(fractions of a second) needs %S", "%f only beside %S"),
+    ("*", 422, "a format without %z needs a time_zone", "a zone-less format needs time_zone"),
+    ("*", 422, "time_zone would never apply", "time_zone is refused beside a %z"),
+    ("*", 422, "is not an IANA time zone name", "time_zone names an entry of the time zone database"),
     ("adminGrantLicence", 422, "list of the dataset's columns", "columns must be those the dataset declares"),
     ("adminAmendLicence", 422, "list of the dataset's columns", "columns must be those the dataset declares"),
     ("adminGrantLicence", 422, "licence values are inconsistent", "valid_until after valid_from"),
