@@ -108,8 +108,8 @@ def _spellings(where: str, kind: ColumnType, item: dict[str, Any]) -> dict[str, 
     if "thousands_separator" in given:
         separator = given["thousands_separator"]
         if separator not in THOUSANDS_SEPARATORS:
-            raise ColumnError(f"{where}: thousands_separator must be one of {', '.join(map(repr, THOUSANDS_SEPARATORS))} "
-                              f"(got {separator!r})")
+            allowed = ", ".join(map(repr, THOUSANDS_SEPARATORS))
+            raise ColumnError(f"{where}: thousands_separator must be one of {allowed} (got {separator!r})")
         found["thousands_separator"] = separator
     return found
 

@@ -63,10 +63,15 @@ Row = tuple[str, str]
 class UploadRejected(Exception):
     """A bad upload, reported at its first bad line; the HTTP layer answers 422 and the caller rolls back."""
 
-    def __init__(self, line: int, column: str | None, problem: str) -> None:
+    def __init__(self, line: int, column: str | None, problem: str, *, last_line: int | None = None) -> None:
         self.line = line
         self.column = column
-        self.detail = f"line {line}, column {column}: {problem}" if column else f"line {line}: {problem}"
+        self.problem = problem
+        # A record over several lines is reported at the line where it starts, saying how far it went.
+        where = f"line {line}"
+        if last_line is not None and last_line > line:
+            where += f" (a record over lines {line}-{last_line})"
+        self.detail = f"{where}, column {column}: {problem}" if column else f"{where}: {problem}"
         super().__init__(self.detail)
 
 
@@ -272,13 +277,18 @@ class _CsvRecords(_Records):
                     continue
                 if self._blank:
                     self._blank_before()
-                if len(fields) != width:
-                    raise UploadRejected(line, None, f"{len(fields)} fields where the header has {width}")
                 try:
-                    values = [convert(field) if (field := fields[at]) else None for at, convert in plan]
-                except _Invalid as exc:
-                    raise UploadRejected(line, exc.column, exc.problem) from None
-                rows.append(row(values, line))
+                    if len(fields) != width:
+                        raise UploadRejected(line, None, f"{len(fields)} fields where the header has {width}")
+                    try:
+                        values = [convert(field) if (field := fields[at]) else None for at, convert in plan]
+                    except _Invalid as exc:
+                        raise UploadRejected(line, exc.column, exc.problem) from None
+                    rows.append(row(values, line))
+                except UploadRejected as exc:
+                    if end - start == 1:
+                        raise
+                    raise UploadRejected(line, exc.column, exc.problem, last_line=first + end - 1) from None
         except csv.Error as exc:
             rest = lines[end:]
             # Out of lines inside a quoted field: the record goes on in the lines still to come. (A bad
@@ -286,7 +296,8 @@ class _CsvRecords(_Records):
             if reader.line_num == len(lines) and sum(text.count('"') for text in rest) % 2:
                 self._keep_open(rest, first + end)
             else:
-                raise UploadRejected(first + end, None, _malformed(str(exc))) from None
+                raise UploadRejected(first + end, None, _malformed(str(exc)),
+                                     last_line=first + reader.line_num - 1) from None
         return rows
 
     def _keep_open(self, lines: list[str], first: int) -> None:
@@ -303,7 +314,7 @@ class _CsvRecords(_Records):
                     pass
             except csv.Error as exc:
                 reason = "a quoted field is not closed" if str(exc) == "unexpected end of data" else str(exc)
-                raise UploadRejected(first, None, _malformed(reason)) from None
+                raise UploadRejected(first, None, _malformed(reason), last_line=first + len(lines) - 1) from None
             raise AssertionError("a record kept open parses whole")  # pragma: no cover
 
     def _read_header(self, text: str) -> None:
@@ -497,7 +508,8 @@ def _grouped(make: Callable[[Column], Convert]) -> Callable[[Column], Convert]:
         convert, separator = make(column), column.thousands_separator
         if separator is None:
             return convert
-        grouped = re.compile(rf"-?[0-9]{{1,3}}(?:{re.escape(separator)}[0-9]{{3}})+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+        grouped = re.compile(rf"-?[0-9]{{1,3}}(?:{re.escape(separator)}[0-9]{{3}})+"
+                             r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
         def convert_grouped(value: str) -> int | float:
             if separator in value:

@@ -368,7 +368,7 @@ async def test_an_unclosed_or_stray_quote_is_rejected_at_the_line_its_record_sta
     upload = HEADER + GOOD_CSV + bad + after
     error = await rejected(upload)
     assert (error.line, error.column) == (3, None)
-    assert "malformed CSV" in error.detail
+    assert "malformed CSV" in error.detail and error.detail.startswith("line 3")
     for cut in range(len(upload) + 1):
         assert await outcome([upload[:cut], upload[cut:]], "csv") == (error.line, error.column, error.detail)
 
@@ -391,6 +391,7 @@ async def test_a_quoted_field_may_hold_line_breaks_and_errors_name_the_line_the_
     bad = upload + b'Kanto,"a\nb\nc",x\n'
     error = await rejected(bad, columns=columns)
     assert (error.line, error.column) == (8, "code")
+    assert error.detail.startswith("line 8 (a record over lines 8-10), column code: 'x' is not an integer")
     for cut in range(len(bad) + 1):
         assert await outcome([bad[:cut], bad[cut:]], "csv", columns) == (8, "code", error.detail)
 
