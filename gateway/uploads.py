@@ -264,13 +264,25 @@ class _CsvRecords(_Records):
             self._read_header(lines[0])
             lines, first = lines[1:], first + 1
         rows: list[Row] = []
+        # Most records are one line each: read as they are, the fast way, up to a record over several
+        # lines (or a CSV error), and from that record on with the lines' line breaks given back, which
+        # a quoted field holding one needs (csv drops a line end inside a quoted field it is not given).
+        at = self._records(lines, first, rows, one_line=True)
+        if at is not None:
+            self._records(lines[at:], first + at, rows, one_line=False)
+        return rows
+
+    def _records(self, lines: list[str], first: int, rows: list[Row], *, one_line: bool) -> int | None:
+        """Appends the records of `lines` to `rows`. With `one_line`, stops before the first record over
+        several lines, or a CSV error, and says at which of the lines (0-based) it starts."""
         plan, width, row = self._plan, len(self._plan), self._row
-        # The lines get their line breaks back, so that a quoted field may run over several of them.
-        reader = csv.reader(map(str.__add__, lines, repeat("\n")), strict=True)
+        reader = csv.reader(lines if one_line else map(str.__add__, lines, repeat("\n")), strict=True)
         end = 0  # lines read by the records so far
         try:
             for fields in reader:
                 start, end = end, reader.line_num
+                if end - start > 1 and one_line:
+                    return start
                 line = first + start  # where the record starts
                 if not fields:
                     self._blank = self._blank or line
@@ -290,6 +302,8 @@ class _CsvRecords(_Records):
                         raise
                     raise UploadRejected(line, exc.column, exc.problem, last_line=first + end - 1) from None
         except csv.Error as exc:
+            if one_line:
+                return end
             rest = lines[end:]
             # Out of lines inside a quoted field: the record goes on in the lines still to come. (A bad
             # quote on the last line may look the same; it is found once the record is read again whole.)
@@ -298,7 +312,7 @@ class _CsvRecords(_Records):
             else:
                 raise UploadRejected(first + end, None, _malformed(str(exc)),
                                      last_line=first + reader.line_num - 1) from None
-        return rows
+        return None
 
     def _keep_open(self, lines: list[str], first: int) -> None:
         if sum(len(text.encode()) + 1 for text in lines) > self._max_record_bytes:
@@ -353,10 +367,12 @@ class _NdjsonRecords(_Records):
         super().__init__(columns, partition_column, max_record_bytes)
         self._known = frozenset(self._names)
         self._plan = [(c.name, _JSON_CONVERTERS[c.type](c)) for c in columns]
+        # Quotes a line without a repeated key has at least (see convert), but for two per null value.
+        self._quotes = 2 * (len(self._names) + sum(c.type in _JSON_STRING_TYPES for c in columns)) + 1
 
     def convert(self, lines: list[str], first: int) -> list[Row]:
         rows: list[Row] = []
-        plan, known, width, row = self._plan, self._known, len(self._plan), self._row
+        plan, known, width, row, quotes = self._plan, self._known, len(self._plan), self._row, self._quotes
         for line, text in enumerate(lines, first):
             if not text:
                 self._blank = self._blank or line
@@ -372,15 +388,20 @@ class _NdjsonRecords(_Records):
                 raise UploadRejected(line, None, f"expected a JSON object, not {_show(record)}")
             if record.keys() != known:
                 self._wrong_keys(record, text, line)
-            # orjson keeps the last of repeated keys. Every '"' of a line opens or closes a string or is
-            # escaped in one, so a line whose count is exactly that of its keys and string values has no
-            # key twice; any other line (one with an escaped quote, say) is looked at key by key.
-            if text.count('"') != 2 * (width + [*map(type, record.values())].count(str)):
-                self._repeated_key(text, line)
             try:
                 values = [None if (value := record[name]) is None else convert(value) for name, convert in plan]
             except _Invalid as exc:
+                self._repeated_key(text, line)  # the repeat is the mistake to report, if there is one
                 raise UploadRejected(line, exc.column, exc.problem) from None
+            # orjson keeps the last of repeated keys. Every '"' of a line opens or closes a string or is
+            # escaped in one, so a line has 2 per key and per string value, and more only for escaped
+            # quotes and repeated keys (with their values). Converted, every value of a text, date or
+            # timestamp column is a string or null: a line with no more quotes than 2 per key and per such
+            # column, less 2 per null, repeats no key; the others are counted exactly, then looked at key
+            # by key if still in doubt (an escaped quote, a declared spelling read from a string).
+            if text.count('"') > quotes - 2 * values.count(None) and text.count('"') != 2 * (
+                    width + [*map(type, record.values())].count(str)):
+                self._repeated_key(text, line)
             rows.append(row(values, line))
         return rows
 
@@ -713,6 +734,7 @@ def _json_string(make: Callable[[Column], Convert], expected: str) -> Callable[[
     return for_column
 
 
+_JSON_STRING_TYPES = frozenset({"text", "date", "timestamp"})
 _FORMATS: dict[UploadFormat, type[_CsvRecords | _NdjsonRecords]] = {"csv": _CsvRecords,
                                                                      "ndjson": _NdjsonRecords}
 _CSV_CONVERTERS: dict[ColumnType, Callable[[Column], Convert]] = {
