@@ -251,6 +251,8 @@ async def test_a_parquet_upload_publishes_and_arrives_exactly(runtime: Runtime, 
      "column count is double in the Parquet file, but the dataset declares it integer"),
     (TYPED.set_column(6, "at", TYPED["at"].cast(pa.timestamp("us"))), "at", "a timestamp with a time zone"),
     (TYPED.set_column(4, "share", pa.array([0.5, float("nan"), 1.0])), "share", "line 2, column share: NaN"),
+    (TYPED.set_column(6, "at", pa.array([1, 2, 1_000], pa.timestamp("ns", tz="UTC"))), "at",
+     "kept to the microsecond"),
 ])
 async def test_a_parquet_file_unlike_the_declaration_is_422_naming_the_column(
         runtime: Runtime, client: httpx.AsyncClient, table: pa.Table, column: str, reason: str) -> None:
