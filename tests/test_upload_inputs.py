@@ -188,6 +188,19 @@ async def test_a_corrupt_or_truncated_gzip_body_is_422_and_another_coding_415(ru
     await _nothing_kept(runtime)
 
 
+async def test_an_idempotency_key_tells_the_same_bytes_under_another_coding_apart(runtime: Runtime,
+                                                                                 client: httpx.AsyncClient) -> None:
+    vendor = await make_vendor(runtime, client)
+    dataset = await vendor.dataset()
+    body = gzip.compress((HEADER + "north,2026-04-01,1,x\n").encode())
+    key = {"idempotency-key": '"gzip-once"'}
+    first = await _upload(vendor, dataset["id"], body, "text/csv", **{"content-encoding": "gzip"}, **key)
+    assert first.status_code == 201, first.text
+    # The same bytes as they are: another request (here a CSV that is not UTF-8), not a retry of the first.
+    other = await _upload(vendor, dataset["id"], body, "text/csv", **key)
+    assert other.status_code == 409 and "different request" in other.json()["detail"], other.text
+
+
 async def test_a_gzip_bomb_stops_at_the_upload_limit_of_the_inflated_bytes(runtime: Runtime,
                                                                           client: httpx.AsyncClient) -> None:
     vendor = await make_vendor(runtime, client)

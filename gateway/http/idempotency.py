@@ -75,7 +75,8 @@ def idempotent(endpoint: Endpoint) -> Endpoint:
                 await body.drain(runtime.config.max_upload_bytes)
                 if bytes(first["fingerprint"]) != _fingerprint(request, body.digest):
                     raise Conflict("this Idempotency-Key was used for a different request (method, path, "
-                                       "query or body) in the last 24 hours: use a new key for a new request",
+                                       "query, content type, content coding or body) in the last 24 hours: use a "
+                                       "new key for a new request",
                                        idempotency_key=key)
                 # The retry is evidence too: its event names the change it repeats the answer of.
                 ctx.kind = EventKind(first["event_kind"])
