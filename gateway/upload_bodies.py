@@ -304,17 +304,17 @@ def _values(array: pa.Array, column: Column, pa: Any, pc: Any) -> list[Any]:
     """An array's values as the JSON values NDJSON would give (dates and timestamps as their ISO text, which
     Arrow writes far faster than Python builds date objects)."""
     if column.type == "date":
-        return array.cast(pa.string()).to_pylist()  # type: ignore[no-any-return]
+        return array.cast(pa.string()).to_pylist()
     if column.type == "timestamp":
         try:
             utc = array.cast(pa.timestamp("us", tz="UTC"))  # safe: finer than a microsecond is refused, not cut
         except pa.ArrowInvalid as exc:
             raise InvalidInput(f"column {column.name} cannot be read as microseconds ({exc}); timestamps are kept "
                                "to the microsecond", column=column.name) from None
-        return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()  # type: ignore[no-any-return]
+        return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
     if pa.types.is_float16(array.type):
         array = array.cast(pa.float64())
-    return array.to_pylist()  # type: ignore[no-any-return]
+    return array.to_pylist()
 
 
 def _first_non_finite(arrays: list[pa.Array], names: list[str], pa: Any, pc: Any) -> tuple[int, str | None]:
