@@ -56,6 +56,7 @@ from gateway.audit.events import EventKind, Outcome
 from gateway.cli_audit import moment_arg, path_arg, read_file, read_text
 from gateway.errors import Conflict, GatewayError, InvalidInput
 from gateway.runtime import Runtime
+from gateway.upload_bodies import PUBLISH_FORMATS, PublishFormat
 from keys.apikeys import KeyKind
 
 Handler = Callable[[Runtime, argparse.Namespace], Awaitable[Any]]
@@ -152,36 +153,76 @@ async def cmd_dataset_amend(runtime: Runtime, args: argparse.Namespace) -> Any:
     return (await datasets.amend(runtime.writer, cli_actor(vendor.id), vendor.id, dataset.id, values)).to_json()
 
 
+# The upload format by file name (case aside), each name also taken with .gz after it.
+PUBLISH_SUFFIXES: dict[str, PublishFormat] = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson",
+                                              ".parquet": "parquet"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def publish_format(name: str, given: PublishFormat | None) -> tuple[PublishFormat, bool]:
+    """The format of the file to publish and whether it is gzip, from --format and its name ('-': stdin,
+    whose gzip is told by its first bytes)."""
+    lower = name.lower()
+    gzip = lower.endswith(".gz")
+    stem = lower.removesuffix(".gz")
+    if given is not None:
+        return given, gzip
+    if name == "-":
+        raise InvalidInput("reading the records from standard input: give their format with --format csv, ndjson "
+                           "or parquet")
+    if stem.endswith(".json"):
+        raise InvalidInput(f"{name!r} is named .json, which may hold a JSON array: the gateway takes NDJSON, one "
+                           "object per line; name the file .ndjson or .jsonl, or pass --format ndjson if it has one "
+                           "object per line")
+    fmt = PUBLISH_SUFFIXES.get(os.path.splitext(stem)[1])
+    if fmt is None:
+        raise InvalidInput(f"cannot tell the format of {name!r} from its name: pass --format csv, ndjson or parquet "
+                           "(names ending .csv, .ndjson, .jsonl or .parquet, optionally followed by .gz, are known)")
+    return fmt, gzip
+
+
 async def cmd_dataset_publish(runtime: Runtime, args: argparse.Namespace) -> Any:
-    path = Path(args.file)
-    fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
     # Opened first: a file that cannot be read is said before anything else. The command line's own loop
-    # serves nothing else, so a blocking read of the local file is fine.
+    # serves nothing else, so a blocking read of the local file (or of standard input) is fine.
+    if args.file == "-":
+        handle, label, size = sys.stdin.buffer, "standard input", None
+    else:
+        try:
+            handle = open(args.file, "rb")  # noqa: ASYNC230, SIM115 - closed below
+        except OSError as exc:
+            raise cli_audit.file_error(args.file, "the file to publish", exc) from None
+        label, size = Path(args.file).name, os.fstat(handle.fileno()).st_size
     try:
-        handle = open(path, "rb")  # noqa: ASYNC230, SIM115 - closed below
-    except OSError as exc:
-        raise cli_audit.file_error(args.file, "the file to publish", exc) from None
-    try:
+        fmt, gzip = publish_format(args.file, args.format)
         vendor = await _vendor(runtime, args)
         dataset = await datasets.find(runtime.pool, vendor.id, args.dataset)
-        progress = Progress(f"publishing {path.name}", os.fstat(handle.fileno()).st_size)
+        progress = Progress(f"publishing {label}", size)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        def read() -> bytes:
             try:
-                while chunk := handle.read(1 << 20):
-                    yield chunk
+                return handle.read(1 << 20)
             except OSError as exc:
                 raise cli_audit.file_error(args.file, "the file to publish", exc) from None
 
+        first = read()
+        gzip = gzip or (args.file == "-" and first.startswith(_GZIP_MAGIC))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            chunk = first
+            while chunk:
+                yield chunk
+                chunk = read()
+
         try:
             version = await datasets.publish(runtime.writer, cli_actor(vendor.id), dataset, chunks(), fmt,
-                                             max_bytes=runtime.config.max_upload_bytes,
-                                             mode="replace" if args.replace else "append",
+                                             max_bytes=runtime.config.max_upload_bytes, charset=args.encoding,
+                                             gzip=gzip, mode="replace" if args.replace else "append",
                                              allow_duplicate=args.allow_duplicate, progress=progress)
         finally:
             progress.finish()
     finally:
-        handle.close()
+        if handle is not sys.stdin.buffer:
+            handle.close()
     return version.to_json()
 
 
@@ -724,12 +765,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=path_arg,
                    help="JSON file: the same columns (names, types, order) with new descriptions or spellings, "
                         "which apply to the uploads from now on")
-    p = _command(dataset, "publish", cmd_dataset_publish, "publish a new version from a CSV or NDJSON file",
-                 "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv")
+    p = _command(dataset, "publish", cmd_dataset_publish,
+                 "publish a new version from a CSV, NDJSON or Parquet file (or gzip of one)",
+                 "gateway dataset publish --vendor 'Example Mobile' mobile-location april.csv --encoding shift_jis")
     _vendor_arg(p)
     p.add_argument("dataset", help="dataset name or id")
-    p.add_argument("file", type=path_arg, help="the CSV (with a header) or NDJSON file")
-    p.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name")
+    p.add_argument("file", type=path_arg,
+                   help="the CSV (with a header), NDJSON or Parquet file, or '-' for standard input; a name ending "
+                        ".gz is read as gzip")
+    p.add_argument("--format", choices=PUBLISH_FORMATS,
+                   help="default: from the file name (.csv, .ndjson, .jsonl, .parquet, each optionally .gz)")
+    p.add_argument("--encoding",
+                   help="the text's encoding: utf-8 (the default; a byte order mark is skipped), shift_jis (CP932, "
+                        "what Japanese Excel saves as CSV) or euc-jp")
     p.add_argument("--replace", action="store_true",
                    help="the dataset's content becomes exactly this version (and later appends); by default a "
                         "version adds to the earlier ones")

@@ -125,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Memory for rendered record pages asked for again (0 turns the cache off).", _non_negative_int),
     Setting("GATEWAY_MAX_BODY_BYTES", str(1 << 20), "Largest JSON request body accepted (413 beyond).",
             _positive_int),
-    Setting("GATEWAY_MAX_UPLOAD_BYTES", str(10 << 30), "Largest dataset upload accepted (413 beyond).",
+    Setting("GATEWAY_MAX_UPLOAD_BYTES", str(10 << 30), "Largest dataset upload accepted, as sent and inflated (413 beyond).",
             _positive_int),
     Setting("GATEWAY_AUDIT_DEADLINE_SECONDS", "2.0",
             "How long a request waits for its audit commit before failing closed with 503.", _positive_float),

@@ -13,13 +13,14 @@ import asyncpg
 import orjson
 
 from gateway import columns as columns_module
-from gateway import times
+from gateway import times, upload_bodies
 from gateway.actors import Actor
 from gateway.audit.events import EventKind, Outcome
 from gateway.audit.writer import AuditWriter
 from gateway.columns import Column
 from gateway.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from gateway.uploads import UploadFormat, UploadRejected, parse_upload
+from gateway.upload_bodies import PublishFormat
+from gateway.uploads import UploadRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,24 +218,34 @@ async def amend(writer: AuditWriter, actor: Actor, vendor_id: uuid.UUID, dataset
 
 
 async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: AsyncIterable[bytes],
-                  fmt: UploadFormat, *, max_bytes: int, mode: PublishMode = "append", allow_duplicate: bool = False,
+                  fmt: PublishFormat, *, max_bytes: int, charset: str | None = None, gzip: bool = False,
+                  mode: PublishMode = "append", allow_duplicate: bool = False,
                   progress: Callable[[int], None] | None = None) -> Version:
     """Add a version from an upload, streamed into PostgreSQL with COPY; a bad row leaves nothing behind,
-    nor does an upload identical to a live version of the dataset, unless `allow_duplicate`."""
+    nor does an upload identical to a live version of the dataset, unless `allow_duplicate`.
+
+    `charset` is the one the upload declares (None: UTF-8), `gzip` whether the body is gzip-compressed.
+    `max_bytes` bounds the body as received and, inflated, the file it carries. The digest (upload_sha256,
+    and so the duplicate check) is the file's, as saved: inflated, in its own charset."""
     if mode not in PUBLISH_MODES:
         raise InvalidInput(f"mode must be one of {', '.join(PUBLISH_MODES)}", field="mode")
+    text = upload_bodies.check_upload(fmt, charset)
     digest = hashlib.sha256()
     received = 0
 
-    async def hashed() -> AsyncIterator[bytes]:
+    async def counted() -> AsyncIterator[bytes]:
         nonlocal received
         async for chunk in body:
             received += len(chunk)
             if received > max_bytes:
                 raise PayloadTooLarge(f"uploads are limited to {max_bytes} bytes (GATEWAY_MAX_UPLOAD_BYTES)")
-            digest.update(chunk)
             if progress is not None:
                 progress(received)
+            yield chunk
+
+    async def hashed() -> AsyncIterator[bytes]:
+        async for chunk in upload_bodies.gunzip(counted(), max_bytes) if gzip else counted():
+            digest.update(chunk)
             yield chunk
 
     stats: dict[str, list[int]] = {}
@@ -247,7 +258,8 @@ async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: Asy
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
             seq = 0
-            async for batch in parse_upload(hashed(), fmt, dataset.columns, dataset.partition_column):
+            async for batch in upload_bodies.records(hashed(), fmt, text, dataset.columns,
+                                                     dataset.partition_column):
                 for partition, record in batch:
                     entry = stats.get(partition)
                     if entry is None:
@@ -285,6 +297,7 @@ async def publish(writer: AuditWriter, actor: Actor, dataset: Dataset, body: Asy
             EventKind.VERSION_PUBLISH, Outcome.CHANGE, vendor_id=dataset.vendor_id, dataset_id=dataset.id,
             versions=[version], partitions=sorted(stats), records=total_records, bytes=total_bytes,
             sha256=digest.hexdigest(), detail={"format": fmt, "upload_bytes": received, "mode": mode,
+                                               "gzip": gzip, **({} if fmt == "parquet" else {"charset": text.label}),
                                                **({"duplicate_of": same["version"]} if same else {})}))
     return Version(version, total_records, total_bytes, row["published_at"],
                    {p: PartitionStats(s[0], s[1]) for p, s in sorted(stats.items())}, mode)

@@ -6,26 +6,35 @@ ratio is the least PostgreSQL can do with the same upload: psql's \\copy of the 
 of four text columns with no index (asyncpg's copy_to_table of the file is shown too). Two more
 figures split publish's time: uploads.parse_upload alone (the Python share), and psql's \\copy of the
 very records publish stores, made beforehand, into a table shaped like `records` (PostgreSQL's share).
+Last, the same rows are published from four inputs: the UTF-8 CSV, that CSV in CP932 (charset=shift_jis),
+gzip-compressed (Content-Encoding: gzip) and as Parquet, each with its rows/s and the peak memory of
+the benchmark process while it ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import os
+import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 
 from gateway import datasets
 from gateway.actors import cli_actor
 from gateway.demo_data import DEMO_COLUMNS, DEMO_PARTITION_COLUMN
+from gateway.upload_bodies import PublishFormat
 from gateway.uploads import parse_upload
 from loadtests.common import (
     MB,
@@ -56,6 +65,26 @@ T = TypeVar("T")
 PLAIN_TABLE = "plain_demo"
 RECORDS_COPY = "records_copy"  # LIKE records INCLUDING ALL: jsonb data, the same primary key
 PLAIN_DDL = f"CREATE TABLE {PLAIN_TABLE} (prefecture text, mesh_code text, hour text, population text)"
+# Row groups of the Parquet input: what a data-lake writer makes of a large file, several per upload.
+PARQUET_ROW_GROUP = 131_072
+
+
+@dataclass(frozen=True)
+class Input:
+    """One of the four uploads of the same rows: how datasets.publish is told to read it."""
+
+    name: str
+    label: str
+    suffix: str
+    fmt: PublishFormat
+    charset: str | None = None
+    gzip: bool = False
+
+
+INPUTS = (Input("utf8_csv", "UTF-8 CSV", ".csv", "csv"),
+          Input("cp932_csv", "CP932 CSV (charset=shift_jis)", ".cp932.csv", "csv", charset="shift_jis"),
+          Input("gzip_csv", "gzip CSV (Content-Encoding: gzip)", ".csv.gz", "csv", gzip=True),
+          Input("parquet", f"Parquet ({PARQUET_ROW_GROUP:,}-row groups)", ".parquet", "parquet"))
 
 EXAMPLES = """\
 examples:
@@ -83,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def measure(args: argparse.Namespace, csv_path: Path, csv_bytes: int) -> dict[str, Any]:
     rows = args.rows
+    inputs = {item.name: _write_input(csv_path, item) for item in INPUTS}
     async with bench_database() as db:
         say(f"database: {db.describe()}")
         runtime = await open_runtime(db, new_master_key())
@@ -129,7 +159,20 @@ async def measure(args: argparse.Namespace, csv_path: Path, csv_bytes: int) -> d
                     copied = conn.copy_to_table(PLAIN_TABLE, source=csv_path, format="csv", header=True)
                     await runs.time("asyncpg_copy", copied)
                     _check("COPY", await conn.fetchval(f"SELECT count(*) FROM {PLAIN_TABLE}"), rows)
-                sizes = {"csv_bytes": csv_bytes, "records_copy_bytes": records_path.stat().st_size}
+
+                    for item in INPUTS:
+                        say(f"datasets.publish of the {item.label}{suffix}")
+                        # The same rows each time (the CP932 and gzip files even have the UTF-8 file's
+                        # digest): a duplicate on purpose.
+                        with _PeakMemory() as memory:
+                            version = await runs.time(f"input_{item.name}", datasets.publish(
+                                runtime.writer, cli_actor(vendor.id), dataset, file_chunks(inputs[item.name]),
+                                item.fmt, max_bytes=runtime.config.max_upload_bytes, charset=item.charset,
+                                gzip=item.gzip, allow_duplicate=True))
+                        _check(item.label, version.records, rows)
+                        runs.memory.setdefault(item.name, []).append(memory.figures())
+                sizes = {"csv_bytes": csv_bytes, "records_copy_bytes": records_path.stat().st_size,
+                         "input_bytes": {name: path.stat().st_size for name, path in inputs.items()}}
             finally:
                 await conn.close()
         finally:
@@ -145,6 +188,7 @@ class _Runs:
         self.seconds: dict[str, list[float]] = {}
         self.cpu: dict[str, dict[str, float]] = {}
         self.consumed: list[float] = []  # when publish had read (and parsed) the whole upload
+        self.memory: dict[str, list[dict[str, int]]] = {}  # per input: _PeakMemory.figures() of each run
 
     async def time(self, name: str, action: Awaitable[T]) -> T:
         before = self.meter.sample()
@@ -152,6 +196,73 @@ class _Runs:
         self.cpu[name] = CpuMeter.delta(before, self.meter.sample())
         self.seconds.setdefault(name, []).append(seconds)
         return result
+
+
+def _write_input(csv_path: Path, item: Input) -> Path:
+    """The demo CSV as `item` (untimed): re-encoded, compressed or converted, streamed."""
+    path = csv_path.with_name(csv_path.stem + item.suffix)
+    say(f"writing the same rows as {item.label} to {path.name} (untimed)")
+    if item.fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.compute  # publish imports it too: loaded here, its memory is not counted there
+        import pyarrow.csv
+        import pyarrow.parquet
+
+        types = {"prefecture": pa.string(), "mesh_code": pa.string(), "hour": pa.timestamp("s", tz="UTC"),
+                 "population": pa.int64()}
+        reader = pyarrow.csv.open_csv(csv_path, convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+        with pyarrow.parquet.ParquetWriter(path, reader.schema) as writer:
+            pending: list[Any] = []
+            for batch in reader:
+                pending.append(batch)
+                if sum(len(b) for b in pending) >= PARQUET_ROW_GROUP:
+                    writer.write_table(pa.Table.from_batches(pending), row_group_size=PARQUET_ROW_GROUP)
+                    pending = []
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending), row_group_size=PARQUET_ROW_GROUP)
+    elif item.gzip:
+        with csv_path.open("rb") as source, gzip.open(path, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+    elif item.charset is not None:
+        with csv_path.open(encoding="utf-8", newline="") as source, \
+                path.open("w", encoding="cp932", newline="") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+    else:
+        return csv_path
+    return path
+
+
+class _PeakMemory:
+    """The resident memory of this process, sampled every 10 ms while a measurement runs: the peak, and how
+    far it rose above the resident memory at the start (what the measured upload itself held)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.start = self.peak = 0
+
+    @staticmethod
+    def _resident() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._resident())
+
+    def __enter__(self) -> Self:
+        self.start = self.peak = self._resident()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._resident())
+
+    def figures(self) -> dict[str, int]:
+        return {"rss_at_start_bytes": self.start, "peak_rss_bytes": self.peak,
+                "peak_rss_growth_bytes": self.peak - self.start}
 
 
 def _check(what: str, got: int, expected: int) -> None:
@@ -203,6 +314,12 @@ def _results(args: argparse.Namespace, db: BenchDatabase, sizes: dict[str, int],
     # MB/s are of the CSV upload for every path, so that the columns compare the same work.
     figures = {name: {**throughput(seconds, args.rows, sizes["csv_bytes"]), "cpu_seconds": runs.cpu[name]}
                for name, seconds in runs.seconds.items()}
+    inputs = {item.name: {"input": item.label, "upload_bytes": sizes["input_bytes"][item.name],
+                          **figures[f"input_{item.name}"],
+                          "peak_rss_bytes": max(m["peak_rss_bytes"] for m in runs.memory[item.name]),
+                          "peak_rss_growth_bytes": max(m["peak_rss_growth_bytes"] for m in runs.memory[item.name]),
+                          "memory_runs": runs.memory[item.name]}
+              for item in INPUTS}
     publish = figures["publish"]
     publish["upload_consumed_at_seconds"] = round(statistics.median(runs.consumed), 3)
     how = {
@@ -226,6 +343,7 @@ def _results(args: argparse.Namespace, db: BenchDatabase, sizes: dict[str, int],
                        "how": "gateway.uploads.parse_upload over the CSV file, rows counted and dropped: the "
                               "Python share of publish"},
         "baselines": {name: {**figures[name], "how": text} for name, text in how.items()},
+        "inputs": inputs,
         "ratio": {
             **{f"publish_vs_{name}": round(figures[name]["seconds"] / publish["seconds"], 3) for name in how},
             "meaning": "publish rows/s divided by the baseline's rows/s (1.0 = as fast as that COPY)",
@@ -260,6 +378,12 @@ def report(results: dict[str, Any]) -> str:
     read = publish["upload_consumed_at_seconds"]
     lines.append(f"  publish had read and parsed the whole upload after {read:.2f} s; the last "
                  f"{publish['seconds'] - read:.2f} s went to finishing the COPY and committing")
+    lines += ["", "  the publish figures for the four inputs (the same rows, each published as a new version):",
+              f"  {'input':<42}{'upload MB':>10}{'seconds':>9}{'rows/s':>11}{'peak RSS MB':>13}{'(rise)':>9}"]
+    for figures in results["inputs"].values():
+        lines.append(f"  {figures['input']:<42}{figures['upload_bytes'] / MB:>10.1f}{figures['seconds']:>9.2f}"
+                     f"{figures['rows_per_s']:>11,}{figures['peak_rss_bytes'] / MB:>13.1f}"
+                     f"{figures['peak_rss_growth_bytes'] / MB:>+9.1f}")
     return "\n".join(lines)
 
 

@@ -44,11 +44,16 @@ from gateway.http.endpoints import (
     vendor_of,
 )
 from gateway.http.idempotency import idempotent
+from gateway.upload_bodies import PublishFormat
 
 ADMIN = ("vendor",)
 READERS = ("vendor", "compliance")
 
-UPLOAD_TYPES = {"text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson"}
+UPLOAD_TYPES: dict[str, PublishFormat] = {
+    "text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson",
+    "application/vnd.apache.parquet": "parquet"}
+# Content-Encoding values of a publish: whether the body is gzip (identity is the absence of a coding).
+UPLOAD_CODINGS = {"": False, "identity": False, "gzip": True, "x-gzip": True}
 
 DATASET_FIELDS = {
     "name": Field("text", required=True, max_length=63),
@@ -182,22 +187,38 @@ async def publish_version(request: Request) -> Response:
     caller = _caller(request, EventKind.VERSION_PUBLISH, *ADMIN)
     runtime = runtime_of(request)
     dataset = await datasets.get(runtime.pool, vendor_of(caller), path_id(request, "dataset", "dataset"))
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type, charset = _media_type(request.headers.get("content-type", ""))
     fmt = UPLOAD_TYPES.get(media_type)
     if fmt is None:
-        raise UnsupportedMediaType("upload records as 'Content-Type: text/csv' (with a header row) or "
-                                   "'application/x-ndjson'")
+        raise UnsupportedMediaType("upload records as 'Content-Type: text/csv' (with a header row), "
+                                   "'application/x-ndjson' or 'application/vnd.apache.parquet'")
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in UPLOAD_CODINGS:
+        raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported; send the body as it is or "
+                                   "compressed with 'Content-Encoding: gzip'")
     query = request.query_params
     for name, value in query.multi_items():
         if name not in PUBLISH_QUERY or value not in PUBLISH_QUERY[name] or len(query.getlist(name)) > 1:
             raise BadRequest("a publish takes mode=append (the default) or mode=replace, and duplicate=allow to "
                              f"publish content identical to a live version; {name}={value!r} is none of these")
     version = await datasets.publish(runtime.writer, _actor(request), dataset, request.stream(), fmt,
-                                     max_bytes=runtime.config.max_upload_bytes,
+                                     max_bytes=runtime.config.max_upload_bytes, charset=charset,
+                                     gzip=UPLOAD_CODINGS[coding],
                                      mode="replace" if query.get("mode") == "replace" else "append",
                                      allow_duplicate=query.get("duplicate") == "allow")
     _changed(request)
     return json_response(version.to_json(), status=201)
+
+
+def _media_type(header: str) -> tuple[str, str | None]:
+    """A Content-Type's media type, lowercase, and its charset parameter (None when it has none)."""
+    media_type, *parameters = header.split(";")
+    charset = None
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"')
+    return media_type.strip().lower(), charset
 
 
 async def withdraw_version(request: Request) -> Response:

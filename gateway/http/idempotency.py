@@ -7,10 +7,11 @@ nothing: a publish retried after a timeout is not a second version, a grant not 
   the same characters unquoted, as many clients send it (not an sf-string, so RFC 8941 would have the
   field ignored, and a retry would then make a second version: taking it is the safe reading); keys
   belong to a vendor (two vendors' equal keys are unrelated), and last 24 hours.
-- The request's fingerprint is the SHA-256 of its method, path, query, content type and body; the
-  same key with another fingerprint answers 409 and changes nothing. The draft suggests 422, but the
-  request is well formed: it is the key's state it conflicts with, which is what 409 says (and what
-  a client generating requests from the OpenAPI document expects of a valid request refused by state).
+- The request's fingerprint is the SHA-256 of its method, path, query, content type, content coding
+  and body; the same key with another fingerprint answers 409 and changes nothing. The draft suggests
+  422, but the request is well formed: it is the key's state it conflicts with, which is what 409 says
+  (and what a client generating requests from the OpenAPI document expects of a valid request refused
+  by state).
 - A request still being carried out under the key: 409, retry later.
 - Only an answer that changed something is kept, and it is kept in the change's own transaction (the
   change and its stored answer commit together or not at all). A refusal changed nothing, so its
@@ -74,7 +75,8 @@ def idempotent(endpoint: Endpoint) -> Endpoint:
                 await body.drain(runtime.config.max_upload_bytes)
                 if bytes(first["fingerprint"]) != _fingerprint(request, body.digest):
                     raise Conflict("this Idempotency-Key was used for a different request (method, path, "
-                                       "query or body) in the last 24 hours: use a new key for a new request",
+                                       "query, content type, content coding or body) in the last 24 hours: use a "
+                                       "new key for a new request",
                                        idempotency_key=key)
                 # The retry is evidence too: its event names the change it repeats the answer of.
                 ctx.kind = EventKind(first["event_kind"])
@@ -123,6 +125,11 @@ def _fingerprint(request: Request, body_digest: bytes) -> bytes:
     scope = request.scope
     parts = [scope["method"].encode(), scope["path"].encode(), scope["query_string"],
              request.headers.get("content-type", "").encode("latin-1"), body_digest]
+    # The same bytes mean another upload under another Content-Encoding; added only when there is
+    # one, so that the fingerprints stored before it counted stay as they were.
+    coding = request.headers.get("content-encoding")
+    if coding is not None:
+        parts.append(coding.encode("latin-1"))
     return hashlib.sha256(b"\0".join(parts)).digest()
 
 

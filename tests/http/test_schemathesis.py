@@ -73,6 +73,8 @@ INEXPRESSIBLE: list[tuple[str, int, str, str]] = [
     ("adminGrantLicence", 422, "or a list of named partitions, not both", '"*" alone or named partitions'),
     ("adminAmendLicence", 422, "or a list of named partitions, not both", '"*" alone or named partitions'),
     ("adminPublishVersion", 422, "line ", "every record must match the dataset's declared columns"),
+    ("adminPublishVersion", 422, "not valid gzip", "a body sent with Content-Encoding: gzip must be gzip"),
+    ("adminPublishVersion", 422, "Parquet", "a Parquet body must be a Parquet file of the declared columns"),
     ("adminIssueKey", 422, "must be a future date-time", "expires_at in the future: the clock"),
     ("exportAuditBundle", 422, "the period must end after it starts", "to after from"),
     ("getUsage", 400, "'to' must be after 'from'", "to after from, both given"),
