@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -369,7 +370,7 @@ def _csv_number(name: str) -> Convert:
         real = float(value)
         if not math.isfinite(real):
             raise _Invalid(name, f"{_show(value)} is too large for a finite number")
-        return real
+        return _stored_float(real)
     return convert
 
 
@@ -377,11 +378,21 @@ def _json_number(name: str) -> Convert:
     def convert(value: object) -> int | float:
         # orjson never yields NaN or infinity: it rejects them and numbers that overflow a double.
         if type(value) is float:
-            return value
+            return _stored_float(value)
         if type(value) is int:
-            return value if _INT64_MIN <= value <= _INT64_MAX else float(value)
+            return value if _INT64_MIN <= value <= _INT64_MAX else _stored_float(float(value))
         raise _Invalid(name, f"{_show(value)} is not a number (expected a JSON number, e.g. 42 or -2.5)")
     return convert
+
+
+def _stored_float(real: float) -> float | orjson.Fragment:
+    """A float as the record's JSON holds it: jsonb keeps a number as numeric, which drops an exponent,
+    so orjson's 1e+16 (it writes an exponent from 1e16 up) would be stored as an integer. Written out
+    with a fraction, as orjson writes smaller floats, it stays a float: the deliveries' number_text
+    (migration 0017) gives its shortest form back."""
+    if -1e16 < real < 1e16:
+        return real
+    return orjson.Fragment(f"{Decimal(repr(real)):f}.0")
 
 
 def _csv_boolean(name: str) -> Convert:
