@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -388,11 +387,11 @@ def _json_number(name: str) -> Convert:
 def _stored_float(real: float) -> float | orjson.Fragment:
     """A float as the record's JSON holds it: jsonb keeps a number as numeric, which drops an exponent,
     so orjson's 1e+16 (it writes an exponent from 1e16 up) would be stored as an integer. Written out
-    with a fraction, as orjson writes smaller floats, it stays a float: the deliveries' number_text
-    (migration 0017) gives its shortest form back."""
+    with a fraction, as orjson writes smaller floats, it stays a float (a double this large is a whole
+    number, exactly); the deliveries' number_text (migration 0017) gives its shortest form back."""
     if -1e16 < real < 1e16:
         return real
-    return orjson.Fragment(f"{Decimal(repr(real)):f}.0")
+    return orjson.Fragment(f"{int(real)}.0")
 
 
 def _csv_boolean(name: str) -> Convert:
