@@ -66,6 +66,7 @@ class Unencodable(Exception):
                 f"{self.character!r} (U+{ord(self.character):04X}) in column {self.column!r}, which "
                 f"{charset.upper()} cannot encode; ask for charset=utf-8 instead (with bom=true for Excel)")
 
+
 @dataclass(frozen=True, slots=True)
 class DeliveryScope:
     """Exactly what one request may receive: a licence's partitions and columns, and an explicit set of
@@ -139,11 +140,12 @@ def _render(scope: DeliveryScope, fmt: Format) -> str:
     if fmt == "csv":
         # csv_field (migration 0007) quotes as COPY's CSV writer does.
         return " || ',' || ".join(f"csv_field({_text(c)})" for c in columns)
-    # Spaced as jsonb's own text ({"a": 1, "b": 2}), in declared order rather than jsonb's key order.
-    values = [f"COALESCE({_text(c)}, 'null')" if c.type == "number" else f"COALESCE((data -> '{c.name}')::text, 'null')"
-              for c in columns]
-    pieces = [f"'{{\"{c.name}\": ' || {value}" if i == 0 else f"', \"{c.name}\": ' || {value}"
-              for i, (c, value) in enumerate(zip(columns, values, strict=True))]
+    # Spaced as jsonb's own text ({"a": 1, "b": 2}), in declared order rather than jsonb's key order
+    # (shortest key first). The text of a jsonb value is its JSON; a number's is number_text.
+    pieces = [f"'{'{' if i == 0 else ', '}\"{c.name}\": ' || "
+              + (f"COALESCE({_text(c)}, 'null')" if c.type == "number" else
+                 f"COALESCE((data -> '{c.name}')::text, 'null')")
+              for i, c in enumerate(columns)]
     return " || ".join(pieces) + " || '}'" if pieces else "'{}'"
 
 
