@@ -51,8 +51,8 @@ UTF8 = TextEncoding()
 
 
 class Unencodable(Exception):
-    """A record holds a character its delivery's charset cannot encode. `encoded` is the records of
-    the page before it, in that charset; `index` is its place in the page."""
+    """A record holds a character its delivery's charset cannot encode (or not exactly). `encoded` is
+    the records of the page before it, in that charset; `index` is its place in the page."""
 
     def __init__(self, page: Page, index: int, encoded: bytes, column: str, character: str) -> None:
         self.index, self.encoded, self.column, self.character = index, encoded, column, character
@@ -64,7 +64,7 @@ class Unencodable(Exception):
         at = self.position
         return (f"record {ordinal:,} of {where} (partition {at.partition!r}, version {at.version}) holds "
                 f"{self.character!r} (U+{ord(self.character):04X}) in column {self.column!r}, which "
-                f"{charset.upper()} cannot encode; ask for charset=utf-8 instead (with bom=true for Excel)")
+                f"{charset.upper()} cannot encode exactly; ask for charset=utf-8 instead (with bom=true for Excel)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +221,8 @@ def csv_header(scope: DeliveryScope, encoding: TextEncoding) -> bytes:
 
 def encoded(page: Page, scope: DeliveryScope, charset: Charset) -> Page:
     """The page in `charset`, each record's size counted in it (what metering and quotas count);
-    Unencodable at the first record holding a character the charset lacks, never a substitute."""
+    Unencodable at the first record holding a character the charset cannot hold exactly, never a
+    substitute."""
     if charset == "utf-8" or not page.sizes:
         return page
     parts: list[bytes] = []
@@ -229,20 +230,34 @@ def encoded(page: Page, scope: DeliveryScope, charset: Charset) -> Page:
     for index, size in enumerate(page.sizes):
         text = page.body[offset:offset + size].decode()
         offset += size
-        try:
-            parts.append(text.encode(charset))
-        except UnicodeEncodeError as exc:
-            column = _column_at(text, charset, scope.columns)
-            raise Unencodable(page, index, b"".join(parts), column, text[exc.start]) from None
+        part, inexact = _exactly(text, charset)
+        if inexact is not None:
+            raise Unencodable(page, index, b"".join(parts), _column_at(text, charset, scope.columns),
+                              text[inexact])
+        parts.append(part)
     return Page(b"".join(parts), [len(p) for p in parts], page.versions, page.seqs, page.spans, page.more)
 
 
+def _exactly(text: str, charset: Charset) -> tuple[bytes, int | None]:
+    """`text` in `charset`, and where its first character is that the charset cannot hold (None:
+    none). Python's cp932 also maps six characters one way (〜 U+301C comes back as ～ U+FF5E, − U+2212
+    as － U+FF0D, ¢ £ ¬ ‖ likewise): a member would read another character than the vendor published."""
+    try:
+        part = text.encode(charset)
+    except UnicodeEncodeError as exc:
+        return b"", exc.start
+    back = part.decode(charset)
+    if back == text:
+        return part, None
+    # Each one-way character is one character either way, so the texts align up to the first.
+    return b"", next((at for at, (given, read) in enumerate(zip(text, back, strict=False)) if given != read),
+                     min(len(text), len(back)))
+
+
 def _column_at(line: str, charset: Charset, columns: tuple[str, ...]) -> str:
-    """The column of a CSV record's first field that `charset` cannot encode: the field of the
+    """The column of a CSV record's first field that `charset` cannot hold exactly: the field of the
     record's first such character."""
     for name, field in zip(columns, next(csv.reader([line])), strict=True):
-        try:
-            field.encode(charset)
-        except UnicodeEncodeError:
+        if _exactly(field, charset)[1] is not None:
             return name
-    raise AssertionError("a record that cannot be encoded has a field that cannot")
+    raise AssertionError("a record the charset cannot hold has a field it cannot hold")

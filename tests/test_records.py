@@ -13,6 +13,7 @@ import io
 import math
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import delta_sharing
@@ -21,7 +22,7 @@ import orjson
 import pandas
 import pytest
 
-from gateway import delivery
+from gateway import delivery, records
 from gateway.runtime import Runtime
 from tests.factories import Licensed, accept_terms, make_vendor, serve, wait_for_snapshot
 from tests.http.test_sharing_api import in_thread, profile_file
@@ -224,7 +225,7 @@ async def test_an_export_meeting_such_a_character_midway_ends_as_an_error_naming
     assert event["delivery"]["complete"] is False and event["delivery"]["records"] == 11
     assert event["delivery"]["bytes"] == len(received)
     assert event["reason"].startswith("record 12 of this export (partition '関東', version 1) holds '😀' "
-                                      "(U+1F600) in column 'name', which CP932 cannot encode")
+                                      "(U+1F600) in column 'name', which CP932 cannot encode exactly")
 
 
 async def test_encodings_are_for_csv_and_named_exactly(runtime: Runtime, client: httpx.AsyncClient) -> None:
@@ -239,3 +240,16 @@ async def test_encodings_are_for_csv_and_named_exactly(runtime: Runtime, client:
         assert refused.status_code == status and says in refused.json()["detail"], (params, refused.text)
     head = await client.head(path(licensed), params={"format": "csv", "charset": "cp932"}, headers=licensed.headers)
     assert head.status_code == 200 and head.headers["content-type"] == "text/csv; charset=Windows-31J"
+
+
+@pytest.mark.parametrize(("given", "read_back"), [("〜", "～"), ("−", "－"), ("¢", "￠"), ("‖", "∥")])
+def test_a_character_cp932_would_turn_into_another_is_refused_too(given: str, read_back: str) -> None:
+    """Python's cp932 encodes these, but they decode as other characters: a substitution all the same."""
+    assert given.encode("cp932").decode("cp932") == read_back
+    line = f"東北,ok,a{given}b\n".encode()
+    page = records.Page(line, [len(line)], [1], [0], [(0, "東北")], False)
+    scope: Any = SimpleNamespace(columns=("region", "name", "note"))
+    with pytest.raises(records.Unencodable) as refused:
+        records.encoded(page, scope, "cp932")
+    assert (refused.value.index, refused.value.column, refused.value.character) == (0, "note", given)
+    assert records.encoded(page, scope, "utf-8") is page
