@@ -502,8 +502,14 @@ async def cmd_usage_report(runtime: Runtime, args: argparse.Namespace) -> Any:
         return {"from": start.isoformat(), "to": end.isoformat(), "by": args.by, "items": rows}
     writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["period"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({name: _csv_value(value) for name, value in row.items()} for row in rows)
     return None
+
+
+def _csv_value(value: Any) -> Any:
+    """A value as every CSV of the gateway writes it: booleans as true and false, like the records'
+    CSV and JSON (Python's csv module would write True and False)."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 async def cmd_demo(runtime: Runtime, args: argparse.Namespace) -> Any:

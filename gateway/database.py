@@ -86,8 +86,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, size: int, statement_timeout: float) -> asyncpg.Pool:
     """`statement_timeout` (GATEWAY_STATEMENT_TIMEOUT_SECONDS) bounds any one statement: long enough for a
     publish's COPY or an evidence export. Reads a client waits for have deadlines of their own (within)."""
+    # extra_float_digits 1 (PostgreSQL's default, pinned against a server configured otherwise): float8
+    # text is the shortest that reads back as the same double, as number_text (migration 0017) relies on.
     pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size, command_timeout=statement_timeout,
-                                     reset=_keep_session)
+                                     reset=_keep_session, server_settings={"extra_float_digits": "1"})
     assert pool is not None
     return pool
 

@@ -29,18 +29,26 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from gateway import cursors, licences, metering, metrics, records, sharing, times
+from gateway import cursors, database, licences, metering, metrics, records, sharing, times
 from gateway.audit.events import AuditEvent, EventFacts, EventKind, new_event_id
 from gateway.audit.writer import AuditUnavailable, AuditWriter
 from gateway.columns import Column
 from gateway.credentials import Credential, Principal
 from gateway.datasets import Dataset, Version
-from gateway.errors import BadRequest, Forbidden, Gone, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    Gone,
+    NotAcceptable,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from gateway.licences import Licence
 from gateway.metering import Allowance, RateLimiter, Tally, UsageBook
 from gateway.page_cache import PageCache
 from gateway.parquet_files import CACHE_FOLDER, FileSet, ParquetCache, SharingNotInstalled
-from gateway.records import DeliveryScope, Format, Position
+from gateway.records import UTF8, DeliveryScope, Format, Position, TextEncoding
 from gateway.server_secrets import CURSOR
 from gateway.sharing import SharingState
 from gateway.snapshot import Snapshot
@@ -137,6 +145,7 @@ class RecordsRequest:
     partitions: list[str]
     head_only: bool = False    # HEAD: the same checks and headers, no record read
     version: int | None = None  # exactly this live version, replaced or not
+    encoding: TextEncoding = UTF8  # of CSV; a cursor's pages are read in the encoding each asks for
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,7 @@ class RecordsAnswer:
 
     licence: Licence
     fmt: Format
+    encoding: TextEncoding
     headers: dict[str, str]
     body: bytes = b""
     next_cursor: str | None = None
@@ -206,16 +216,23 @@ class Deliveries:
             scope = delivery_scope(dataset, licence, asked.partitions, asked.since_version)
         facts.partitions = list(scope.partitions)
         facts.versions = list(scope.versions)
+        encoding = asked.encoding
+        if fmt == "ndjson" and encoding != UTF8:
+            raise NotAcceptable("NDJSON is always UTF-8 without a byte order mark: charset and bom apply to "
+                                "format=csv")
+        if encoding.bom and encoding.charset != "utf-8":
+            raise NotAcceptable(f"bom=true is for UTF-8; {encoding.charset.upper()} has no byte order mark")
         self.rate_limit(caller.credential.id, licence)
         quota = await self._admit(licence, dataset, 0 if asked.head_only else limit)
         if asked.head_only:
             facts.records = 0  # a delivery of no records (RFC 9110 §9.3.2: GET without the content)
-            return RecordsAnswer(licence, fmt, quota.headers)
+            return RecordsAnswer(licence, fmt, encoding, quota.headers)
         if quota.warning:
             facts.note(quota_warning=quota.warning)
         if limit is None:
-            return RecordsAnswer(licence, fmt, quota.headers, stream=self._export(caller, scope, fmt, quota))
-        return await self._page(facts, scope, fmt, after, limit, quota)
+            stream = await self._export(caller, scope, fmt, encoding, quota)
+            return RecordsAnswer(licence, fmt, encoding, quota.headers, stream=stream)
+        return await self._page(facts, scope, fmt, encoding, after, limit, quota)
 
     async def _admit(self, licence: Licence, dataset: Dataset, want_records: int | None) -> Allowance:
         """The licence's monthly quotas: lease for `want_records` records, or an export's first chunk
@@ -227,10 +244,10 @@ class Deliveries:
             raise TooManyRequests(quota.exhausted, headers=quota.headers)
         return quota
 
-    async def _page(self, facts: EventFacts, scope: DeliveryScope, fmt: Format, after: Position | None, limit: int,
-                    quota: Allowance) -> RecordsAnswer:
+    async def _page(self, facts: EventFacts, scope: DeliveryScope, fmt: Format, encoding: TextEncoding,
+                    after: Position | None, limit: int, quota: Allowance) -> RecordsAnswer:
         licence_id = scope.licence.id
-        head = records.csv_header(scope) if fmt == "csv" and after is None else b""
+        head = records.csv_header(scope, encoding) if fmt == "csv" and after is None else b""
         take = limit if quota.records is None else min(limit, quota.records)
         # Bytes a page may reserve: an estimate of `take` records within what is left, so that concurrent
         # pages of one licence do not each reserve the whole remainder.
@@ -238,7 +255,7 @@ class Deliveries:
         # Reserve before the first await: concurrent requests of this licence see the reservation.
         self.usage.count(licence_id, take, budget or 0)
         try:
-            page = await self.pages.page(self.pool, scope, fmt, after, take)
+            page = _encoded(await self.pages.page(self.pool, scope, fmt, after, take), scope, encoding, "this page")
         finally:
             self.usage.count(licence_id, -take, -(budget or 0))
         body, kept, more = page.body, len(page), page.more
@@ -256,7 +273,7 @@ class Deliveries:
             assert self.snapshot.secrets is not None
             version, key = self.snapshot.secrets.current(CURSOR)
             next_cursor = cursors.encode(_cursor_state(scope, fmt, limit, page.position(kept - 1)), version, key)
-        return RecordsAnswer(scope.licence, fmt, headers, head + body, next_cursor)
+        return RecordsAnswer(scope.licence, fmt, encoding, headers, head + body, next_cursor)
 
     def _resume(self, text: str, dataset: Dataset, licence: Licence) -> tuple[DeliveryScope, Position, Format, int]:
         assert self.snapshot.secrets is not None
@@ -389,18 +406,35 @@ class Deliveries:
                            self._still_allowed(credential_id, licence_id, [partition], names, [version]))
         return FileAnswer(licence, size, file_id, quota.headers, span, stream)
 
-    def _export(self, caller: Principal, scope: DeliveryScope, fmt: Format, quota: Allowance) -> Stream:
-        pool = self.pool
+    async def _export(self, caller: Principal, scope: DeliveryScope, fmt: Format, encoding: TextEncoding,
+                      quota: Allowance) -> Stream:
+        pool, charset, deadline = self.pool, encoding.charset, self.writer.deadline
+        opening: records.Page | None = None
+        if charset != "utf-8":
+            # Before the status is sent, a record the charset cannot encode is still a 406: the first
+            # chunk is read and encoded now. Past it the status is sent, and such a record ends the
+            # stream there, as an error whose stream-end event names it (like any other cut).
+            opening = await database.within(pool, deadline, records.page, scope, fmt, None, EXPORT_CHUNK_RECORDS)
+            _encoded(opening, scope, encoding, "this export")
 
         async def produce(write: Write, stopped: Callable[[], bool]) -> None:
             if fmt == "csv":
-                await write(records.csv_header(scope), ())
+                await write(records.csv_header(scope, encoding), ())
+            written = 0
             # A chunk takes milliseconds to read; one that takes the audit deadline ends the stream as an
             # error while this process can still record it (before it is taken for dead, DEAD_AFTER_SECONDS).
-            async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS, read_seconds=self.writer.deadline):
+            async for chunk in records.chunks(pool, scope, fmt, EXPORT_CHUNK_RECORDS, read_seconds=deadline,
+                                              first=opening):
                 if stopped():
                     return
+                try:
+                    chunk = records.encoded(chunk, scope, charset)
+                except records.Unencodable as exc:
+                    await write(exc.encoded, exc.sizes)  # the records before it
+                    raise StreamCut(exc.reason(charset, written + exc.index + 1, "this export")
+                                    + " (the export stopped before it)") from None
                 await write(chunk.body, chunk.sizes)
+                written += len(chunk)
 
         first = Tally(min(quota.records, EXPORT_CHUNK_RECORDS) if quota.records is not None else 0,
                       min(quota.bytes, _estimated_bytes(scope.dataset, EXPORT_CHUNK_RECORDS))
@@ -513,6 +547,15 @@ class Transport(Protocol):
     async def end(self) -> None: ...
 
 
+class StreamCut(Exception):
+    """Raised by a stream's producer that must stop before what is left: the stream ends there, as an
+    error, with this reason in its stream-end event (its status was sent with its first byte)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Stream:
     """One streamed delivery, from the authorisation event before its first byte to its stream-end event.
 
@@ -621,6 +664,8 @@ class Stream:
             if stopped_because is None:
                 stopped_because = "the gateway stopped the delivery (shutting down)"
                 raise
+        except StreamCut as exc:
+            stopped_because = exc.reason
         except AuditUnavailable:
             stopped_because = "the audit log could not record the delivery's progress"
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ServiceUnavailable):
@@ -728,6 +773,17 @@ def _within(chunk: bytes, sizes: Sequence[int], limits: tuple[int | None, int | 
     ends = list(itertools.accumulate(sizes[:room_records]))
     kept = bisect.bisect_right(ends, room_bytes)
     return chunk[:ends[kept - 1] if kept else 0], kept
+
+
+def _encoded(page: records.Page, scope: DeliveryScope, encoding: TextEncoding, where: str) -> records.Page:
+    """A page as delivered in the encoding asked for, or 406 naming the record that cannot be."""
+    try:
+        return records.encoded(page, scope, encoding.charset)
+    except records.Unencodable as exc:
+        at = exc.position
+        raise NotAcceptable(exc.reason(encoding.charset, exc.index + 1, where), record=exc.index + 1,
+                            partition=at.partition, version=at.version, column=exc.column,
+                            code_point=f"U+{ord(exc.character):04X}") from None
 
 
 def _estimated_bytes(dataset: Dataset, count: int) -> int:

@@ -1,15 +1,18 @@
 """Reading a delivery scope's records from PostgreSQL: the scope, pages, and exports as runs of pages.
 
-PostgreSQL renders the records: NDJSON lines are `(data - <columns outside the licence>)::text` and
-CSV fields are quoted by `csv_field` (migration 0007) over the licensed columns only, so records are
-never decoded and re-encoded in Python. A text value may hold line breaks (NDJSON escapes them; a CSV
-field holding one is quoted and spans lines), so a page carries each record's size and deliveries count
+PostgreSQL renders the records, over the licensed columns only and in their declared order: NDJSON
+lines are objects whose values are jsonb's own text, CSV fields are quoted by `csv_field` (migration
+0007), and a `number` keeps its form by `number_text` (migration 0017: an integer as an integer, a
+float as its shortest text). Records are never decoded and re-encoded in Python, but for CSV in CP932,
+asked for by Japanese Excel users. A text value may hold line breaks (NDJSON escapes them; a CSV field
+holding one is quoted and spans lines), so a page carries each record's size and deliveries count
 records by those sizes, never by line breaks.
 """
 
 from __future__ import annotations
 
 import bisect
+import csv
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,11 +21,54 @@ from typing import Literal
 import asyncpg
 
 from gateway import database
+from gateway.columns import Column
 from gateway.datasets import Dataset
 from gateway.licences import Licence
 
 Format = Literal["ndjson", "csv"]
-MEDIA_TYPES: dict[Format, str] = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+Charset = Literal["utf-8", "cp932"]
+CHARSETS: tuple[Charset, ...] = ("utf-8", "cp932")
+# CP932 under its IANA name; Python's codec for it is "cp932" ("shift_jis" lacks its extensions).
+_CHARSET_NAMES: dict[Charset, str] = {"utf-8": "utf-8", "cp932": "Windows-31J"}
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class TextEncoding:
+    """How a CSV delivery's text is encoded: UTF-8, with a byte order mark before the header when `bom`
+    (which Excel needs to read the file as UTF-8), or CP932, Japanese Excel's own encoding. NDJSON is
+    always plain UTF-8 (RFC 8259)."""
+
+    charset: Charset = "utf-8"
+    bom: bool = False
+
+    def media_type(self, fmt: Format) -> str:
+        if fmt == "ndjson":
+            return "application/x-ndjson"
+        return f"text/csv; charset={_CHARSET_NAMES[self.charset]}"
+
+
+UTF8 = TextEncoding()
+
+
+class Unencodable(Exception):
+    """A record holds a character its delivery's charset cannot encode (or not exactly). `encoded` is
+    the records of the page before it, in that charset, and `sizes` theirs; `index` is its place in the
+    page."""
+
+    def __init__(self, page: Page, index: int, parts: list[bytes], column: str, character: str) -> None:
+        self.index, self.column, self.character = index, column, character
+        self.encoded, self.sizes = b"".join(parts), [len(part) for part in parts]
+        self.position = page.position(index)
+        super().__init__(f"record {index} cannot be encoded")
+
+    def reason(self, charset: Charset, ordinal: int, where: str) -> str:
+        """Why the record cannot be delivered, naming it as the member can find it."""
+        at = self.position
+        return (f"record {ordinal:,} of {where} (partition {at.partition!r}, version {at.version}) holds "
+                f"{self.character!r} (U+{ord(self.character):04X}) in column {self.column!r}, which "
+                f"{charset.upper()} cannot encode exactly; ask for charset=utf-8 instead (with bom=true for Excel)")
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryScope:
@@ -39,10 +85,6 @@ class DeliveryScope:
     upto_version: int
     exact: bool
     versions: tuple[int, ...]
-
-    @property
-    def excluded_columns(self) -> list[str]:
-        return [c for c in self.dataset.column_names if c not in self.columns]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +135,36 @@ _PAGE_SQL = (
     "AND (version, seq) > ($6, $7) ORDER BY version, seq LIMIT $8) AS page")
 
 
+def _render(scope: DeliveryScope, fmt: Format) -> str:
+    """The SQL text of one record as a line without its newline, over the licensed columns in declared
+    order. The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*), safe
+    inside quotes; records hold every declared column (uploads write nulls), the COALESCEs aside."""
+    columns = [c for c in scope.dataset.columns if c.name in scope.columns]
+    if fmt == "csv":
+        # csv_field (migration 0007) quotes as COPY's CSV writer does.
+        return " || ',' || ".join(f"csv_field({_text(c)})" for c in columns)
+    # Spaced as jsonb's own text ({"a": 1, "b": 2}), in declared order rather than jsonb's key order
+    # (shortest key first). The text of a jsonb value is its JSON; a number's is number_text.
+    pieces = [f"'{'{' if i == 0 else ', '}\"{c.name}\": ' || "
+              + (f"COALESCE({_text(c)}, 'null')" if c.type == "number" else
+                 f"COALESCE((data -> '{c.name}')::text, 'null')")
+              for i, c in enumerate(columns)]
+    return " || ".join(pieces) + " || '}'" if pieces else "'{}'"
+
+
+def _text(column: Column) -> str:
+    """A column's value as SQL text, NULL for null: a number in the form it was given (number_text)."""
+    if column.type == "number":
+        return f"number_text(data -> '{column.name}')"
+    return f"data ->> '{column.name}'"
+
+
 async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, after: Position | None,
                limit: int) -> Page:
     """Up to `limit` records of the scope after `after`, in (partition, version, seq) order."""
     if not scope.versions:
         return Page(b"", [], [], [], [], False)
-    if fmt == "ndjson":
-        sql, extra = _PAGE_SQL.format(render="(data - $9::text[])::text"), [scope.excluded_columns]
-    else:
-        # csv_field (migration 0007) quotes as COPY's CSV writer does, so pages and streams are
-        # byte-identical. The column names come from the dataset's validated declaration ([a-z][a-z0-9_]*).
-        render = " || ',' || ".join(f"csv_field(data ->> '{c}')" for c in scope.columns)
-        sql, extra = _PAGE_SQL.format(render=render), []
+    sql = _PAGE_SQL.format(render=_render(scope, fmt))
     bodies: list[bytes] = []
     sizes: list[int] = []
     versions: list[int] = []
@@ -119,7 +179,7 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
         # The bounds keep the primary key's order usable (a replace version skips what it replaced);
         # the set leaves out withdrawn versions between them.
         row = await conn.fetchrow(sql, scope.dataset.id, partition, scope.versions[0], scope.versions[-1],
-                                  list(scope.versions), version, seq, room + 1, *extra)
+                                  list(scope.versions), version, seq, room + 1)
         if row["body"] is None:
             continue
         more = len(row["sizes"]) > room
@@ -136,16 +196,19 @@ async def page(conn: asyncpg.Connection, scope: DeliveryScope, fmt: Format, afte
 
 
 async def chunks(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, size: int, *,
-                 read_seconds: float) -> AsyncIterator[Page]:
+                 read_seconds: float, first: Page | None = None) -> AsyncIterator[Page]:
     """Every record of the scope in keyset order, as pages of up to `size` records, each read on a
     connection held for that one query only. A delivery waiting on a slow client therefore holds no
     connection, no statement runs long enough to meet the pool's command timeout, and a stream can stop
     between two pages at no cost (cancelling a long COPY mid-way can stall its connection). A chunk not
     read within `read_seconds` raises DatabaseUnavailable (its connection closed, not pooled); the
-    stream then ends as an error, recorded, never as a clean end."""
+    stream then ends as an error, recorded, never as a clean end. `first`: the first chunk, already read."""
     after: Position | None = None
     while True:
-        chunk = await database.within(pool, read_seconds, page, scope, fmt, after, size)
+        if first is None:
+            chunk = await database.within(pool, read_seconds, page, scope, fmt, after, size)
+        else:
+            chunk, first = first, None
         if len(chunk):
             yield chunk
         if not chunk.more:
@@ -153,5 +216,51 @@ async def chunks(pool: asyncpg.Pool, scope: DeliveryScope, fmt: Format, size: in
         after = chunk.position(len(chunk) - 1)
 
 
-def csv_header(scope: DeliveryScope) -> bytes:
-    return (",".join(scope.columns) + "\n").encode()
+def csv_header(scope: DeliveryScope, encoding: TextEncoding) -> bytes:
+    """The header line of a CSV delivery, after the byte order mark when one is asked for. Column names
+    are ASCII, the same bytes in either charset."""
+    return (_BOM if encoding.bom else b"") + (",".join(scope.columns) + "\n").encode()
+
+
+def encoded(page: Page, scope: DeliveryScope, charset: Charset) -> Page:
+    """The page in `charset`, each record's size counted in it (what metering and quotas count);
+    Unencodable at the first record holding a character the charset cannot hold exactly, never a
+    substitute."""
+    if charset == "utf-8" or not page.sizes:
+        return page
+    parts: list[bytes] = []
+    offset = 0
+    for index, size in enumerate(page.sizes):
+        text = page.body[offset:offset + size].decode()
+        offset += size
+        part, inexact = _exactly(text, charset)
+        if inexact is not None:
+            raise Unencodable(page, index, parts, _column_at(text, charset, scope.columns),
+                              text[inexact])
+        parts.append(part)
+    return Page(b"".join(parts), [len(p) for p in parts], page.versions, page.seqs, page.spans, page.more)
+
+
+def _exactly(text: str, charset: Charset) -> tuple[bytes, int | None]:
+    """`text` in `charset`, and where its first character is that the charset cannot hold (None:
+    none). Python's cp932 also maps six characters one way (〜 U+301C comes back as ～ U+FF5E, − U+2212
+    as － U+FF0D, ¢ £ ¬ ‖ likewise): a member would read another character than the vendor published."""
+    try:
+        part = text.encode(charset)
+    except UnicodeEncodeError as exc:
+        return b"", exc.start
+    back = part.decode(charset)
+    if back == text:
+        return part, None
+    # Each one-way character is one character either way, so the texts align up to the first.
+    return b"", next((at for at, (given, read) in enumerate(zip(text, back, strict=False)) if given != read),
+                     min(len(text), len(back)))
+
+
+def _column_at(line: str, charset: Charset, columns: tuple[str, ...]) -> str:
+    """The column of a CSV record's first field that `charset` cannot hold exactly: the field of the
+    record's first such character."""
+    for name, field in zip(columns, next(csv.reader([line])), strict=True):
+        if _exactly(field, charset)[1] is not None:
+            return name
+    raise AssertionError("a record the charset cannot hold has a field it cannot hold")

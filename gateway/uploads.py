@@ -57,6 +57,7 @@ _TIMESTAMP_ZONE_OPTIONAL = re.compile(_TIMESTAMP.pattern + "?")
 _TIMESTAMP_CACHE_SIZE = 4096
 
 Convert = Callable[[Any], Any]
+StoredNumber = int | float | orjson.Fragment  # a number as the record's JSON will hold it (_stored_float)
 Row = tuple[str, str]
 
 
@@ -492,7 +493,7 @@ def _json_integer(column: Column) -> Convert:
 def _csv_number(column: Column) -> Convert:
     name = column.name
 
-    def convert(value: str) -> int | float:
+    def convert(value: str) -> StoredNumber:
         match = _NUMBER.fullmatch(value)
         if not match:
             raise _Invalid(name, f"{_show(value)} is not a number (expected e.g. 42, -2.5 or 1e3)")
@@ -505,21 +506,31 @@ def _csv_number(column: Column) -> Convert:
         real = float(value)
         if not math.isfinite(real):
             raise _Invalid(name, f"{_show(value)} is too large for a finite number")
-        return real
+        return _stored_float(real)
     return convert
 
 
 def _json_number(column: Column) -> Convert:
     name = column.name
 
-    def convert(value: object) -> int | float:
+    def convert(value: object) -> StoredNumber:
         # orjson never yields NaN or infinity: it rejects them and numbers that overflow a double.
         if type(value) is float:
-            return value
+            return _stored_float(value)
         if type(value) is int:
-            return value if _INT64_MIN <= value <= _INT64_MAX else float(value)
+            return value if _INT64_MIN <= value <= _INT64_MAX else _stored_float(float(value))
         raise _Invalid(name, f"{_show(value)} is not a number (expected a JSON number, e.g. 42 or -2.5)")
     return convert
+
+
+def _stored_float(real: float) -> StoredNumber:
+    """A float as the record's JSON holds it: jsonb keeps a number as numeric, which drops an exponent,
+    so orjson's 1e+16 (it writes an exponent from 1e16 up) would be stored as an integer. Written out
+    with a fraction, as orjson writes smaller floats, it stays a float (a double this large is a whole
+    number, exactly); the deliveries' number_text (migration 0017) gives its shortest form back."""
+    if -1e16 < real < 1e16:
+        return real
+    return orjson.Fragment(f"{int(real)}.0")
 
 
 def _grouped(make: Callable[[Column], Convert]) -> Callable[[Column], Convert]:
@@ -532,13 +543,13 @@ def _grouped(make: Callable[[Column], Convert]) -> Callable[[Column], Convert]:
         grouped = re.compile(rf"-?[0-9]{{1,3}}(?:{re.escape(separator)}[0-9]{{3}})+"
                              r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
-        def convert_grouped(value: str) -> int | float:
+        def convert_grouped(value: str) -> StoredNumber:
             if separator in value:
                 if not grouped.fullmatch(value):
                     raise _Invalid(column.name, f"{_show(value)} is not a number with its digits grouped in threes "
                                    f"by {separator!r} (e.g. 1{separator}234{separator}567)")
                 value = value.replace(separator, "")
-            result: int | float = convert(value)
+            result: StoredNumber = convert(value)
             return result
         return convert_grouped
     return for_column

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
@@ -12,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from gateway import cli
 from gateway.runtime import Runtime
 from tests.factories import Licensed, licensed_member, serve, wait_for_snapshot
 
@@ -122,6 +124,17 @@ async def test_soft_quota_delivers_warns_and_flags_usage(runtime: Runtime, clien
     report = await licensed.vendor.ok("GET", "/v1/admin/usage")
     [row] = report["items"]
     assert row["records"] == 20 and row["over_soft_quota"] is True
+
+
+async def test_the_usage_csv_writes_booleans_as_true_and_false(runtime: Runtime, client: httpx.AsyncClient,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    licensed = await licensed_member(runtime, client)
+    await client.get(records_path(licensed), params={"limit": 2}, headers=licensed.headers)
+    vendor = runtime.snapshot.vendors[licensed.vendor.id].name
+    await cli.cmd_usage_report(runtime, argparse.Namespace(vendor=vendor, member=None, dataset=None, start=None,
+                                                           end=None, by="month", format="csv"))
+    [row] = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert row["records"] == "2" and row["over_soft_quota"] == "false"
 
 
 async def test_rate_limit_per_credential(runtime: Runtime, client: httpx.AsyncClient) -> None:

@@ -11,7 +11,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import delivery, licences, metering, terminations
-from gateway import records as records_module
 from gateway.audit.events import EventKind
 from gateway.datasets import accumulation
 from gateway.delivery import MAX_PAGE, RecordsRequest
@@ -33,7 +32,7 @@ from gateway.http.endpoints import (
     runtime_of,
 )
 from gateway.licences import Licence
-from gateway.records import Format
+from gateway.records import CHARSETS, Format, TextEncoding
 from gateway.runtime import Runtime
 
 MEMBER = ("member", "sharing")
@@ -120,6 +119,17 @@ def _format(request: Request) -> Format:
     return asked  # type: ignore[return-value]
 
 
+def _encoding(request: Request) -> TextEncoding:
+    """How CSV text is encoded: `charset=utf-8|cp932` and `bom=true|false` (a byte order mark before
+    the header, for Excel)."""
+    charset, bom = request.query_params.get("charset", "utf-8"), request.query_params.get("bom", "false")
+    if charset not in CHARSETS:
+        raise NotAcceptable("charset must be utf-8 or cp932 (Japanese Excel's encoding)")
+    if bom not in ("true", "false"):
+        raise BadRequest("bom must be true or false")
+    return TextEncoding(charset, bom == "true")  # type: ignore[arg-type]
+
+
 def _int_param(request: Request, name: str, low: int, high: int) -> int | None:
     text = request.query_params.get(name)
     if text is None:
@@ -138,14 +148,16 @@ async def records(request: Request) -> Response:
                            request.query_params.get("cursor"),
                            _int_param(request, "since_version", 0, 2**31 - 1) or 0,
                            request.query_params.getlist("partition"), head_only=request.method == "HEAD",
-                           version=_int_param(request, "version", 1, 2**31 - 1))
+                           version=_int_param(request, "version", 1, 2**31 - 1), encoding=_encoding(request))
     answer = await runtime_of(request).deliveries.records(caller, ctx.facts, path_id(request, "dataset", "dataset"),
                                                        asked)
-    headers = {**notice_headers(answer.licence), **answer.headers, "content-type": records_module.MEDIA_TYPES[answer.fmt]}
+    headers = {**notice_headers(answer.licence), **answer.headers, "content-type": answer.encoding.media_type(answer.fmt)}
     if answer.stream is not None:
         return StreamingDelivery(ctx, answer.stream, 200, headers)
     if answer.next_cursor is not None:
-        next_page = request.url.replace(query=urllib.parse.urlencode({"cursor": answer.next_cursor}))
+        # The cursor holds the query; the encoding goes on as asked (the BOM only ever precedes the header).
+        kept = {name: request.query_params[name] for name in ("charset", "bom") if name in request.query_params}
+        next_page = request.url.replace(query=urllib.parse.urlencode({"cursor": answer.next_cursor, **kept}))
         headers["link"] = f'<{next_page}>; rel="next"'
     return Response(answer.body, headers=headers)
 
