@@ -125,13 +125,17 @@ class Page:
 
 
 # One partition's part of a page as one row: the records in keyset order, each rendered as a line,
-# aggregated into a single value (no row per record to decode in Python).
+# aggregated into a single value (no row per record to decode in Python). The deliverable versions are
+# a filter (array_position), not `version = ANY(...)`: PostgreSQL 17 and later make that an index
+# search array, and the scan then starts at the partition's first record instead of at the keyset
+# (version, seq), which made an export's pages cost more the further they were (5.4 s instead of 0.9 s
+# of PostgreSQL for a 1,000,000-record export).
 _PAGE_SQL = (
     "SELECT convert_to(string_agg(line, '' ORDER BY version, seq), 'UTF8') AS body, "
     "array_agg(octet_length(line) ORDER BY version, seq) AS sizes, "
     "array_agg(version ORDER BY version, seq) AS versions, array_agg(seq ORDER BY version, seq) AS seqs "
     "FROM (SELECT version, seq, {render} || E'\\n' AS line FROM records "
-    "WHERE dataset_id = $1 AND partition = $2 AND version BETWEEN $3 AND $4 AND version = ANY($5::int[]) "
+    "WHERE dataset_id = $1 AND partition = $2 AND version BETWEEN $3 AND $4 AND array_position($5::int[], version) IS NOT NULL "
     "AND (version, seq) > ($6, $7) ORDER BY version, seq LIMIT $8) AS page")
 
 
@@ -141,8 +145,11 @@ def _render(scope: DeliveryScope, fmt: Format) -> str:
     inside quotes; records hold every declared column (uploads write nulls), the COALESCEs aside."""
     columns = [c for c in scope.dataset.columns if c.name in scope.columns]
     if fmt == "csv":
-        # csv_field (migration 0007) quotes as COPY's CSV writer does.
-        return " || ',' || ".join(f"csv_field({_text(c)})" for c in columns)
+        # csv_field (migration 0007) quotes as COPY's CSV writer does. Only text can hold what needs
+        # quoting, or be empty: the other types are stored in canonical forms (no comma, quote or line
+        # break), so they are written as they are, NULL as an empty field, as COPY writes them too.
+        return " || ',' || ".join(f"csv_field({_text(c)})" if c.type == "text" else f"COALESCE({_text(c)}, '')"
+                                  for c in columns)
     # Spaced as jsonb's own text ({"a": 1, "b": 2}), in declared order rather than jsonb's key order
     # (shortest key first). The text of a jsonb value is its JSON; a number's is number_text.
     pieces = [f"'{'{' if i == 0 else ', '}\"{c.name}\": ' || "

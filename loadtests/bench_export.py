@@ -303,7 +303,11 @@ async def download(client: httpx.AsyncClient, url: str, api_key: str, fmt: str, 
 def raw_copy_sql(dataset_id: uuid.UUID, partition: str, fmt: str) -> str:
     where = f"WHERE dataset_id = '{dataset_id}' AND partition = '{partition}' ORDER BY version, seq"
     if fmt == "ndjson":
-        return f"COPY (SELECT (data)::text FROM records {where}) TO STDOUT"
+        # The gateway writes a record's keys in declared order, each value as jsonb's own text (the demo
+        # has no `number` column, whose values number_text would render), so the floor is the same text.
+        pieces = " || ', ' || ".join(f"'\"{c.name}\": ' || COALESCE((data -> '{c.name}')::text, 'null')"
+                                     for c in DEMO_COLUMNS)
+        return f"COPY (SELECT '{{' || {pieces} || '}}' FROM records {where}) TO STDOUT"
     selected = ", ".join(f"data ->> '{c.name}' AS {c.name}" for c in DEMO_COLUMNS)
     return f"COPY (SELECT {selected} FROM records {where}) TO STDOUT WITH (FORMAT csv, HEADER)"
 
