@@ -119,6 +119,15 @@ async def _tries(first: Runtime, second: GatewayProcess, licensed: Licensed,
     return seconds, ends
 
 
+async def _with_big_version(first: Runtime, local: httpx.AsyncClient) -> Licensed:
+    """A licensed member of a dataset whose second version is big enough to export for a while."""
+    licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
+    await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
+    await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
+                            .latest_version == 2)
+    return licensed
+
+
 def _report(what: str, seconds: list[float]) -> None:
     print(f"\n{what}: stream stopped on the other instance {statistics.median(seconds) * 1000:.0f} ms (p50), "
           f"{max(seconds) * 1000:.0f} ms (max) after the change committed, {len(seconds)} tries")
@@ -128,10 +137,7 @@ def _report(what: str, seconds: list[float]) -> None:
 async def test_a_revoked_keys_a_suspended_licences_and_members_streams_stop_within_a_second_on_another_instance(
         first: Runtime, second: GatewayProcess) -> None:
     async with client_for(first) as local:
-        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
-        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
-        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
-                                .latest_version == 2)
+        licensed = await _with_big_version(first, local)
         licence = licensed.licence["id"]
 
         async def revoke(key: dict[str, str]) -> datetime:
@@ -183,10 +189,7 @@ async def test_a_revoked_keys_a_suspended_licences_and_members_streams_stop_with
 async def test_an_export_reading_a_version_withdrawn_on_another_instance_ends_incomplete(
         first: Runtime, second: GatewayProcess) -> None:
     async with client_for(first) as local:
-        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
-        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
-        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
-                                .latest_version == 2)
+        licensed = await _with_big_version(first, local)
 
         async def withdraw(_key: dict[str, str]) -> datetime:
             done = await licensed.vendor.ok(
@@ -248,10 +251,7 @@ async def test_a_revoked_compliance_keys_bundle_download_stops_and_is_recorded_a
 async def test_a_terminated_licences_stream_stops_on_another_instance_which_still_serves_the_notice(
         first: Runtime, second: GatewayProcess) -> None:
     async with client_for(first) as local:
-        licensed = await licensed_member(first, local, columns=ALL_COLUMNS)
-        await licensed.vendor.publish(licensed.dataset["id"], BIG_ROWS)
-        await wait_for_snapshot(first, lambda: first.snapshot.datasets[uuid.UUID(licensed.dataset["id"])]
-                                .latest_version == 2)
+        licensed = await _with_big_version(first, local)
         licence = licensed.licence["id"]
 
         async def terminate(_key: dict[str, str]) -> datetime:
