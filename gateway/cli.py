@@ -36,6 +36,7 @@ from gateway import (
     access_tokens,
     cli_audit,
     cli_witness,
+    console_users,
     credentials,
     datasets,
     keyring,
@@ -248,6 +249,33 @@ def _member_status_command(action: str) -> Handler:
         member = await members.find(runtime.pool, vendor.id, args.member)
         return (await members.set_status(runtime.writer, cli_actor(vendor.id), vendor.id, member.id, action,
                                          args.reason)).to_json()
+
+    return run
+
+
+async def cmd_user_create(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    member_id = None
+    if args.member is not None:
+        member_id = (await members.find(runtime.pool, vendor.id, args.member)).id
+    user, password, _ = await console_users.create(runtime.writer, runtime.master, cli_actor(vendor.id), vendor.id,
+                                                   args.role, args.email, member_id=member_id,
+                                                   display_name=args.name)
+    return {**user.to_json(), "password": password, "sign_in": f"{runtime.config.base_url}/console/",
+            "note": "the password is shown this once; the user sets up a TOTP app at the first sign-in"}
+
+
+async def cmd_user_list(runtime: Runtime, args: argparse.Namespace) -> Any:
+    vendor = await _vendor(runtime, args)
+    return {"items": [u.to_json() for u in await console_users.list_for_vendor(runtime.pool, vendor.id)]}
+
+
+def _user_status_command(action: str) -> Handler:
+    async def run(runtime: Runtime, args: argparse.Namespace) -> Any:
+        vendor = await _vendor(runtime, args)
+        user = await console_users.find(runtime.pool, vendor.id, args.user)
+        return (await console_users.set_status(runtime.writer, cli_actor(vendor.id), vendor.id, user.id,
+                                               action)).to_json()
 
     return run
 
@@ -822,6 +850,26 @@ def build_parser() -> argparse.ArgumentParser:
         group = p.add_mutually_exclusive_group()
         group.add_argument(f"--{name}")
         group.add_argument(f"--no-{name}", action="store_true", help=f"clear the {name.replace('-', ' ')}")
+
+    user = _subcommands(sub, "user", "console users: the people who sign in to the web console")
+    p = _command(user, "create", cmd_user_create, "add a console user (prints their password once)",
+                 "gateway user create --vendor 'Example Mobile' --role compliance --email legal@mobile-vendor.jp")
+    _vendor_arg(p)
+    p.add_argument("--role", choices=console_users.ROLES, required=True,
+                   help="vendor-admin: changes anything of the vendor; compliance: reads everything, changes "
+                        "nothing; member: a member's staff (needs --member)")
+    p.add_argument("--email", required=True, help="what they sign in with")
+    p.add_argument("--member", help="member name or id, for --role member")
+    p.add_argument("--name", default="", help="their name as the console shows it")
+    p = _command(user, "list", cmd_user_list, "list the vendor's console users",
+                 "gateway user list --vendor 'Example Mobile'")
+    _vendor_arg(p)
+    for action, help_text in (("suspend", "sign a user out everywhere and keep them out until resumed"),
+                              ("resume", "let a suspended user sign in again")):
+        p = _command(user, action, _user_status_command(action), help_text,
+                     f"gateway user {action} --vendor 'Example Mobile' legal@mobile-vendor.jp")
+        _vendor_arg(p)
+        p.add_argument("user", help="the user's email or id")
 
     licence = _subcommands(sub, "licence", "licences")
     p = _command(licence, "grant", cmd_licence_grant, "licence a member to a dataset",

@@ -18,7 +18,9 @@ from keys.sealing import MasterKey, SealError
 
 API_KEY_HASH = "api-key-hash"
 CURSOR = "cursor"
-PURPOSES = (API_KEY_HASH, CURSOR)
+# The web console's CSRF tokens: an HMAC under it binds each form to the session that showed it.
+CONSOLE = "console"
+PURPOSES = (API_KEY_HASH, CURSOR, CONSOLE)
 
 
 class MasterKeyMismatch(RuntimeError):

@@ -64,6 +64,16 @@ class EventKind(enum.StrEnum):
     ADMIN_READ = "vendor:admin:read"
     AUDIT_READ = "compliance:audit:read"
     AUDIT_EXPORT_STREAM_END = "compliance:audit-export:stream-end"
+    # The web console (issue 18): its people, their sign-ins and the pages they read.
+    USER_CREATE = "vendor:user:create"
+    USER_SUSPEND = "vendor:user:suspend"
+    USER_RESUME = "vendor:user:resume"
+    CONSOLE_PASSWORD = "console:session:password"  # the password was right; the second factor is awaited
+    CONSOLE_SIGN_IN = "console:session:sign-in"
+    CONSOLE_SIGN_IN_REJECT = "console:session:reject"
+    CONSOLE_SIGN_OUT = "console:session:sign-out"
+    CONSOLE_TOTP_ENROL = "console:totp:enrol"
+    CONSOLE_PAGE_READ = "console:page:read"
     # Anything else that reached the gateway (unknown paths, methods): still evidence of access.
     REQUEST_OTHER = "request:other:reject"
     # OAuth 2.0 client credentials and the keyring (issue 5).

@@ -6,6 +6,7 @@ asked and delivered, and the audit middleware turns it into the request's audit 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import secrets
@@ -39,6 +40,8 @@ class RequestContext:
     facts: EventFacts = field(default_factory=EventFacts)
     # True once the route has committed the request's event itself (administrative changes, streams).
     audited: bool = False
+    # The console user behind a console request (they act as a person, not with a key).
+    person: Actor | None = None
     event_id: uuid.UUID = field(default_factory=new_event_id)
 
     @classmethod
@@ -61,6 +64,8 @@ class RequestContext:
 
     @property
     def actor(self) -> Actor:
+        if self.person is not None:
+            return dataclasses.replace(self.person, request=self.request_info)
         credential = self.principal.credential if self.principal else None
         return Actor(kind=credential.kind.value if credential else "anonymous",
                      vendor_id=credential.vendor_id if credential else None,
