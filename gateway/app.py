@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 from gateway import access_tokens, oauth
 from gateway.config import Config
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
-from gateway.http import admin_api, audit_api, member_api, oauth_api, openapi, ops, sharing_api
+from gateway.http import admin_api, audit_api, console, member_api, oauth_api, openapi, ops, sharing_api
 from gateway.http.audit_middleware import AuditMiddleware
 from gateway.http.authentication import ApiKeyAuthenticator, AuthenticationMiddleware, JwtAuthenticator
 from gateway.http.forwarding import Forwarding
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no route, wrong method) as problems like every other error."""
     assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/console/"):  # a person's browser: a page, the same as a missing object's
+        return console.error_page(request, exc.status_code if exc.status_code == 405 else 404, *console.NOT_FOUND)
     problem: GatewayError = MethodNotAllowed("this method is not allowed here") if exc.status_code == 405 \
         else NotFound("resource")
     response = await handle_gateway_error(request, problem)
@@ -73,7 +75,7 @@ def build_app(runtime: Runtime) -> Starlette:
                                          config.token_ttl_seconds)
     app = Starlette(
         routes=[*ops.routes, *member_api.routes, *admin_api.routes, *oauth_api.routes,
-                *sharing_api.routes, *audit_api.routes, *openapi.routes],
+                *sharing_api.routes, *audit_api.routes, *openapi.routes, *console.routes],
         middleware=[
             Middleware(AuditMiddleware, writer=runtime.writer, forwarding=forwarding),
             Middleware(AuthenticationMiddleware, snapshot=runtime.snapshot,

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway import credentials, datasets, licences, members, oauth_clients, vendors
+from gateway import console_users, credentials, datasets, licences, members, oauth_clients, vendors
 from gateway.actors import Actor, cli_actor
 from gateway.columns import to_json
 from gateway.demo_data import DEMO_COLUMNS, DEMO_PARTITIONS_BY_MEMBER, demo_csv_chunks
@@ -91,9 +91,23 @@ async def seed(runtime: Runtime, *, records: int = DEMO_RECORDS) -> tuple[dict[s
             entry["oauth_client"] = {"client_id": client.client_id, "client_secret": secret}
         entries.append(entry)
     content = {"base_url": runtime.config.base_url, "dataset": str(dataset.id), "vendor_id": str(vendor.id),
-               "vendor_admin_key": admin_key, "compliance_key": compliance_key, "members": entries}
+               "vendor_admin_key": admin_key, "compliance_key": compliance_key, "members": entries,
+               "console": await _console_users(runtime, actor, vendor.id, uuid.UUID(entries[0]["member_id"]))}
     _write_private(path, orjson.dumps(content, option=orjson.OPT_INDENT_2))
     return content, True
+
+
+async def _console_users(runtime: Runtime, actor: Actor, vendor_id: uuid.UUID,
+                         member_id: uuid.UUID) -> dict[str, Any]:
+    """The demo's console users, enrolled in TOTP already (their secrets are in demo.json for an app)."""
+    users = []
+    for role, email, member in (("vendor-admin", "admin@demo.lpd.example", None),
+                                ("compliance", "compliance@demo.lpd.example", None),
+                                ("member", "member@demo.lpd.example", member_id)):
+        _, password, secret = await console_users.create(runtime.writer, runtime.master, actor, vendor_id, role,
+                                                         email, member_id=member, enrol_totp=True)
+        users.append({"role": role, "email": email, "password": password, "totp_secret": secret})
+    return {"url": f"{runtime.config.base_url}/console/", "users": users}
 
 
 def _write_private(path: Path, content: bytes) -> None:

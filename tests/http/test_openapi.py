@@ -37,6 +37,8 @@ def served(runtime: Runtime) -> set[tuple[str, str]]:
     §9.3.2: HEAD is GET without the content); that implied HEAD is the GET's, not an operation of its own."""
     found = set()
     for route in build_app(runtime).routes:
+        if route.path.startswith("/console/"):
+            continue  # the web console's HTML pages are not the API (README: the console)
         assert isinstance(route, Route), f"{route!r}: only plain routes are expected; document any other kind"
         assert route.methods, f"{route.path}: a route without methods answers every method"
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {path:path} is documented as {path}

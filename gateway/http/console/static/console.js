@@ -1,0 +1,26 @@
+// The console works without this script; with it, uploads show their progress.
+// A form with data-progress is sent by XMLHttpRequest so that the bytes sent can be shown in its
+// <progress> element; the page the server answers with then replaces this one, as a plain submit would.
+"use strict";
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("form[data-progress]").forEach(function (form) {
+    var bar = document.getElementById(form.dataset.progress);
+    if (!bar) { return; }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var request = new XMLHttpRequest();
+      request.open("POST", form.action);
+      bar.hidden = false;
+      request.upload.addEventListener("progress", function (e) {
+        if (e.lengthComputable) { bar.max = e.total; bar.value = e.loaded; }
+      });
+      request.addEventListener("load", function () {
+        document.open();
+        document.write(request.responseText);
+        document.close();
+        if (request.responseURL) { history.replaceState(null, "", request.responseURL); }
+      });
+      request.send(new FormData(form));
+    });
+  });
+});
