@@ -334,9 +334,11 @@ async def get(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, lic
     return found[0]
 
 
-async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID) -> list[Licence]:
+async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID,
+                          member_id: uuid.UUID | None = None) -> list[Licence]:
     ids = [r["id"] for r in await conn.fetch(
-        "SELECT id FROM licences WHERE vendor_id = $1 ORDER BY created_at", vendor_id)]
+        "SELECT id FROM licences WHERE vendor_id = $1 AND ($2::uuid IS NULL OR member_id = $2) ORDER BY created_at",
+        vendor_id, member_id)]
     return await load(conn, ids) if ids else []
 
 
