@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -325,3 +326,31 @@ async def test_console_users_are_created_with_a_password_shown_once_and_suspende
         assert suspended.status_code == 303
         assert "佐藤" in (await client.get(f"/console/vendor/members/{member}")).text
     assert await demo_runtime.pool.fetchval("SELECT status FROM console_users WHERE id = $1", user_id) == "suspended"
+
+
+async def test_a_licence_is_amended_suspended_resumed_and_terminated_and_a_member_suspended(
+        demo_runtime: Runtime, demo_content: dict[str, Any]) -> None:
+    _, member, licence = _ids(demo_content)
+    path = f"/console/vendor/licences/{licence}"
+    async with signed_in(demo_runtime, demo_content, "vendor-admin") as client:
+        amended = await post_form(client, f"{path}/amend", {"partitions": ["13"], "records_per_month": "1000",
+                                                             "valid_until": "2030-04-01", "terms": "新しい規約 v2"}, page=path)
+        assert amended.status_code == 303, amended.text
+        shown = await client.get(path)
+        acceptances = shown.text.split('id="acceptances"')[1].split("</table>")[0]
+        assert acceptances.count("<tr>") == 3 and "未同意" in acceptances and "新しい規約 v2" in shown.text
+        for action in ("suspend", "resume"):
+            assert (await post_form(client, f"{path}/{action}", {"reason": "確認のため"}, page=path)).status_code == 303
+        terminated = await post_form(client, f"{path}/terminate", {"grounds": "breach", "reason": "第三者への開示",
+                                                                    "attestation_due": (date.today() + timedelta(days=60)).isoformat()}, page=path)
+        assert terminated.status_code == 303, terminated.text
+        assert f'action="/console/vendor/licences/{licence}/amend"' not in (await client.get(path)).text
+        member_path = f"/console/vendor/members/{member}"
+        assert (await post_form(client, f"{member_path}/suspend", {"reason": "支払い遅延"}, page=member_path)).status_code == 303
+        assert "支払い遅延" in (await client.get(member_path)).text
+    row = await demo_runtime.pool.fetchrow("SELECT status, records_per_month, terms_version FROM licences WHERE id = $1",
+                                           uuid.UUID(licence))
+    assert (row["status"], row["records_per_month"], row["terms_version"]) == ("revoked", 1000, 2)
+    assert await demo_runtime.pool.fetchval("SELECT grounds FROM terminations WHERE licence_id = $1",
+                                            uuid.UUID(licence)) == "breach"
+    assert await demo_runtime.pool.fetchval("SELECT status FROM members WHERE id = $1", uuid.UUID(member)) == "suspended"

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import datasets, licences, metering, times
+from gateway import datasets, licences, members, metering, times
 from gateway.audit.usage import denials_by_reason
 from gateway.console_users import Session
 from gateway.http.console import vendor_datasets, vendor_licences, vendor_members, vendor_users
@@ -58,12 +58,15 @@ async def dashboard(request: Request, session: Session) -> Response:
     this_month = await metering.usage_report(pool, vendor, month, times.next_month(month), by="month")
     used = {uuid.UUID(row["licence_id"]): row for row in this_month}
     quota_rows = []
-    for licence in await licences.list_for_vendor(pool, vendor):
+    held_licences = await licences.list_for_vendor(pool, vendor)
+    member_names = {m.id: m.name for m in await members.list_for_vendor(pool, vendor)} if held_licences else {}
+    dataset_names = {d.id: d.name for d in found}
+    for licence in held_licences:
         row = used.get(licence.id)
         if licence.status != "active" or (row is None and licence.records_per_month is None):
             continue
         records = row["records"] if row else 0
-        name = f"{row['member']} / {row['dataset']}" if row else None
+        name = f"{member_names.get(licence.member_id, licence.member_id)} / {dataset_names.get(licence.dataset_id)}"
         quota_rows.append({"licence": licence, "name": name, "records": records,
                            "percent": None if not licence.records_per_month else
                            round(100 * records / licence.records_per_month)})
