@@ -66,7 +66,7 @@ async def denials_by_reason(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: 
                             limit: int = 20) -> list[tuple[str, int]]:
     """The vendor's refusals since `since`, counted by the reason their events give (as the evidence
     report counts them: the reason, else the kind), most frequent first; the partial index of migration
-    0019 bounds the scan to the refusals."""
+    0019 (audit_events_vendor_denials) bounds the scan to the refusals."""
     rows = await conn.fetch(
         "SELECT coalesce(convert_from(entry, 'UTF8')::jsonb ->> 'reason', kind) AS reason, count(*) AS n "
         "FROM audit_events WHERE vendor_id = $1 AND at >= $2 AND outcome = 'deny' "

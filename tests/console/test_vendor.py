@@ -234,8 +234,12 @@ async def test_usage_downloads_as_csv_for_excel(demo_runtime: Runtime, demo_cont
     async with client_for(demo_runtime) as api:
         pulled = await api.get(f"/v1/datasets/{demo_content['dataset']}/records?limit=7", headers=bearer(first["api_key"]))
         assert pulled.status_code == 200, pulled.text
+        outside = await api.get(f"/v1/datasets/{demo_content['dataset']}/records?partition=27",
+                                headers=bearer(first["api_key"]))
+        assert outside.status_code == 403
     for _ in range(200):  # the audit writer commits the delivery's usage with its event, a moment later
-        if await demo_runtime.pool.fetchval("SELECT coalesce(sum(records), 0) FROM usage_daily") >= 7:
+        if await demo_runtime.pool.fetchval("SELECT coalesce(sum(records), 0) FROM usage_daily") >= 7 \
+                and await demo_runtime.pool.fetchval("SELECT count(*) FROM audit_events WHERE outcome = 'deny'"):
             break
         await asyncio.sleep(0.02)
     async with signed_in(demo_runtime, demo_content, "compliance") as client:
@@ -250,6 +254,8 @@ async def test_usage_downloads_as_csv_for_excel(demo_runtime: Runtime, demo_cont
     assert any(",Shibuya Analytics," in line and ",7," in line for line in lines[1:])
     assert "Shibuya Analytics" in page.text and page.text.count('role="img"') == 2
     assert "Shibuya Analytics" in dashboard.text.split('id="deliveries"')[1]
+    denials = dashboard.text.split('id="denials"')[1].split("</table>")[0]
+    assert "partition &#39;27&#39; is outside your licence" in denials and '<td class="num">1</td>' in denials
 
 
 async def test_a_name_holding_a_script_is_escaped_on_every_vendor_page(
