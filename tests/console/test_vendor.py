@@ -217,6 +217,12 @@ async def test_a_version_published_by_upload_and_then_withdrawn(
         assert bad.status_code == 400 and 'role="alert"' in bad.text and 'name="upload"' in bad.text
         none = await client.post(f"{dataset_path}/versions", data={"csrf": csrf_of(page), "mode": "append"})
         assert none.status_code == 400
+        # One that says it is larger than an upload may be is refused before its body is read.
+        huge = client.build_request("POST", f"{dataset_path}/versions", data={"csrf": csrf_of(page)},
+                                    files={"upload": ("huge.csv", body, "text/csv")})
+        huge.headers["content-length"] = str(demo_runtime.config.max_upload_bytes + 10**6)
+        too_large = await client.send(huge)
+        assert too_large.status_code == 413 and "大きすぎます" in too_large.text
         assert await _count(demo_runtime, "dataset_versions") == 2
         blank = await post_form(client, f"{dataset_path}/versions/2/withdraw", {"reason": "  "}, page=dataset_path)
         assert blank.status_code == 400 and "取り下げの理由" in blank.text
