@@ -17,6 +17,7 @@ from gateway import datasets, members, vendors
 from gateway.actors import cli_actor
 from gateway.columns import to_json
 from gateway.demo_data import DEMO_COLUMNS, demo_csv_chunks
+from gateway.http.console.vendor_common import PAGE_SIZE
 from gateway.runtime import Runtime
 from tests.conftest import bearer, client_for
 from tests.console.support import console_user, csrf_of, post_form, sign_in
@@ -366,3 +367,20 @@ async def test_a_licence_is_amended_suspended_resumed_and_terminated_and_a_membe
     assert await demo_runtime.pool.fetchval("SELECT grounds FROM terminations WHERE licence_id = $1",
                                             uuid.UUID(licence)) == "breach"
     assert await demo_runtime.pool.fetchval("SELECT status FROM members WHERE id = $1", uuid.UUID(member)) == "suspended"
+
+
+async def test_long_lists_come_a_page_at_a_time(demo_runtime: Runtime, demo_content: dict[str, Any]) -> None:
+    vendor = uuid.UUID(demo_content["vendor_id"])
+    for i in range(PAGE_SIZE):
+        await members.create(demo_runtime.writer, cli_actor(vendor), vendor, f"zz member {i:03}")
+    async with signed_in(demo_runtime, demo_content, "compliance") as client:
+        first = await client.get("/console/vendor/members")
+        rows = re.findall(r'<a href="/console/vendor/members/([0-9a-f-]{36})">', first.text)
+        assert len(rows) == PAGE_SIZE and "Namba Retail Research" in first.text and "zz member 099" not in first.text
+        more = re.search(r'href="(/console/vendor/members\?after=[0-9a-f-]{36})"', first.text)
+        assert more
+        second = await client.get(more.group(1))
+        rest = re.findall(r'<a href="/console/vendor/members/([0-9a-f-]{36})">', second.text)
+        assert len(rest) == 2 and "zz member 098" in second.text and "zz member 099" in second.text
+        assert not set(rows) & set(rest) and "?after=" not in second.text
+        assert (await client.get("/console/vendor/members?after=nonsense")).status_code == 404

@@ -18,6 +18,7 @@ from gateway.http.context import context
 READERS = ("vendor-admin", "compliance")
 ADMIN = ("vendor-admin",)
 DAYS = 30  # the dashboard's and the usage page's window
+PAGE_SIZE = 100  # rows of a long list shown at once; the next page starts after the last one shown
 
 
 def vendor_id(session: Session) -> uuid.UUID:
@@ -46,6 +47,14 @@ def path_number(request: Request, name: str) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 10 and 0 < int(text) < 2**31):  # an integer column
         raise PageError(404, *NOT_FOUND)
     return int(text)
+
+
+def after(request: Request) -> uuid.UUID | None:
+    """A list page's `after` (the last row of the page before): an id, or none for the first page."""
+    try:
+        return uuid.UUID(request.query_params["after"]) if request.query_params.get("after") else None
+    except ValueError:
+        raise PageError(404, *NOT_FOUND) from None
 
 
 def text(request: Request, name: str) -> str:

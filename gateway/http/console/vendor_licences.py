@@ -21,8 +21,10 @@ from gateway.errors import InvalidInput
 from gateway.http.admin_api import AMEND_FIELDS, GRANT_FIELDS, TERMINATE_FIELDS
 from gateway.http.console.vendor_common import (
     ADMIN,
+    PAGE_SIZE,
     READERS,
     actor,
+    after,
     may_change,
     path_uuid,
     text,
@@ -54,9 +56,11 @@ def _refused(request: Request, exc: InvalidInput) -> tuple[str, str]:
 @page(*READERS)
 async def list_licences(request: Request, session: Session) -> Response:
     pool, vendor = runtime_of(request).pool, vendor_id(session)
-    found = await licences.list_for_vendor(pool, vendor)
+    found = await licences.page_for_vendor(pool, vendor, after(request), PAGE_SIZE)
+    held = await members.load(pool, list({lic.member_id for lic in found})) if found else []
     return render(request, "vendor_licences.html", session=session, licences=found,
-                  member_names={m.id: m.name for m in await members.list_for_vendor(pool, vendor)},
+                  next_after=found[-1].id if len(found) == PAGE_SIZE else None,
+                  member_names={m.id: m.name for m in held},
                   dataset_names={d.id: d.name for d in await datasets.list_for_vendor(pool, vendor)},
                   may_change=may_change(session))
 

@@ -24,7 +24,17 @@ from gateway import (
 from gateway.audit.events import EventKind
 from gateway.console_users import Session
 from gateway.errors import InvalidInput
-from gateway.http.console.vendor_common import ADMIN, READERS, actor, may_change, path_uuid, text, vendor_id
+from gateway.http.console.vendor_common import (
+    ADMIN,
+    PAGE_SIZE,
+    READERS,
+    actor,
+    after,
+    may_change,
+    path_uuid,
+    text,
+    vendor_id,
+)
 from gateway.http.console.web import NOT_FOUND, PageError, acting, changed, page, render, see_other
 from gateway.http.endpoints import runtime_of
 from gateway.members import Member
@@ -35,8 +45,9 @@ STATUS_ACTIONS = {"suspend": EventKind.MEMBER_SUSPEND, "resume": EventKind.MEMBE
 
 async def _list(request: Request, session: Session, *, status: int = 200, message: tuple[str, str] | None = None,
                 typed: str = "") -> Response:
-    found = await members.list_for_vendor(runtime_of(request).pool, vendor_id(session))
+    found = await members.page_for_vendor(runtime_of(request).pool, vendor_id(session), after(request), PAGE_SIZE)
     return render(request, "vendor_members.html", session=session, status=status, members=found,
+                  next_after=found[-1].id if len(found) == PAGE_SIZE else None,
                   may_change=may_change(session), message=message, typed=typed)
 
 
