@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from gateway import datasets, members, vendors
+from gateway import datasets, licences, members, vendors
 from gateway.actors import cli_actor
 from gateway.columns import to_json
 from gateway.demo_data import DEMO_COLUMNS, demo_csv_chunks
@@ -119,8 +119,10 @@ async def test_another_vendors_objects_are_missing_like_objects_that_do_not_exis
     theirs = await members.create(demo_runtime.writer, actor, other.id, "their member")
     their_dataset = await datasets.create(demo_runtime.writer, actor, other.id, "their-data", "", to_json(DEMO_COLUMNS),
                                           "prefecture")
+    their_licence = await licences.grant(demo_runtime.writer, actor, other.id, theirs.id, their_dataset.id, "terms",
+                                         {"partitions": ["*"], "columns": ["prefecture"]})
     async with signed_in(demo_runtime, demo_content, "vendor-admin") as client:
-        for kind, their_id in (("members", theirs.id), ("datasets", their_dataset.id), ("licences", uuid.uuid4())):
+        for kind, their_id in (("members", theirs.id), ("datasets", their_dataset.id), ("licences", their_licence.id)):
             found = await client.get(f"/console/vendor/{kind}/{their_id}")
             missing = await client.get(f"/console/vendor/{kind}/{uuid.uuid4()}")
             malformed = await client.get(f"/console/vendor/{kind}/not-an-id")
@@ -129,6 +131,14 @@ async def test_another_vendors_objects_are_missing_like_objects_that_do_not_exis
         csrf = csrf_of(await client.get("/console/vendor/members"))
         issued = await client.post(f"/console/vendor/members/{theirs.id}/keys", data={"csrf": csrf, "label": "x"})
         assert issued.status_code == 404 and _main(issued) == _main(missing)
+        for path in (f"/console/vendor/licences/{their_licence.id}/revoke",
+                     f"/console/vendor/datasets/{their_dataset.id}/versions/1/withdraw"):
+            refused = await client.post(path, data={"csrf": csrf, "reason": "x"})
+            assert refused.status_code == 404 and _main(refused) == _main(missing)
+        for page in ("/console/vendor/members", "/console/vendor/licences", "/console/vendor/",
+                     "/console/vendor/datasets", "/console/vendor/licences/new", "/console/vendor/users"):
+            shown = (await client.get(page)).text
+            assert "their member" not in shown and "their-data" not in shown
         # A key of one of our members, revoked from another member's page, is missing there too.
         [ours, second] = [m["member_id"] for m in demo_content["members"]]
         key_id = await demo_runtime.pool.fetchval("SELECT id FROM credentials WHERE member_id = $1", uuid.UUID(ours))
