@@ -67,6 +67,12 @@ def texts(request: Request, name: str) -> list[str]:
     return [v for v in request.state.form.getlist(name) if isinstance(v, str)]
 
 
+def refused(request: Request, ja: str, en: str) -> tuple[str, str]:
+    """A form's refusal as the message shown above it again; the request's event gives the reason."""
+    context(request.scope).reason = en
+    return ja, en
+
+
 def bar_chart(bars: list[tuple[str, int]], label: str) -> Markup:
     # report.bar_chart escapes every label it draws: its SVG is markup as it stands.
     return Markup(report.bar_chart(bars, label=label))

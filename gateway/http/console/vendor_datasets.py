@@ -22,6 +22,7 @@ from gateway.http.console.vendor_common import (
     may_change,
     path_number,
     path_uuid,
+    refused,
     text,
     vendor_id,
 )
@@ -100,10 +101,11 @@ async def publish(request: Request, session: Session) -> Response:
     typed = {"mode": mode, "charset": charset or ""}
     if not isinstance(upload, UploadFile) or not upload.filename:
         return await _show(request, session, dataset, status=400, typed=typed,
-                           message=("アップロードするファイルを選んでください。", "Choose a file to upload."))
+                           message=refused(request, "アップロードするファイルを選んでください。", "Choose a file to upload."))
     if mode not in datasets.PUBLISH_MODES or (charset is not None and charset not in CHARSETS):
         return await _show(request, session, dataset, status=400, typed=typed,
-                           message=("公開方法または文字コードが正しくありません。", "Choose a publish mode and an encoding from the lists."))
+                           message=refused(request, "公開方法または文字コードが正しくありません。",
+                                           "Choose a publish mode and an encoding from the lists."))
     try:
         fmt, gzip = _format(upload)
         version = await datasets.publish(runtime.writer, actor(request, session), dataset, _chunks(upload), fmt,
@@ -113,7 +115,7 @@ async def publish(request: Request, session: Session) -> Response:
     except (InvalidInput, UnsupportedMediaType) as exc:
         # The file's fault (a bad row, a wrong type): the form again, with what the gateway found.
         return await _show(request, session, dataset, status=400, typed=typed,
-                           message=("ファイルを公開できませんでした。", exc.detail))
+                           message=refused(request, "ファイルを公開できませんでした。", exc.detail))
     finally:
         await upload.close()
     changed(request)
@@ -129,8 +131,8 @@ async def withdraw(request: Request, session: Session) -> Response:
     reason = text(request, "reason").strip()
     if not reason or len(reason) > datasets.MAX_REASON_CHARS:
         return await _show(request, session, dataset, status=400,
-                           message=("取り下げの理由を入力してください(1000文字まで)。",
-                                    "Give the reason for the withdrawal (at most 1,000 characters)."))
+                           message=refused(request, "取り下げの理由を入力してください(1000文字まで)。",
+                                           "Give the reason for the withdrawal (at most 1,000 characters)."))
     await datasets.withdraw(runtime.writer, actor(request, session), dataset, number, reason)
     changed(request)
     return see_other(f"/console/vendor/datasets/{dataset.id}")

@@ -27,6 +27,7 @@ from gateway.http.console.vendor_common import (
     after,
     may_change,
     path_uuid,
+    refused,
     text,
     texts,
     typed,
@@ -34,7 +35,6 @@ from gateway.http.console.vendor_common import (
 )
 from gateway.http.console.vendor_members import member_choices
 from gateway.http.console.web import acting, changed, page, render, see_other
-from gateway.http.context import context
 from gateway.http.endpoints import fields, runtime_of
 from gateway.licences import Licence
 
@@ -49,8 +49,7 @@ def _lf(terms: str) -> str:
 
 
 def _refused(request: Request, exc: InvalidInput) -> tuple[str, str]:
-    context(request.scope).reason = exc.reason
-    return ("入力内容を確かめてください。", exc.detail)
+    return refused(request, "入力内容を確かめてください。", exc.detail)
 
 
 @page(*READERS)
@@ -173,7 +172,7 @@ def _status_page(action: str) -> Any:
         if len(reason) > 1000:
             licence = await licences.get(runtime_of(request).pool, vendor_id(session), licence_id)
             return await _detail(request, session, licence, status=400,
-                                 message=("理由は1000文字までです。", "A reason is at most 1,000 characters."))
+                                 message=refused(request, "理由は1000文字までです。", "A reason is at most 1,000 characters."))
         await licences.set_status(runtime_of(request).writer, actor(request, session), vendor_id(session),
                                   licence_id, action, reason)
         changed(request)

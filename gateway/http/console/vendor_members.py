@@ -32,6 +32,7 @@ from gateway.http.console.vendor_common import (
     after,
     may_change,
     path_uuid,
+    refused,
     text,
     vendor_id,
 )
@@ -63,7 +64,7 @@ async def create_member(request: Request, session: Session) -> Response:
     try:
         members.check_name(name)
     except InvalidInput as exc:
-        return await _list(request, session, status=400, typed=name, message=("会員名が正しくありません。", exc.detail))
+        return await _list(request, session, status=400, typed=name, message=refused(request, "会員名が正しくありません。", exc.detail))
     member = await members.create(runtime_of(request).writer, actor(request, session), vendor_id(session), name)
     changed(request)
     return see_other(f"/console/vendor/members/{member.id}")
@@ -98,7 +99,7 @@ def _status_page(action: str) -> object:
         reason = text(request, "reason").strip()
         if len(reason) > 1000:
             return await _detail(request, session, await _member(request, session), status=400,
-                                 message=("理由は1000文字までです。", "A reason is at most 1,000 characters."))
+                                 message=refused(request, "理由は1000文字までです。", "A reason is at most 1,000 characters."))
         await members.set_status(runtime_of(request).writer, actor(request, session), vendor_id(session), member_id,
                                  action, reason)
         changed(request)
@@ -117,7 +118,7 @@ async def issue_key(request: Request, session: Session) -> Response:
     try:
         kind = credentials.issuable("member", True, label)
     except InvalidInput as exc:
-        return await _detail(request, session, member, status=400, message=("キーの名前が正しくありません。", exc.detail))
+        return await _detail(request, session, member, status=400, message=refused(request, "キーの名前が正しくありません。", exc.detail))
     credential, token = await credentials.issue(runtime.writer, actor(request, session), runtime.hasher(), kind,
                                                 vendor_id(session), member.id, label=label)
     changed(request)
@@ -145,7 +146,7 @@ async def create_client(request: Request, session: Session) -> Response:
     label = text(request, "label").strip()
     if len(label) > credentials.LABEL_MAX:
         return await _detail(request, session, member, status=400,
-                             message=("名前は200文字までです。", "A label is at most 200 characters."))
+                             message=refused(request, "名前は200文字までです。", "A label is at most 200 characters."))
     client, secret = await oauth_clients.create(runtime.writer, actor(request, session), runtime.hasher(),
                                                 vendor_id(session), member.id, label=label)
     changed(request)

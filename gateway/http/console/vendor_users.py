@@ -13,10 +13,9 @@ from gateway import console_users, members
 from gateway.audit.events import EventKind
 from gateway.console_users import Session
 from gateway.errors import InvalidInput
-from gateway.http.console.vendor_common import ADMIN, actor, path_uuid, text, vendor_id
+from gateway.http.console.vendor_common import ADMIN, actor, path_uuid, refused, text, vendor_id
 from gateway.http.console.vendor_members import member_choices
 from gateway.http.console.web import acting, changed, page, render, see_other
-from gateway.http.context import context
 from gateway.http.endpoints import runtime_of
 
 
@@ -54,9 +53,8 @@ async def create_user(request: Request, session: Session) -> Response:
                                                        vendor_id(session), given["role"], given["email"],
                                                        member_id=member_id, display_name=given["display_name"])
     except InvalidInput as exc:
-        context(request.scope).reason = exc.reason
         return await _list(request, session, status=400, given=given,
-                           message=("入力内容を確かめてください。", exc.detail))
+                           message=refused(request, "入力内容を確かめてください。", exc.detail))
     changed(request)
     return await _list(request, session, secret={"kind": "password", "id": user.email, "secret": password})
 
