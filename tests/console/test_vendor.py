@@ -165,11 +165,13 @@ async def test_a_member_granted_a_licence_and_given_a_key_pulls_records_and_the_
         assert 'name="partitions" value="27"' in form.text and 'name="columns" value="population"' in form.text
         granted = await client.post("/console/vendor/licences", data={
             "csrf": csrf_of(form), "member_id": member_id, "dataset_id": dataset, "partitions": ["27"],
-            "columns": ["prefecture", "population"], "records_per_month": "1000", "valid_until": "",
+            "columns": ["prefecture", "population"], "records_per_month": "1000", "bytes_per_month": "5000000", "valid_until": "",
             "terms": "第1条 利用目的\r\n統計分析に限る。"})
         assert granted.status_code == 303, granted.text
         licence_path = granted.headers["location"]
         licence_id = licence_path.rsplit("/", 1)[1]
+        assert await demo_runtime.pool.fetchval("SELECT bytes_per_month FROM licences WHERE id = $1",
+                                                uuid.UUID(licence_id)) == 5_000_000
         shown = await client.get(member_path)
         assert token_text not in shown.text and "batch job" in shown.text and 'id="secret"' not in shown.text
         for path in _pages(demo_content) + [licence_path]:
@@ -356,7 +358,7 @@ async def test_a_licence_is_amended_suspended_resumed_and_terminated_and_a_membe
     _, member, licence = _ids(demo_content)
     path = f"/console/vendor/licences/{licence}"
     async with signed_in(demo_runtime, demo_content, "vendor-admin") as client:
-        amended = await post_form(client, f"{path}/amend", {"partitions": ["13"], "records_per_month": "1000",
+        amended = await post_form(client, f"{path}/amend", {"partitions": ["13"], "records_per_month": "1000", "bytes_per_month": "",
                                                              "valid_until": "2030-04-01", "terms": "新しい規約 v2"}, page=path)
         assert amended.status_code == 303, amended.text
         shown = await client.get(path)
@@ -371,9 +373,10 @@ async def test_a_licence_is_amended_suspended_resumed_and_terminated_and_a_membe
         member_path = f"/console/vendor/members/{member}"
         assert (await post_form(client, f"{member_path}/suspend", {"reason": "支払い遅延"}, page=member_path)).status_code == 303
         assert "支払い遅延" in (await client.get(member_path)).text
-    row = await demo_runtime.pool.fetchrow("SELECT status, records_per_month, terms_version FROM licences WHERE id = $1",
-                                           uuid.UUID(licence))
-    assert (row["status"], row["records_per_month"], row["terms_version"]) == ("revoked", 1000, 2)
+    row = await demo_runtime.pool.fetchrow(
+        "SELECT status, records_per_month, bytes_per_month, terms_version FROM licences WHERE id = $1", uuid.UUID(licence))
+    assert (row["status"], row["records_per_month"], row["bytes_per_month"], row["terms_version"]) == (
+        "revoked", 1000, None, 2)
     assert await demo_runtime.pool.fetchval("SELECT grounds FROM terminations WHERE licence_id = $1",
                                             uuid.UUID(licence)) == "breach"
     assert await demo_runtime.pool.fetchval("SELECT status FROM members WHERE id = $1", uuid.UUID(member)) == "suspended"

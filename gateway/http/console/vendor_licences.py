@@ -38,6 +38,7 @@ from gateway.http.console.web import acting, changed, page, render, see_other
 from gateway.http.endpoints import fields, runtime_of
 from gateway.licences import Licence
 
+QUOTAS = ("records_per_month", "bytes_per_month")
 STATUS_ACTIONS = {"suspend": EventKind.LICENCE_SUSPEND, "resume": EventKind.LICENCE_RESUME,
                   "revoke": EventKind.LICENCE_REVOKE}
 
@@ -94,7 +95,8 @@ async def grant(request: Request, session: Session) -> Response:
     runtime = runtime_of(request)
     given = {"member_id": text(request, "member_id"), "dataset_id": text(request, "dataset_id"),
              "terms_text": _lf(text(request, "terms")), "valid_until": text(request, "valid_until"),
-             "records_per_month": text(request, "records_per_month").strip()}
+             "records_per_month": text(request, "records_per_month").strip(),
+             "bytes_per_month": text(request, "bytes_per_month").strip()}
     dataset = next((d for d in await datasets.list_for_vendor(runtime.pool, vendor_id(session))
                     if str(d.id) == given["dataset_id"]), None)
     scope = _scope(request, dataset)
@@ -147,10 +149,10 @@ async def amend(request: Request, session: Session) -> Response:
     if until and until == _day(licence) and licence.valid_until is not None:
         until = licence.valid_until.isoformat()  # the day as shown, unchanged: the moment it stands for
     values: dict[str, Any] = {**_scope(request, dataset), "valid_until": until or None,
-                              "records_per_month": text(request, "records_per_month").strip() or None}
-    if values["records_per_month"] is not None and values["records_per_month"].isdigit() \
-            and len(values["records_per_month"]) < 19:
-        values["records_per_month"] = int(values["records_per_month"])
+                              **{name: text(request, name).strip() or None for name in QUOTAS}}
+    for name in QUOTAS:
+        if values[name] is not None and values[name].isascii() and values[name].isdigit() and len(values[name]) < 19:
+            values[name] = int(values[name])
     if terms != current["text"]:
         values["terms_text"] = terms
     try:
