@@ -443,19 +443,19 @@ def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:
 
 # -- charts -----------------------------------------------------------------------------------------
 
-def bar_chart(bars: list[tuple[str, int]], width: int = 640) -> str:
-    """Horizontal bars, one per label, scaled to the largest value."""
+def bar_chart(bars: list[tuple[str, int]], width: int = 640, label: str = "records per member") -> str:
+    """Horizontal bars, one per label, scaled to the largest value; `label` names the chart (aria-label)."""
     row, label_width, top = 22, 180, 10
     height = top * 2 + row * len(bars)
     largest = max((v for _, v in bars), default=0) or 1
     span = width - label_width - 90
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="records per member">')]
-    for i, (label, value) in enumerate(bars):
+             f'aria-label="{e(label)}">')]
+    for i, (name, value) in enumerate(bars):
         y = top + i * row
         length = max(1, round(span * value / largest)) if value else 0
         parts.append(f'<text x="{label_width - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
-                     f'{e(label[:28])}</text>'
+                     f'{e(name[:28])}</text>'
                      f'<rect x="{label_width}" y="{y + 3}" width="{length}" height="{row - 6}" fill="{_COLOURS[0]}"/>'
                      f'<text x="{label_width + length + 4}" y="{y + 15}" font-size="12">{value:,}</text>')
     parts.append("</svg>")
