@@ -444,7 +444,7 @@ def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:
 # -- charts -----------------------------------------------------------------------------------------
 
 def bar_chart(bars: list[tuple[str, int]], width: int = 640, label: str = "records per member") -> str:
-    """Horizontal bars, one per label, scaled to the largest value; `label` names the chart (aria-label)."""
+    """Horizontal bars, one per label, scaled to the largest value; `label` names the chart to a screen reader."""
     row, label_width, top = 22, 180, 10
     height = top * 2 + row * len(bars)
     largest = max((v for _, v in bars), default=0) or 1
@@ -463,8 +463,8 @@ def bar_chart(bars: list[tuple[str, int]], width: int = 640, label: str = "recor
 
 
 def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end: str, width: int = 640,
-               height: int = 260) -> str:
-    """Cumulative records over the period, one step line per dataset."""
+               height: int = 260, label: str = "cumulative records") -> str:
+    """Cumulative records over the period, one step line per dataset (or member); `label` names the chart."""
     left, right, top, bottom = 70, 20, 20, 50
     t0, t1 = _seconds(start), _seconds(end)
     span = max(t1 - t0, 1.0)
@@ -477,14 +477,14 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
         return round(height - bottom - (height - top - bottom) * value / largest, 1)
 
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="cumulative records">'),
+             f'aria-label="{e(label)}">'),
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
              f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{largest:,}</text>',
              f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end" font-size="11">0</text>',
              f'<text x="{left}" y="{height - bottom + 16}" font-size="11">{e(start[:10])}</text>',
              f'<text x="{width - right}" y="{height - bottom + 16}" text-anchor="end" font-size="11">{e(end[:10])}</text>']
-    for i, (label, points) in enumerate(series[:len(_COLOURS)]):
+    for i, (name, points) in enumerate(series[:len(_COLOURS)]):
         colour = _COLOURS[i % len(_COLOURS)]
         coords = [f"{left},{y(0)}"]
         previous = 0
@@ -494,7 +494,7 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
         coords.append(f"{width - right},{y(previous)}")
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(coords)}"/>'
                      f'<text x="{left + 8 + 150 * i}" y="{height - 12}" font-size="12" fill="{colour}">'
-                     f'■ {e(label[:20])}</text>')
+                     f'■ {e(name[:20])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
