@@ -108,7 +108,8 @@ async def search_events(pool: Any, vendor_id: uuid.UUID, start: datetime | None,
     the next page.
 
     Only the conditions asked for are in the SQL (no `$n IS NULL OR ...`), so that each shape gets the
-    plan of its own indexes: audit_events_vendor_at, or audit_events_member_at for a member."""
+    plan of its own indexes: audit_events_vendor_at, audit_events_vendor_kind_at for a kind, or
+    audit_events_member_at for a member (schemas/migrations/0020_audit_search.sql)."""
     where, args = ["vendor_id = $1"], [vendor_id]
 
     def arg(value: Any) -> str:
@@ -124,7 +125,10 @@ async def search_events(pool: Any, vendor_id: uuid.UUID, start: datetime | None,
         where.append(f"member_id = {arg(member_id)}")
     if dataset_id is not None:
         where.append(f"dataset_id = {arg(dataset_id)}")
-    if kinds:
+    if len(kinds) == 1:
+        # Equality, not ANY: an index scan on (vendor_id, kind, at) then yields rows in time order.
+        where.append(f"kind = {arg(kinds[0])}")
+    elif kinds:
         where.append(f"kind = ANY({arg(list(kinds))}::text[])")
     if outcome is not None:
         where.append(f"outcome = {arg(outcome)}")
