@@ -14,6 +14,8 @@ import orjson
 
 from gateway import members
 from gateway.actors import cli_actor
+from gateway.audit.events import PER_REQUEST_KINDS, EventKind, Outcome
+from gateway.http.console.audit import search_query
 from gateway.runtime import Runtime
 from gateway.times import JST
 from tests.conftest import client_for
@@ -125,3 +127,22 @@ async def test_member_users_cannot_reach_the_audit_log_and_names_are_escaped(
                 break
             await asyncio.sleep(0.05)
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert" not in page.text
+
+
+async def test_searches_for_what_few_events_have_use_the_partial_indexes(demo_runtime: Runtime) -> None:
+    """Migration 0020's partial indexes leave out the per-request kinds and the outcome allow; the index's
+    list must be PER_REQUEST_KINDS exactly, and a search for a rare kind or outcome must be able to use them
+    (the planner proves a partial index usable only from the query's text)."""
+    async with demo_runtime.pool.acquire() as conn:
+        definition = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = "
+                                         "'audit_events_vendor_rare_kind_at'")
+        assert set(re.findall(r"'([a-z:-]+)'", definition)) == {kind.value for kind in PER_REQUEST_KINDS}
+        vendor_id = await conn.fetchval("SELECT id FROM vendors LIMIT 1")
+        await conn.execute("SET enable_seqscan = off")
+        for asked, index in ({"kinds": (EventKind.LICENCE_GRANT,)}, "_vendor_id_kind_at_idx"), \
+                ({"outcome": Outcome.DENY}, "_vendor_id_outcome_at_idx"):
+            search = {"member_id": None, "dataset_id": None, "kinds": (), "outcome": None, "after": None,
+                      "limit": 50, **asked}
+            sql, args = search_query(vendor_id, None, None, **search)
+            plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", *args))
+            assert index in plan, plan  # the partitions' indexes are named by their columns

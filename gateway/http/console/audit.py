@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from gateway import times
 from gateway.audit import checkpoints
-from gateway.audit.events import EventKind, Outcome
+from gateway.audit.events import NOT_ALLOWED_SQL, PER_REQUEST_KINDS, RARE_KIND_SQL, EventKind, Outcome
 from gateway.console_users import Session
 from gateway.errors import ServiceUnavailable
 from gateway.http.console.web import NOT_FOUND, PageError, page, render
@@ -105,11 +105,24 @@ async def search_events(pool: Any, vendor_id: uuid.UUID, start: datetime | None,
                         after: tuple[datetime, uuid.UUID] | None = None,
                         limit: int = PAGE_SIZE) -> tuple[list[Any], tuple[datetime, uuid.UUID] | None]:
     """A page of the vendor's events in [start, end) (None: unbounded), newest first, and the position of
-    the next page.
+    the next page."""
+    sql, args = search_query(vendor_id, start, end, member_id=member_id, dataset_id=dataset_id, kinds=kinds,
+                             outcome=outcome, after=after, limit=limit)
+    rows = await pool.fetch(sql, *args)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1]["at"], rows[-1]["event_id"]) if more else None
+
+
+def search_query(vendor_id: uuid.UUID, start: datetime | None, end: datetime | None, *,
+                 member_id: uuid.UUID | None, dataset_id: uuid.UUID | None, kinds: tuple[str, ...],
+                 outcome: str | None, after: tuple[datetime, uuid.UUID] | None, limit: int) -> tuple[str, list[Any]]:
+    """The SQL of a search page and its arguments.
 
     Only the conditions asked for are in the SQL (no `$n IS NULL OR ...`), so that each shape gets the
-    plan of its own indexes: audit_events_vendor_at, audit_events_vendor_kind_at for a kind, or
-    audit_events_member_at for a member (schemas/migrations/0020_audit_search.sql)."""
+    plan of its own indexes: audit_events_vendor_at, audit_events_member_at for a member, and for a kind
+    or an outcome that few events have the partial indexes of schemas/migrations/0020_audit_search.sql,
+    whose predicates the query then states."""
     where, args = ["vendor_id = $1"], [vendor_id]
 
     def arg(value: Any) -> str:
@@ -130,16 +143,17 @@ async def search_events(pool: Any, vendor_id: uuid.UUID, start: datetime | None,
         where.append(f"kind = {arg(kinds[0])}")
     elif kinds:
         where.append(f"kind = ANY({arg(list(kinds))}::text[])")
+    if kinds and not set(kinds) & set(PER_REQUEST_KINDS):
+        where.append(RARE_KIND_SQL)
     if outcome is not None:
         where.append(f"outcome = {arg(outcome)}")
+        if outcome != Outcome.ALLOW:
+            where.append(NOT_ALLOWED_SQL)
     if after is not None:
         where.append(f"(at, event_id) < ({arg(after[0])}, {arg(after[1])})")
-    rows = await pool.fetch(
-        "SELECT at, event_id, kind, outcome, member_id, dataset_id, licence_id, log_id, seq FROM audit_events "
-        f"WHERE {' AND '.join(where)} ORDER BY at DESC, event_id DESC LIMIT {limit + 1}", *args)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1]["at"], rows[-1]["event_id"]) if more else None
+    sql = ("SELECT at, event_id, kind, outcome, member_id, dataset_id, licence_id, log_id, seq FROM audit_events "
+           f"WHERE {' AND '.join(where)} ORDER BY at DESC, event_id DESC LIMIT {limit + 1}")
+    return sql, args
 
 
 def names(request: Request, vendor_id: uuid.UUID) -> tuple[dict[uuid.UUID, str], dict[uuid.UUID, str]]:
