@@ -10,20 +10,17 @@ An uploaded bundle is untrusted: it is spooled to a temporary file (at most MAX_
 from its Content-Length before anything is read), verified on a thread by gateway.audit.verify, and
 deleted. Its report is never the bundle's report.html: it is rendered anew by gateway.audit.report from
 the figures the verifier recomputed and found equal to report.json, and only for a bundle that passed.
+It is the answer to the upload itself (the form's second button), not a page kept for later: nothing of
+an uploaded bundle outlives its request, and any instance answers alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import shutil
 import tempfile
-import time
-import uuid
 import zipfile
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,42 +35,16 @@ from gateway.audit.verify import Verdict, verify_bundle
 from gateway.console_users import Session
 from gateway.http.audit_api import bundle_download
 from gateway.http.console.audit import Period, period
-from gateway.http.console.web import NOT_FOUND, SECURITY_HEADERS, PageError, acting, error_page, page, render
+from gateway.http.console.web import SECURITY_HEADERS, PageError, acting, error_page, page, render
 from gateway.http.endpoints import runtime_of
 
 READERS = ("vendor-admin", "compliance")
 MAX_BUNDLE_BYTES = 1 << 30  # 1 GiB: several million events; a bigger one is for `gateway audit verify FILE`
 _COPY_CHUNK = 1 << 20
-# Rendered reports wait this long for their reader, at most this many per process.
-REPORT_SECONDS = 15 * 60
-REPORT_SLOTS = 16
 # The report is a page of its own, with the CSP it declares itself (its styles are inline, in one
 # <style> element), sandboxed: it runs nothing and submits nothing.
 REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
               "form-action 'none'; sandbox")
-
-
-@dataclass(frozen=True, slots=True)
-class _Report:
-    user_id: uuid.UUID
-    until: float
-    html: str
-
-
-# Reports rendered by this process for the person who uploaded the bundle; gone after REPORT_SECONDS,
-# on restart, and on another instance (the verdict page says so).
-_REPORTS: OrderedDict[str, _Report] = OrderedDict()
-
-
-def _keep_report(user_id: uuid.UUID, html: str) -> str:
-    now = time.monotonic()
-    for token in [t for t, r in _REPORTS.items() if r.until <= now]:
-        del _REPORTS[token]
-    while len(_REPORTS) >= REPORT_SLOTS:
-        _REPORTS.popitem(last=False)
-    token = secrets.token_urlsafe(24)
-    _REPORTS[token] = _Report(user_id, now + REPORT_SECONDS, html)
-    return token
 
 
 def _form_page(request: Request, session: Session, status: int = 200, errors: list[tuple[str, str]] | None = None,
@@ -144,17 +115,10 @@ async def verify(request: Request, session: Session) -> Response:
     finally:
         await upload.close()
         shutil.rmtree(folder, ignore_errors=True)
-    token = None if html is None else _keep_report(session.user.id, html)
-    return render(request, "evidence_verdict.html", session=session, verdict=verdict, token=token, size=size,
-                  filename=upload.filename)
-
-
-@page(*READERS)
-async def report_view(request: Request, session: Session) -> Response:
-    kept = _REPORTS.get(request.path_params["token"])
-    if kept is None or kept.user_id != session.user.id or kept.until <= time.monotonic():
-        raise PageError(404, *NOT_FOUND)
-    return HTMLResponse(kept.html, headers={**SECURITY_HEADERS, "content-security-policy": REPORT_CSP})
+    if html is not None and request.state.form.get("show") == "report":
+        return HTMLResponse(html, headers={**SECURITY_HEADERS, "content-security-policy": REPORT_CSP})
+    return render(request, "evidence_verdict.html", session=session, verdict=verdict, has_report=html is not None,
+                  size=size, filename=upload.filename)
 
 
 def limited(endpoint: Any) -> Any:
@@ -177,5 +141,4 @@ def limited(endpoint: Any) -> Any:
 
 routes = [Route("/console/evidence/", evidence, methods=["GET"]),
           Route("/console/evidence/export", export, methods=["POST"]),
-          Route("/console/evidence/verify", limited(verify), methods=["POST"]),
-          Route("/console/evidence/reports/{token}", report_view, methods=["GET"])]
+          Route("/console/evidence/verify", limited(verify), methods=["POST"])]
