@@ -129,7 +129,7 @@ class Watcher:
 
     def _request(self, request: Any) -> None:
         url = request.url
-        if not (url.startswith(self.origin + "/") or url.startswith("data:") or url == "about:blank"):
+        if not (url.startswith((self.origin + "/", "data:")) or url == "about:blank"):
             self.foreign.append(url)
 
     def take(self) -> tuple[list[str], list[str]]:

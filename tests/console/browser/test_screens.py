@@ -11,7 +11,6 @@ import re
 import urllib.parse
 import uuid
 from collections import Counter
-from typing import Any
 
 import pytest
 
