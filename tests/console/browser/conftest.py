@@ -120,12 +120,24 @@ class Watcher:
 
     def attach(self, context: Any) -> None:
         context.on("request", self._request)
+        context.on("response", self._response)
         context.on("page", self._page)
 
+    def _response(self, response: Any) -> None:
+        # A link or a form answering 4xx is the test's business; a style sheet, script or image is not.
+        if response.status >= 400 and response.request.resource_type not in ("document",):
+            self.errors.append(f"{response.frame.url}: {response.request.resource_type} {response.url} "
+                               f"answered {response.status}")
+
     def _page(self, page: Any) -> None:
-        page.on("console", lambda message: message.type == "error" and self.errors.append(
-            f"{page.url}: console error: {message.text}"))
+        page.on("console", lambda message: self._console(page, message))
         page.on("pageerror", lambda error: self.errors.append(f"{page.url}: uncaught: {error}"))
+
+    def _console(self, page: Any, message: Any) -> None:
+        # The browser asks every site for /favicon.ico by itself, whatever the page says; the console has
+        # none, and that 404 is the browser's, not an error of the page.
+        if message.type == "error" and urllib.parse.urlsplit(message.location.get("url", "")).path != "/favicon.ico":
+            self.errors.append(f"{page.url}: console error: {message.text} ({message.location.get('url')})")
 
     def _request(self, request: Any) -> None:
         url = request.url

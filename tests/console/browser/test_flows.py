@@ -120,6 +120,11 @@ async def test_member_accepts_new_terms_pulls_and_sees_the_delivery(console: Con
     assert after and after != before, "the delivery just made is not the newest row"
     await newest.click()
     await page.wait_for_url(re.compile("/console/member/deliveries/.+"))
+    # Its receipt is there once a checkpoint is signed (GATEWAY_CHECKPOINT_SECONDS, 2 s by default).
+    deadline = time.monotonic() + 15
+    while not await page.locator("pre#receipt").count() and time.monotonic() < deadline:
+        await page.wait_for_timeout(500)
+        await page.reload()
     assert (await page.locator("pre#receipt").inner_text()).strip()
     await page.context.close()
     errors, foreign = console.watchers[-1].take()
