@@ -1,8 +1,9 @@
 """The console in a real browser: Debian's Chromium driven by Playwright against a served gateway.
 
-One `gateway serve` process on a clone of the demo database, one browser, for the whole session: the
-pages are read far more often than anything is changed, and every flow makes its own members and
-users, so the tests do not depend on each other's order. A fresh console user signs in for each flow,
+One `gateway serve` process on a clone of the demo database and one browser for all these tests, ended
+after the last of them rather than kept through the rest of the suite: the pages are read far more often
+than anything is changed, and every flow makes its own members and users, so the tests do not depend
+on each other's order. A fresh console user signs in for each flow,
 because a TOTP code of a step already used is refused (RFC 6238 §5.2) and the demo has one user per role.
 
 No browser is ever downloaded: without /usr/bin/chromium these tests are skipped, unless
@@ -203,7 +204,7 @@ async def served(databases: Databases, template: str, home: Path) -> AsyncIterat
         await databases.drop(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def browser(chromium_path: Path) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
@@ -217,7 +218,7 @@ async def browser(chromium_path: Path) -> AsyncIterator[Any]:
         await playwright.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def console(browser: Any, databases: Databases, demo_template: tuple[str, dict[str, Any]],
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Console]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
