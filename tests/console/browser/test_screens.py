@@ -22,6 +22,9 @@ PER_PATTERN = 2
 MOST_PAGES = 45
 # Not pages: the sign-out is a form, the language switch a preference, and these are downloads.
 SKIPPED = re.compile(r"^/console/(sign-out|language|static/)|\.(csv|zip|json|ndjson)$")
+# What a compliance officer may send: signing out, ending a session of their own, and evidence.
+COMPLIANCE_POSTS = {"/console/sign-out", "/console/account/sessions/end", "/console/evidence/export",
+                    "/console/evidence/verify"}
 IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?<=/)[0-9]+(?=/|$)")
 
 
@@ -69,6 +72,10 @@ async def crawl(console: Console, role: str) -> tuple[list[str], list[str], str]
         errors, foreign = watcher.take()
         problems += errors + [f"{page.url}: asked another origin for {u}" for u in foreign]
         texts.append(await page.locator("body").inner_text())
+        if role == "compliance":
+            actions = await page.eval_on_selector_all('form[method="post" i]', "forms => forms.map(f => f.action)")
+            problems += [f"{page.url}: a change form for compliance, to {action}" for action in actions
+                         if urllib.parse.urlsplit(action).path not in COMPLIANCE_POSTS]
         hrefs = await page.eval_on_selector_all("a[href]", "links => links.filter(a => !a.hasAttribute('download'))"
                                                            ".map(a => a.href)")
         for href in hrefs:
