@@ -20,7 +20,7 @@ import orjson
 
 from gateway import licences
 from tests.conftest import bearer
-from tests.console.browser.conftest import DATASET_NAME, Console, path_of
+from tests.console.browser.conftest import DATASET_NAME, Console, assert_sound, path_of
 
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 TERMS = "ブラウザ試験用の利用規約 / Terms for the browser test\n第1条 利用目的は統計分析に限る。"
@@ -70,6 +70,7 @@ async def test_vendor_admin_grants_a_licence_and_issues_a_key_shown_once(console
     await key_form.get_by_role("button", name="APIキーを発行").click()
     token = (await page.locator("code#secret").inner_text()).strip()
     assert len(token) > 20
+    await assert_sound(page)
 
     # The member's software: reads and accepts the terms with the new key, then pulls Tokyo's records.
     dataset = console.content["dataset"]
@@ -157,6 +158,12 @@ async def test_compliance_exports_evidence_that_the_verifier_accepts(console: Co
     await verdict.wait_for()
     assert "ok" in (await verdict.get_attribute("class") or "").split()
     assert "検証に成功しました" in await verdict.inner_text()
+    await assert_sound(page)
+    report = page.locator('a[href^="/console/evidence/reports/"]')
+    assert await report.count() == 1, "no link to the verified bundle's report"
+    await report.click()
+    await page.wait_for_url(re.compile("/console/evidence/reports/"))
+    await assert_sound(page, sandboxed=True)
     await page.context.close()
     errors, foreign = console.watchers[-1].take()
     assert not errors and not foreign, (errors, foreign)
