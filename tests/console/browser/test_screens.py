@@ -121,3 +121,16 @@ async def test_markup_in_a_name_is_text_on_the_members_page(console: Console, ma
     await page.context.close()
 
 
+
+
+async def test_the_english_link_turns_the_pages_to_english(console: Console) -> None:
+    page = await console.signed_in(await console.new_user("member", uuid.UUID(console.content["members"][0]["member_id"])))
+    await page.get_by_role("link", name="English").click()
+    await page.wait_for_load_state()
+    assert await page.get_attribute("html", "lang") == "en"
+    assert await page.get_by_role("button", name="Sign out").count() == 1
+    violations = await serious_violations(page)
+    assert not violations, "\n".join(violations)
+    await page.goto(f"{console.url}/console/account")
+    assert await page.get_attribute("html", "lang") == "en"  # a preference kept, on every page
+    await page.context.close()
