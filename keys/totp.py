@@ -61,3 +61,26 @@ def provisioning_uri(secret: str, account: str, issuer: str) -> str:
     label = urllib.parse.quote(f"{issuer}:{account}")
     query = urllib.parse.urlencode({"secret": secret, "issuer": issuer})
     return f"otpauth://totp/{label}?{query}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m keys.totp SECRET`: the code an authenticator app would show now for SECRET (the demo's
+    console users' secrets are in demo.json), for those without an app at hand."""
+    import sys
+    import time
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m keys.totp SECRET  (the base32 secret, e.g. a totp_secret of demo.json)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(code_at(args[0], step_of(time.time())))
+    except ValueError:  # binascii.Error: not base32
+        print(f"not a base32 TOTP secret: {args[0]!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
