@@ -7,7 +7,7 @@ on each other's order. A fresh console user signs in for each flow,
 because a TOTP code of a step already used is refused (RFC 6238 §5.2) and the demo has one user per role.
 
 No browser is ever downloaded: without /usr/bin/chromium these tests are skipped, unless
-GATEWAY_REQUIRE_BROWSER=1 (CI sets it where Chromium is installed), when they fail.
+GATEWAY_TEST_REQUIRE_BROWSER=1 (CI sets it where Chromium is installed), when they fail.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def _browser_missing() -> str | None:
 def chromium_path() -> Path:
     missing = _browser_missing()
     if missing:
-        if os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"GATEWAY_REQUIRE_BROWSER=1 but {missing}")
+        if os.environ.get("GATEWAY_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"GATEWAY_TEST_REQUIRE_BROWSER=1 but {missing}")
         pytest.skip(missing)
     return CHROMIUM
 

@@ -1,5 +1,5 @@
 """What the README's "Web console" section shows and tells: its two screenshots, taken by the browser
-from the demo (again with GATEWAY_UPDATE_SCREENSHOTS=1, before they are checked), and the TOTP code
+from the demo (again with GATEWAY_TEST_UPDATE_SCREENSHOTS=1, before they are checked), and the TOTP code
 command it gives."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ MOST_BYTES = 200 * 1024
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(os.environ.get("GATEWAY_UPDATE_SCREENSHOTS") != "1",
-                    reason="the README's screenshots are taken again with GATEWAY_UPDATE_SCREENSHOTS=1")
+@pytest.mark.skipif(os.environ.get("GATEWAY_TEST_UPDATE_SCREENSHOTS") != "1",
+                    reason="the README's screenshots are taken again with GATEWAY_TEST_UPDATE_SCREENSHOTS=1")
 async def test_the_readme_screenshots_are_taken_from_the_demo(
         browser: Any, databases: Databases, demo_template: tuple[str, dict[str, Any]],
         tmp_path_factory: pytest.TempPathFactory) -> None:
