@@ -137,9 +137,8 @@ class Watcher:
         page.on("pageerror", lambda error: self.errors.append(f"{page.url}: uncaught: {error}"))
 
     def _console(self, page: Any, message: Any) -> None:
-        # The browser asks every site for /favicon.ico by itself, whatever the page says; the console has
-        # none, and that 404 is the browser's, not an error of the page.
-        if message.type == "error" and urllib.parse.urlsplit(message.location.get("url", "")).path != "/favicon.ico":
+        # Pages name an empty icon (base.html), so the browser asks for no /favicon.ico: any error counts.
+        if message.type == "error":
             self.errors.append(f"{page.url}: console error: {message.text} ({message.location.get('url')})")
 
     def _request(self, request: Any) -> None:
