@@ -1,0 +1,638 @@
+"""Console benchmark: every console page's latency with 1,000 members, 10,000 keys and 1,000,000 audit
+events, against a target of 100 ms at p95; and proof that the console adds nothing to the member API.
+
+1. **Seeds** a throwaway database (loadtests/common.py) with one vendor, one dataset (a demo version of
+   --records records published by `datasets.publish`), --members members (`members.create`), --keys
+   member API keys spread evenly over them (`credentials.issue`), a licence per member
+   (`licences.grant`, one to three of the version's prefectures, one of three column sets) with its
+   terms accepted by the member's first key (`licences.accept_terms`), and an OAuth client for the
+   first member (`oauth_clients.create`): every object through the domain functions the API and the
+   CLI call, with their audit events.
+2. **Writes --events audit events through the real `AuditWriter`** (numbering, vendor and member
+   series, canonical JSON, leaf hashes, the Merkle tree, the usage they count, signed checkpoints),
+   in a log of its own as a gateway instance that ran for the previous 60 days would have left. The
+   writer is fast enough for this (bench_audit: ~50,000 events/s; here a million take about half a
+   minute), so no row is forged: what the console reads is what a running gateway writes. The events
+   are shaped like the member API's (request, actor, licence, versions, partitions, delivery and its
+   digest): 80 % `member:records:deliver` allowed, 10 % `member:dataset:read`, 4 % deliveries refused
+   by a quota, 3 % `member:usage:read`, 3 % `auth:credential:reject`. Their times run evenly from 60
+   days ago to a minute ago, in the order they are numbered (the month partitions are made first
+   with `audit_events_ensure_month`, the function the writer calls). Members are drawn with a skew
+   (u³): the first member — whose console user is measured — has about 10 % of all events, the
+   others' share falls off, as real traffic does. Then `VACUUM (ANALYZE)`, as autovacuum would
+   after a bulk load.
+3. **Creates console users** (vendor-admin, compliance, and a member user of the first member) with
+   `console_users.create`, starts a real `gateway serve` process on 127.0.0.1 (as tests/processes.py
+   does; a port the OS picks, log level WARNING) and signs each user in over HTTP as a browser does:
+   the sign-in form with its CSRF token, the password, then a TOTP code (keys/totp.py).
+4. **Discovers the pages** from `gateway.http.console.routes`: every GET route under /console/, its
+   path parameters filled with ids of the seeded data by name (dataset_id, member_id, licence_id,
+   credential_id, event_id — a delivery of the first member in the middle of the 60 days —, number,
+   user_id, client_id, name for the static files); the audit search also with its filters (60 days,
+   a member, a kind and outcome). The roles a page admits are read from its `page(*roles)`
+   decorator; a route without it is measured for every role. A role a page refuses is asked once
+   and must get the 404 page.
+5. **Measures** each page --repeat times per role (after --warm-up requests), one request at a time
+   (httpx, keep-alive; time from sending to the last byte of the body). Prints route, role, p50, p95
+   and max in ms, PASS or FAIL against 100 ms at p95; exit status 1 if any page fails or answers with
+   an unexpected status.
+6. **Nothing on the hot path**, shown structurally and measured: the app's middleware stack holds no
+   console code; every member API route precedes every console route, so a member request is matched
+   before any console pattern is tried; and a profiler hook counts the calls into console code
+   (gateway/http/console/, gateway/console_users.py) during --hot-path member requests through the
+   in-process app (ASGITransport): zero, against a control console page that makes many.
+
+Figures go to stdout and loadtests/results/console.json; progress to stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if not __package__:
+    # Run as a file (python loadtests/bench_console.py): this checkout's gateway and loadtests, not
+    # whichever checkout the environment has installed.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from starlette.routing import Route
+
+from gateway import config as config_module
+from gateway import console_users, credentials, datasets, licences, members, oauth_clients, times
+from gateway.actors import Actor, cli_actor
+from gateway.app import build_app
+from gateway.audit.events import AuditEvent, EventKind, Outcome
+from gateway.audit.writer import AuditWriter, new_log_id
+from gateway.demo_data import DEMO_COLUMNS, demo_csv_chunks
+from gateway.runtime import Runtime
+from keys import totp
+from keys.apikeys import KeyKind
+from loadtests.common import (
+    RESULTS_DIR,
+    BenchDatabase,
+    Progress,
+    bench_database,
+    check_database_url,
+    create_demo_dataset,
+    finish,
+    gateway_env,
+    machine_info,
+    new_master_key,
+    open_runtime,
+    run,
+    say,
+)
+
+EXAMPLES = """examples:
+  python -m loadtests.bench_console                        # 1,000 members, 10,000 keys, 1,000,000 events
+  python -m loadtests.bench_console --events 100000 --repeat 20   # a quicker run
+"""
+TARGET_P95_MS = 100.0
+ROLES = console_users.ROLES
+PASSWORD = "bench-console-password"  # a throwaway database's users
+HISTORY_DAYS = 60
+ROOT = Path(__file__).resolve().parent.parent
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
+TERMS = "bench terms: the records are used for analytics only, and not passed on"
+COLUMN_SETS = [[c.name for c in DEMO_COLUMNS], ["prefecture", "hour", "population"], ["prefecture", "population"]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_console", description=__doc__,
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=1_000, metavar="N", help="members (default 1000)")
+    parser.add_argument("--keys", type=int, default=10_000, metavar="N",
+                        help="member API keys, spread evenly over the members (default 10000)")
+    parser.add_argument("--events", type=int, default=1_000_000, metavar="N",
+                        help="audit events over the last 60 days (default 1000000)")
+    parser.add_argument("--records", type=int, default=20_000, metavar="N",
+                        help="records of the dataset's version (default 20000)")
+    parser.add_argument("--repeat", type=int, default=50, metavar="K",
+                        help="timed requests per page and role (default 50)")
+    parser.add_argument("--warm-up", type=int, default=3, metavar="K",
+                        help="untimed requests per page and role first (default 3)")
+    parser.add_argument("--hot-path", type=int, default=200, metavar="K",
+                        help="member API requests traced for console calls (default 200)")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "console.json", metavar="FILE",
+                        help="where to write the figures as JSON (default loadtests/results/console.json)")
+    args = parser.parse_args(argv)
+    if args.members < 1 or args.keys < args.members or args.events < 1000 or args.repeat < 1:
+        parser.error("at least one member, a key per member, 1,000 events and one request per page")
+    return args
+
+
+# -- seeding ----------------------------------------------------------------------------------------
+
+@dataclass
+class Seeded:
+    vendor_id: uuid.UUID
+    dataset_id: uuid.UUID
+    partitions: list[str]
+    member_ids: list[uuid.UUID]
+    licence_ids: list[uuid.UUID]
+    keys: dict[uuid.UUID, list[uuid.UUID]]          # member -> its credentials
+    first_token: str                                # the first member's first API key
+    client_id: str = ""
+    delivery_event: uuid.UUID | None = None         # a delivery of the first member, mid-history
+    other_event: uuid.UUID | None = None            # an event of another member
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+async def gather_limited(coroutines: Iterator[Any], limit: int, progress: Progress | None = None) -> list[Any]:
+    """Run the coroutines `limit` at a time, in order; their results in order."""
+    results: list[Any] = []
+    pending = list(coroutines)
+    done = 0
+    for start in range(0, len(pending), limit):
+        results += await asyncio.gather(*pending[start:start + limit])
+        done += len(pending[start:start + limit])
+        if progress is not None:
+            progress(done)
+    if progress is not None:
+        progress.finish()
+    return results
+
+
+async def seed_objects(runtime: Runtime, args: argparse.Namespace) -> Seeded:
+    writer, hasher = runtime.writer, runtime.hasher()
+    started = time.perf_counter()
+    vendor, dataset = await create_demo_dataset(runtime)
+    actor = cli_actor(vendor.id)
+
+    async def upload() -> AsyncIterator[bytes]:
+        for chunk in demo_csv_chunks(args.records):
+            yield chunk
+
+    say(f"publishing {args.records:,} demo records (datasets.publish)")
+    version = await datasets.publish(writer, actor, dataset, upload(), "csv", max_bytes=runtime.config.max_upload_bytes)
+    partitions = sorted(version.partitions)
+    rng = random.Random(2026)
+
+    say(f"creating {args.members:,} members (members.create)")
+    member_list = await gather_limited(
+        (members.create(writer, actor, vendor.id, f"Bench Member {i:04d} 株式会社") for i in range(args.members)),
+        8, Progress("members", args.members, unit="members", scale=1))
+    member_ids = [m.id for m in member_list]
+
+    say(f"issuing {args.keys:,} member API keys (credentials.issue)")
+    owners = [member_ids[i % len(member_ids)] for i in range(args.keys)]
+    issued = await gather_limited(
+        (credentials.issue(writer, actor, hasher, KeyKind.MEMBER, vendor.id, owner, label=f"key {i // len(member_ids)}")
+         for i, owner in enumerate(owners)), 8, Progress("keys", args.keys, unit="keys", scale=1))
+    keys: dict[uuid.UUID, list[uuid.UUID]] = {m: [] for m in member_ids}
+    for owner, (credential, _) in zip(owners, issued, strict=True):
+        keys[owner].append(credential.id)
+    first_token = issued[0][1]
+
+    say(f"granting {args.members:,} licences and accepting their terms (licences.grant, licences.accept_terms)")
+
+    async def licence_for(member_id: uuid.UUID, chosen: list[str], columns: list[str]) -> uuid.UUID:
+        licence = await licences.grant(writer, actor, vendor.id, member_id, dataset.id, TERMS, {
+            "partitions": chosen, "columns": columns, "valid_from": datetime(2026, 4, 1, tzinfo=UTC),
+            "records_per_month": 5_000_000, "bytes_per_month": 2_000_000_000, "requests_per_second": 50.0,
+            "burst": 100})
+        member_actor = Actor(kind="member", vendor_id=vendor.id, member_id=member_id, credential_id=keys[member_id][0])
+        await licences.accept_terms(writer, member_actor, licence, 1, licences.terms_sha256(TERMS))
+        return licence.id
+
+    choices = [(sorted(rng.sample(partitions, min(len(partitions), rng.randint(1, 3)))), rng.choice(COLUMN_SETS))
+               for _ in member_ids]
+    licence_ids = await gather_limited(
+        (licence_for(m, chosen, columns) for m, (chosen, columns) in zip(member_ids, choices, strict=True)),
+        8, Progress("licences", args.members, unit="licences", scale=1))
+    client, _ = await oauth_clients.create(writer, actor, hasher, vendor.id, member_ids[0], label="bench OAuth client")
+    seeded = Seeded(vendor.id, dataset.id, partitions, member_ids, licence_ids, keys, first_token, client.client_id)
+    seeded.seconds["objects"] = round(time.perf_counter() - started, 1)
+    return seeded
+
+
+def history(seeded: Seeded, count: int, licence_partitions: dict[uuid.UUID, list[str]],
+            end: datetime) -> Iterator[AuditEvent]:
+    """`count` member-API events from 60 days before `end` to `end`, in time order (see the docstring)."""
+    rng = random.Random(18)
+    start = end - timedelta(days=HISTORY_DAYS)
+    step = (end - start) / count
+    members_n = len(seeded.member_ids)
+    middle = count // 2
+    for i in range(count):
+        at = start + step * i
+        index = min(int(members_n * rng.random() ** 3), members_n - 1)
+        if i >= middle and seeded.delivery_event is None:
+            index = 0  # the event the audit and delivery pages show: a delivery of the measured member
+        member, licence = seeded.member_ids[index], seeded.licence_ids[index]
+        credential = seeded.keys[member][i % len(seeded.keys[member])]
+        roll = rng.random()
+        if seeded.delivery_event is None and i >= middle:
+            roll = 0.0
+        common: dict[str, Any] = {
+            "at": at, "request_id": f"bench-{i:012d}", "method": "GET", "client": "203.0.113.7",
+            "user_agent": "analytics-client/2.1 (python-httpx)", "credential_id": credential, "actor": "member",
+            "vendor_id": seeded.vendor_id, "member_id": member}
+        dataset_path = f"/v1/datasets/{seeded.dataset_id}"
+        if roll < 0.80:
+            records = rng.choice((100, 1000, 1000, 5000))
+            event = AuditEvent(kind=EventKind.RECORDS_DELIVER, outcome=Outcome.ALLOW, path=dataset_path + "/records",
+                               status=200, dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1,
+                               versions=[1], partitions=licence_partitions[licence], records=records,
+                               bytes=records * 48, sha256=rng.randbytes(32).hex(), complete=True, **common)
+            if seeded.delivery_event is None and i >= middle:
+                seeded.delivery_event = event.event_id
+        elif roll < 0.90:
+            event = AuditEvent(kind=EventKind.DATASET_READ, outcome=Outcome.ALLOW, path=dataset_path, status=200,
+                               dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1, **common)
+        elif roll < 0.94:
+            event = AuditEvent(kind=EventKind.RECORDS_DELIVER, outcome=Outcome.DENY,
+                               reason="the licence's monthly record quota is used up", path=dataset_path + "/records",
+                               status=429, dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1,
+                               **common)
+        elif roll < 0.97:
+            event = AuditEvent(kind=EventKind.USAGE_READ, outcome=Outcome.ALLOW, path="/v1/usage", status=200,
+                               **common)
+        else:
+            common.update(credential_id=None, actor=None, vendor_id=None, member_id=None)
+            event = AuditEvent(kind=EventKind.AUTH_REJECT, outcome=Outcome.DENY, reason="unknown API key",
+                               path=dataset_path + "/records", status=401, **common)
+        if seeded.other_event is None and index != 0 and i > middle:
+            seeded.other_event = event.event_id
+        yield event
+
+
+async def seed_history(runtime: Runtime, seeded: Seeded, count: int) -> dict[str, Any]:
+    """The events through a writer of their own (a log of its own, as a past gateway process left it)."""
+    pool = runtime.pool
+    end = times.now() - timedelta(minutes=1)
+    start = end - timedelta(days=HISTORY_DAYS)
+    months = {datetime(d.year, d.month, 1, tzinfo=UTC)
+              for d in (start + timedelta(days=k) for k in range(HISTORY_DAYS + 1))}
+    for month in sorted(months):
+        await pool.execute("SELECT audit_events_ensure_month($1)", month)
+    rows = await pool.fetch("SELECT id, partitions FROM licences WHERE vendor_id = $1", seeded.vendor_id)
+    licence_partitions = {row["id"]: list(row["partitions"]) for row in rows}
+    writer = AuditWriter(pool, new_log_id("bench-history"), "bench-history", batch_max=2000, deadline=120,
+                         master=runtime.master, checkpoint_events=10_000, checkpoint_seconds=2.0)
+    await writer.start()
+    queue = history(seeded, count, licence_partitions, end)
+    progress = Progress("audit events", count, unit="events", scale=1)
+    written = 0
+
+    async def request() -> None:
+        nonlocal written
+        for event in queue:
+            await writer.commit(event)
+            written += 1
+            progress(written)
+
+    say(f"writing {count:,} audit events over {HISTORY_DAYS} days (AuditWriter, 4,000 concurrent commits)")
+    started = time.perf_counter()
+    await asyncio.gather(*(request() for _ in range(4000)))
+    seconds = time.perf_counter() - started
+    await writer.close()
+    progress.finish()
+    say(f"  {count / seconds:,.0f} events/s")
+    return {"events": count, "seconds": round(seconds, 1), "events_per_s": round(count / seconds),
+            "log_id": writer.log_id, "from": start.isoformat(), "to": end.isoformat()}
+
+
+async def create_users(runtime: Runtime, seeded: Seeded) -> None:
+    actor = cli_actor(seeded.vendor_id)
+    for role in ROLES:
+        user, password, secret = await console_users.create(
+            runtime.writer, runtime.master, actor, seeded.vendor_id, role, f"bench-{role}@example.com",
+            member_id=seeded.member_ids[0] if role == "member" else None, display_name=f"Bench {role}",
+            password=PASSWORD, enrol_totp=True)
+        seeded.users[role] = {"id": user.id, "email": user.email, "password": password, "totp_secret": secret}
+
+
+# -- the gateway ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    # A session of its own, so that the gateway and anything it starts are stopped together.
+    with log_path.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@contextlib.asynccontextmanager
+async def gateway_serve(db: BenchDatabase, master_key: str) -> AsyncIterator[str]:
+    """`gateway serve` in a child process of its own session on 127.0.0.1, stopped at the end."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(gateway_env(db, master_key, GATEWAY_PORT=str(port)))
+    log_path = db.home / "gateway.log"
+    process = start_process(env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient() as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"gateway serve exited: {log_path.read_text()}")
+                try:
+                    if (await client.get(f"{url}/readyz", timeout=1)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway serve not ready: {log_path.read_text()}")
+                await asyncio.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+async def sign_in(url: str, user: dict[str, Any]) -> httpx.AsyncClient:
+    """A browser's sign-in: the form and its CSRF token, the password, then a fresh TOTP code."""
+    client = httpx.AsyncClient(base_url=url, timeout=30)
+    shown = await client.get("/console/sign-in")
+    answer = await client.post("/console/sign-in", data={"email": user["email"], "password": user["password"],
+                                                         "csrf": csrf_of(shown)})
+    if answer.status_code != 303:
+        raise RuntimeError(f"sign-in of {user['email']}: {answer.status_code}")
+    shown = await client.get("/console/sign-in/code")
+    code = totp.code_at(user["totp_secret"], totp.step_of(time.time()))
+    answer = await client.post("/console/sign-in/code", data={"code": code, "csrf": csrf_of(shown)})
+    if answer.status_code != 303:
+        raise RuntimeError(f"second factor of {user['email']}: {answer.status_code} {answer.text[:300]}")
+    return client
+
+
+# -- the pages --------------------------------------------------------------------------------------
+
+def csrf_of(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    if found is None:
+        raise RuntimeError(f"no CSRF token on {page.request.url}")
+    return found.group(1)
+
+
+def page_roles(route: Route) -> tuple[tuple[str, ...], bool]:
+    """The roles `page(*roles)` admits (all when it names none), and whether the route is a page() at all.
+
+    page() keeps its roles in the endpoint's closure; a route without it (sign-in, static files, the
+    home redirect) is open to every visitor and measured for every role."""
+    endpoint = route.endpoint
+    code, closure = getattr(endpoint, "__code__", None), getattr(endpoint, "__closure__", None)
+    if code is not None and closure and "roles" in code.co_freevars:
+        roles = tuple(closure[code.co_freevars.index("roles")].cell_contents)
+        return roles or ROLES, True
+    return ROLES, False
+
+
+@dataclass(frozen=True)
+class Page:
+    route: str
+    url: str
+    roles: tuple[str, ...]
+    decorated: bool
+
+
+def discover(seeded: Seeded) -> tuple[list[Page], list[str]]:
+    """Every GET route under /console/, its parameters filled by name; the pages and what was skipped."""
+    from gateway.http import console
+    from gateway.http.console import static
+
+    today = times.jst_day(times.now())
+    first = today - timedelta(days=HISTORY_DAYS)
+    values: dict[str, list[str]] = {
+        "dataset_id": [str(seeded.dataset_id)], "member_id": [str(seeded.member_ids[0])],
+        "licence_id": [str(seeded.licence_ids[0])], "credential_id": [str(seeded.keys[seeded.member_ids[0]][0])],
+        "event_id": [str(seeded.delivery_event)], "number": ["1"], "version": ["1"],
+        "user_id": [str(seeded.users["member"]["id"])], "client_id": [seeded.client_id],
+        "name": sorted(static.FILES)}
+    queries = {"/console/audit/": [
+        "", f"?from={first}&to={today}", f"?member={seeded.member_ids[0]}",
+        f"?kind={EventKind.RECORDS_DELIVER.value}&outcome=deny",
+        f"?from={first}&to={today}&dataset={seeded.dataset_id}&member={seeded.member_ids[1]}"]}
+    pages, skipped = [], []
+    for route in console.routes:
+        if not isinstance(route, Route) or "GET" not in (route.methods or ()) or not route.path.startswith("/console/"):
+            continue
+        names = list(route.param_convertors)
+        missing = [n for n in names if n not in values]
+        if missing:
+            skipped.append(f"{route.path}: no value for {', '.join(missing)}")
+            continue
+        roles, decorated = page_roles(route)
+        for combination in itertools.product(*(values[n] for n in names)):
+            path = route.path
+            for name, value in zip(names, combination, strict=True):
+                path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
+            for query in queries.get(route.path, [""]):
+                pages.append(Page(route.path, path + query, roles, decorated))
+    return pages, skipped
+
+
+def percentile(sorted_ms: list[float], share: float) -> float:
+    return sorted_ms[max(0, math.ceil(share * len(sorted_ms)) - 1)]
+
+
+async def measure_pages(url: str, seeded: Seeded, args: argparse.Namespace) -> dict[str, Any]:
+    pages, skipped = discover(seeded)
+    clients = {role: await sign_in(url, seeded.users[role]) for role in ROLES}
+    rows, refusals = [], []
+    try:
+        for number, page in enumerate(pages, 1):
+            for role in ROLES:
+                client = clients[role]
+                if role not in page.roles:
+                    answer = await client.get(page.url)
+                    refusals.append({"url": page.url, "role": role, "status": answer.status_code,
+                                     "ok": answer.status_code == 404})
+                    continue
+                for _ in range(args.warm_up):
+                    await client.get(page.url)
+                timings, statuses = [], set()
+                for _ in range(args.repeat):
+                    started = time.perf_counter()
+                    answer = await client.get(page.url)
+                    timings.append(1000 * (time.perf_counter() - started))
+                    statuses.add(answer.status_code)
+                timings.sort()
+                expected = {200} if page.decorated else {200, 303}
+                row = {"route": page.route, "url": page.url, "role": role, "statuses": sorted(statuses),
+                       "bytes": len(answer.content), "p50_ms": round(percentile(timings, 0.5), 1),
+                       "p95_ms": round(percentile(timings, 0.95), 1), "max_ms": round(timings[-1], 1)}
+                row["pass"] = row["p95_ms"] <= TARGET_P95_MS and statuses <= expected
+                rows.append(row)
+                say(f"  [{number}/{len(pages)}] {role:12} {page.url}: p95 {row['p95_ms']} ms {sorted(statuses)}")
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {"pages": rows, "refused": refusals, "skipped": skipped}
+
+
+# -- the member API's hot path ----------------------------------------------------------------------
+
+def console_calls() -> tuple[dict[str, int], Any]:
+    """A profiler hook counting calls into the console's code: its package and console_users."""
+    from gateway.http import console
+
+    code = (str(Path(console.__file__).parent), str(Path(console_users.__file__)))
+    counts: dict[str, int] = {}
+
+    def profile(frame: Any, event: str, _: Any) -> None:
+        if event == "call" and frame.f_code.co_filename.startswith(code):
+            name = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+            counts[name] = counts.get(name, 0) + 1
+
+    return counts, profile
+
+
+async def hot_path(db: BenchDatabase, master_key: str, seeded: Seeded, requests: int) -> dict[str, Any]:
+    """The member API in-process: the middleware stack, the route order, and console calls per request."""
+    from gateway.http import console, member_api
+
+    config = config_module.load(gateway_env(db, master_key))
+    runtime = await Runtime.open(config, serving=True, role="bench-hot-path")
+    try:
+        app = build_app(runtime)
+        middleware = [f"{m.cls.__module__}.{m.cls.__name__}" for m in app.user_middleware]
+        routes = list(app.routes)
+        member_positions = [i for i, r in enumerate(routes) if r in member_api.routes]
+        console_positions = [i for i, r in enumerate(routes) if r in console.routes]
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        headers = {"authorization": f"Bearer {seeded.first_token}"}
+        member_paths = ["/v1/datasets", f"/v1/datasets/{seeded.dataset_id}",
+                        f"/v1/datasets/{seeded.dataset_id}/records?limit=10", "/v1/usage"]
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for path in member_paths:  # warm: imports and caches before the count
+                await client.get(path, headers=headers)
+            statuses: dict[str, set[int]] = {p: set() for p in member_paths}
+            counts, profile = console_calls()
+            sys.setprofile(profile)
+            try:
+                for i in range(requests):
+                    path = member_paths[i % len(member_paths)]
+                    statuses[path].add((await client.get(path, headers=headers)).status_code)
+            finally:
+                sys.setprofile(None)
+            member_counts = dict(counts)
+            control, profile = console_calls()
+            sys.setprofile(profile)
+            try:
+                control_status = (await client.get("/console/sign-in")).status_code
+            finally:
+                sys.setprofile(None)
+    finally:
+        await runtime.close()
+    return {"middleware": middleware, "member_routes": [min(member_positions), max(member_positions)],
+            "console_routes": [min(console_positions), max(console_positions)],
+            "member_before_console": max(member_positions) < min(console_positions),
+            "console_code_in_middleware": [m for m in middleware if ".console" in m or "console_users" in m],
+            "member_requests": requests, "member_statuses": {p: sorted(s) for p, s in statuses.items()},
+            "console_calls_during_member_requests": member_counts,
+            "control_console_page": {"status": control_status, "console_calls": sum(control.values())}}
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    master_key = new_master_key()
+    async with bench_database() as db:
+        runtime = await open_runtime(db, master_key)
+        try:
+            seeded = await seed_objects(runtime, args)
+            writer_figures = await seed_history(runtime, seeded, args.events)
+            await create_users(runtime, seeded)
+            say("VACUUM (ANALYZE)")
+            started = time.perf_counter()
+            async with runtime.pool.acquire() as conn:
+                await conn.execute("VACUUM (ANALYZE)")
+                counts = dict(await conn.fetchrow(
+                    "SELECT (SELECT count(*) FROM members) AS members, (SELECT count(*) FROM credentials) AS keys, "
+                    "(SELECT count(*) FROM licences) AS licences, (SELECT count(*) FROM audit_events) AS events"))
+            seeded.seconds["vacuum"] = round(time.perf_counter() - started, 1)
+        finally:
+            await runtime.close()
+        say(f"seeded {counts}")
+        async with gateway_serve(db, master_key) as url:
+            say(f"gateway serve on {url}; measuring the console pages ({args.repeat} requests each)")
+            pages = await measure_pages(url, seeded, args)
+        say(f"the member API in-process: {args.hot_path} requests traced for console calls")
+        hot = await hot_path(db, master_key, seeded, args.hot_path)
+        return {"benchmark": "console", "database": db.describe(), "machine": machine_info(),
+                "sizes": counts, "seeding": {"objects_seconds": seeded.seconds["objects"],
+                                             "vacuum_seconds": seeded.seconds["vacuum"], "writer": writer_figures},
+                "repeat": args.repeat, "target_p95_ms": TARGET_P95_MS, **pages, "hot_path": hot}
+
+
+def report(results: dict[str, Any]) -> str:
+    sizes = results["sizes"]
+    lines = [(f"{results['database']}, {results['machine']['cpus']} CPUs; {sizes['members']:,} members, "
+              f"{sizes['keys']:,} keys, {sizes['licences']:,} licences, {sizes['events']:,} audit events "
+              f"(writer {results['seeding']['writer']['events_per_s']:,} events/s); "
+              f"{results['repeat']} requests per page and role"),
+             f"{'page':<72} {'role':<12} {'p50':>7} {'p95':>7} {'max':>7}  verdict"]
+    for row in results["pages"]:
+        status = "" if row["statuses"] in ([200], [303]) else f" (status {row['statuses']})"
+        lines.append(f"{row['url'][:72]:<72} {row['role']:<12} {row['p50_ms']:7.1f} {row['p95_ms']:7.1f} "
+                     f"{row['max_ms']:7.1f}  {'PASS' if row['pass'] else 'FAIL'}{status}")
+    slowest = sorted(results["pages"], key=lambda r: -r["p95_ms"])[:3]
+    lines.append("slowest at p95: " + "; ".join(f"{r['url']} ({r['role']}) {r['p95_ms']} ms" for r in slowest))
+    bad = [r for r in results["refused"] if not r["ok"]]
+    lines.append(f"roles a page refuses: {len(results['refused'])} asked, "
+                 f"{len(results['refused']) - len(bad)} got the 404 page"
+                 + "".join(f"\n  NOT 404: {r['role']} {r['url']} -> {r['status']}" for r in bad))
+    for item in results["skipped"]:
+        lines.append(f"skipped {item}")
+    hot = results["hot_path"]
+    calls = hot["console_calls_during_member_requests"]
+    lines.append(f"hot path: middleware {', '.join(m.rsplit('.', 1)[1] for m in hot['middleware'])} "
+                 f"(console code in it: {hot['console_code_in_middleware'] or 'none'}); member API routes at "
+                 f"{hot['member_routes']}, console routes at {hot['console_routes']} of the route list "
+                 f"(member first: {hot['member_before_console']}); console calls during "
+                 f"{hot['member_requests']} member requests: {sum(calls.values())} {calls or ''}"
+                 f" (control, one console page: {hot['control_console_page']['console_calls']})")
+    failed = [r for r in results["pages"] if not r["pass"]]
+    lines.append(f"target p95 <= {results['target_p95_ms']:.0f} ms: "
+                 + ("all pages PASS" if not failed else f"{len(failed)} of {len(results['pages'])} FAIL"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_database_url()
+    results = run(measure(args))
+    finish(args.output, results, report)
+    hot = results["hot_path"]
+    ok = (all(r["pass"] for r in results["pages"]) and all(r["ok"] for r in results["refused"])
+          and not hot["console_calls_during_member_requests"] and hot["member_before_console"]
+          and hot["control_console_page"]["console_calls"] > 0
+          and all(s == [200] for s in hot["member_statuses"].values()))  # else the probe saw nothing at all
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
