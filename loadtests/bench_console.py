@@ -18,8 +18,8 @@ events, against a target of 100 ms at p95; and proof that the console adds nothi
    by a quota, 3 % `member:usage:read`, 3 % `auth:credential:reject`. Their times run evenly from 60
    days ago to a minute ago, in the order they are numbered (the month partitions are made first
    with `audit_events_ensure_month`, the function the writer calls). Members are drawn with a skew
-   (u³): the first member — whose console user is measured — has about 10 % of all events, the
-   others' share falls off, as real traffic does. Then `VACUUM (ANALYZE)`, as autovacuum would
+   (u³): the first member has about 10 % of all events, the last a few hundred, as real traffic
+   falls off; a console user of each is measured. Then `VACUUM (ANALYZE)`, as autovacuum would
    after a bulk load.
 3. **Creates console users** (vendor-admin, compliance, and a member user of the first member) with
    `console_users.create`, starts a real `gateway serve` process on 127.0.0.1 (as tests/processes.py
@@ -153,8 +153,7 @@ class Seeded:
     keys: dict[uuid.UUID, list[uuid.UUID]]          # member -> its credentials
     first_token: str                                # the first member's first API key
     client_id: str = ""
-    delivery_event: uuid.UUID | None = None         # a delivery of the first member, mid-history
-    other_event: uuid.UUID | None = None            # an event of another member
+    deliveries: dict[int, uuid.UUID] = field(default_factory=dict)  # mid-history: member 0's and the last's
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -234,17 +233,16 @@ def history(seeded: Seeded, count: int, licence_partitions: dict[uuid.UUID, list
     start = end - timedelta(days=HISTORY_DAYS)
     step = (end - start) / count
     members_n = len(seeded.member_ids)
-    middle = count // 2
+    # The deliveries the event pages show, mid-history: the busiest member's and the quietest one's.
+    shown_at = {count // 2: 0, count // 2 + 1: members_n - 1}
     for i in range(count):
         at = start + step * i
         index = min(int(members_n * rng.random() ** 3), members_n - 1)
-        if i >= middle and seeded.delivery_event is None:
-            index = 0  # the event the audit and delivery pages show: a delivery of the measured member
+        roll = rng.random()
+        if i in shown_at:
+            index, roll = shown_at[i], 0.0
         member, licence = seeded.member_ids[index], seeded.licence_ids[index]
         credential = seeded.keys[member][i % len(seeded.keys[member])]
-        roll = rng.random()
-        if seeded.delivery_event is None and i >= middle:
-            roll = 0.0
         common: dict[str, Any] = {
             "at": at, "request_id": f"bench-{i:012d}", "method": "GET", "client": "203.0.113.7",
             "user_agent": "analytics-client/2.1 (python-httpx)", "credential_id": credential, "actor": "member",
@@ -256,16 +254,18 @@ def history(seeded: Seeded, count: int, licence_partitions: dict[uuid.UUID, list
                                status=200, dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1,
                                versions=[1], partitions=licence_partitions[licence], records=records,
                                bytes=records * 48, sha256=rng.randbytes(32).hex(), complete=True, **common)
-            if seeded.delivery_event is None and i >= middle:
-                seeded.delivery_event = event.event_id
+            if i in shown_at:
+                seeded.deliveries[0 if index == 0 else -1] = event.event_id
         elif roll < 0.90:
             event = AuditEvent(kind=EventKind.DATASET_READ, outcome=Outcome.ALLOW, path=dataset_path, status=200,
                                dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1, **common)
         elif roll < 0.94:
+            quota = roll < 0.925
             event = AuditEvent(kind=EventKind.RECORDS_DELIVER, outcome=Outcome.DENY,
-                               reason="the licence's monthly record quota is used up", path=dataset_path + "/records",
-                               status=429, dataset_id=seeded.dataset_id, licence_id=licence, terms_version=1,
-                               **common)
+                               reason="the licence's monthly record quota is used up" if quota else
+                               "partition 47 is not licensed", path=dataset_path + "/records",
+                               status=429 if quota else 403, dataset_id=seeded.dataset_id, licence_id=licence,
+                               terms_version=1, **common)
         elif roll < 0.97:
             event = AuditEvent(kind=EventKind.USAGE_READ, outcome=Outcome.ALLOW, path="/v1/usage", status=200,
                                **common)
@@ -273,8 +273,6 @@ def history(seeded: Seeded, count: int, licence_partitions: dict[uuid.UUID, list
             common.update(credential_id=None, actor=None, vendor_id=None, member_id=None)
             event = AuditEvent(kind=EventKind.AUTH_REJECT, outcome=Outcome.DENY, reason="unknown API key",
                                path=dataset_path + "/records", status=401, **common)
-        if seeded.other_event is None and index != 0 and i > middle:
-            seeded.other_event = event.event_id
         yield event
 
 
@@ -314,14 +312,21 @@ async def seed_history(runtime: Runtime, seeded: Seeded, count: int) -> dict[str
             "log_id": writer.log_id, "from": start.isoformat(), "to": end.isoformat()}
 
 
+# Who is measured: the vendor's two roles, the busiest member's user (about 10 % of all events) and the
+# quietest member's (a few hundred events in 60 days: a list of its events must not walk everyone's).
+USERS = (("vendor-admin", "vendor-admin", None), ("compliance", "compliance", None), ("member", "member", 0),
+         ("member-quiet", "member", -1))
+
+
 async def create_users(runtime: Runtime, seeded: Seeded) -> None:
     actor = cli_actor(seeded.vendor_id)
-    for role in ROLES:
+    for label, role, index in USERS:
         user, password, secret = await console_users.create(
-            runtime.writer, runtime.master, actor, seeded.vendor_id, role, f"bench-{role}@example.com",
-            member_id=seeded.member_ids[0] if role == "member" else None, display_name=f"Bench {role}",
+            runtime.writer, runtime.master, actor, seeded.vendor_id, role, f"bench-{label}@example.com",
+            member_id=None if index is None else seeded.member_ids[index], display_name=f"Bench {label}",
             password=PASSWORD, enrol_totp=True)
-        seeded.users[role] = {"id": user.id, "email": user.email, "password": password, "totp_secret": secret}
+        seeded.users[label] = {"id": user.id, "email": user.email, "password": password, "totp_secret": secret,
+                               "role": role, "member_index": index}
 
 
 # -- the gateway ------------------------------------------------------------------------------------
@@ -412,12 +417,13 @@ def page_roles(route: Route) -> tuple[tuple[str, ...], bool]:
 
 
 @dataclass(frozen=True)
-class Page:
+class Spec:
+    """A GET route under /console/ and the roles its page() admits."""
+
     route: str
-    url: str
+    names: tuple[str, ...]     # its path parameters
     roles: tuple[str, ...]
     decorated: bool
-    follows: bool = False  # the next page of a list, as its own link gives it
 
 
 # A list's link to its next page: rel="next", or failing that a console link carrying a keyset position.
@@ -425,95 +431,121 @@ NEXT_LINK = (re.compile(r'<a\s[^>]*href="([^"]+)"[^>]*\brel="next"'), re.compile
              re.compile(r'href="(/console/[^"]*[?&;](?:after|before|cursor)=[^"]*)"'))
 
 
-def next_link(page: Page, body: str) -> str | None:
-    if page.follows:
-        return None
+def next_link(url: str, body: str) -> str | None:
     for pattern in NEXT_LINK:
         found = pattern.search(body)
         if found:
             link = html.unescape(found.group(1))
-            return urllib.parse.urljoin(page.url, link) if link.startswith(("?", "/console/")) else None
+            return urllib.parse.urljoin(url, link) if link.startswith(("?", "/console/")) else None
     return None
 
 
-def discover(seeded: Seeded) -> tuple[list[Page], list[str]]:
-    """Every GET route under /console/, its parameters filled by name; the pages and what was skipped."""
+def discover() -> tuple[list[Spec], list[str]]:
+    """Every GET route under /console/ (gateway.http.console.routes) and the roles it admits."""
     from gateway.http import console
+
+    specs = []
+    for route in console.routes:
+        if isinstance(route, Route) and "GET" in (route.methods or ()) and route.path.startswith("/console/"):
+            roles, decorated = page_roles(route)
+            specs.append(Spec(route.path, tuple(route.param_convertors), roles, decorated))
+    return specs, []
+
+
+def values_for(seeded: Seeded, label: str) -> dict[str, list[str]]:
+    """Path parameters by name for one user: a member user's own licence and delivery, and for the
+    vendor's people the measured member's (the busiest)."""
     from gateway.http.console import static
 
+    user = seeded.users[label]
+    index = user["member_index"] if user["role"] == "member" else 0
+    member = seeded.member_ids[index]
+    return {"dataset_id": [str(seeded.dataset_id)], "member_id": [str(member)],
+            "licence_id": [str(seeded.licence_ids[index])], "credential_id": [str(seeded.keys[member][0])],
+            "event_id": [str(seeded.deliveries[index])], "number": ["1"], "version": ["1"],
+            "user_id": [str(seeded.users["member"]["id"])], "client_id": [seeded.client_id],
+            "name": sorted(static.FILES)}
+
+
+def queries(seeded: Seeded, route: str) -> list[str]:
+    """The audit search with its filters too: 60 days, the busiest and the quietest member, a kind and outcome."""
+    if route != "/console/audit/":
+        return [""]
     today = times.jst_day(times.now())
     first = today - timedelta(days=HISTORY_DAYS)
-    values: dict[str, list[str]] = {
-        "dataset_id": [str(seeded.dataset_id)], "member_id": [str(seeded.member_ids[0])],
-        "licence_id": [str(seeded.licence_ids[0])], "credential_id": [str(seeded.keys[seeded.member_ids[0]][0])],
-        "event_id": [str(seeded.delivery_event)], "number": ["1"], "version": ["1"],
-        "user_id": [str(seeded.users["member"]["id"])], "client_id": [seeded.client_id],
-        "name": sorted(static.FILES)}
-    queries = {"/console/audit/": [
-        "", f"?from={first}&to={today}", f"?member={seeded.member_ids[0]}",
-        f"?kind={EventKind.RECORDS_DELIVER.value}&outcome=deny",
-        f"?from={first}&to={today}&dataset={seeded.dataset_id}&member={seeded.member_ids[1]}"]}
-    pages, skipped = [], []
-    for route in console.routes:
-        if not isinstance(route, Route) or "GET" not in (route.methods or ()) or not route.path.startswith("/console/"):
-            continue
-        names = list(route.param_convertors)
-        missing = [n for n in names if n not in values]
-        if missing:
-            skipped.append(f"{route.path}: no value for {', '.join(missing)}")
-            continue
-        roles, decorated = page_roles(route)
-        for combination in itertools.product(*(values[n] for n in names)):
-            path = route.path
-            for name, value in zip(names, combination, strict=True):
-                path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
-            for query in queries.get(route.path, [""]):
-                pages.append(Page(route.path, path + query, roles, decorated))
-    return pages, skipped
+    busy, quiet = seeded.member_ids[0], seeded.member_ids[-1]
+    return ["", f"?from={first}&to={today}", f"?member={busy}", f"?from={first}&to={today}&member={quiet}",
+            f"?kind={EventKind.RECORDS_DELIVER.value}&outcome=deny",
+            f"?from={first}&to={today}&dataset={seeded.dataset_id}&member={seeded.member_ids[1]}"]
+
+
+def urls(spec: Spec, values: dict[str, list[str]], extra: list[str]) -> list[str] | None:
+    if any(name not in values for name in spec.names):
+        return None
+    found = []
+    for combination in itertools.product(*(values[n] for n in spec.names)):
+        path = spec.route
+        for name, value in zip(spec.names, combination, strict=True):
+            path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
+        found += [path + query for query in extra]
+    return found
 
 
 def percentile(sorted_ms: list[float], share: float) -> float:
     return sorted_ms[max(0, math.ceil(share * len(sorted_ms)) - 1)]
 
 
+async def timed_page(client: httpx.AsyncClient, spec: Spec, url: str, label: str, role: str,
+                     args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    for _ in range(args.warm_up):
+        await client.get(url)
+    timings, statuses = [], set()
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        answer = await client.get(url)
+        timings.append(1000 * (time.perf_counter() - started))
+        statuses.add(answer.status_code)
+    timings.sort()
+    expected = {200} if spec.decorated else {200, 303}
+    row = {"route": spec.route, "url": url, "user": label, "role": role, "statuses": sorted(statuses),
+           "bytes": len(answer.content), "type": answer.headers.get("content-type", "").split(";")[0],
+           "p50_ms": round(percentile(timings, 0.5), 1), "p95_ms": round(percentile(timings, 0.95), 1),
+           "max_ms": round(timings[-1], 1)}
+    row["pass"] = row["p95_ms"] <= TARGET_P95_MS and statuses <= expected
+    say(f"  {label:14} {shown(url)}: p95 {row['p95_ms']} ms {sorted(statuses)}")
+    return row, answer.text
+
+
 async def measure_pages(url: str, seeded: Seeded, args: argparse.Namespace) -> dict[str, Any]:
-    pages, skipped = discover(seeded)
-    clients = {role: await sign_in(url, seeded.users[role]) for role in ROLES}
-    rows, refusals = [], []
+    specs, _ = discover()
+    clients = {label: await sign_in(url, user) for label, user in seeded.users.items()}
+    rows, refusals, skipped = [], [], []
     try:
-        for number, page in enumerate(pages, 1):  # grows as lists give their next pages
-            for role in ROLES:
-                client = clients[role]
-                if role not in page.roles:
-                    if page.follows:
-                        continue
-                    answer = await client.get(page.url)
-                    refusals.append({"url": page.url, "role": role, "status": answer.status_code,
+        for spec in specs:
+            for label, user in seeded.users.items():
+                found = urls(spec, values_for(seeded, label), queries(seeded, spec.route))
+                if found is None:
+                    if label == "vendor-admin":
+                        missing = [n for n in spec.names if n not in values_for(seeded, label)]
+                        skipped.append(f"{spec.route}: no value for {', '.join(missing)}")
+                    continue
+                client = clients[label]
+                if user["role"] not in spec.roles:
+                    answer = await client.get(found[0])
+                    refusals.append({"url": found[0], "user": label, "status": answer.status_code,
                                      "ok": answer.status_code == 404})
                     continue
-                for _ in range(args.warm_up):
-                    await client.get(page.url)
-                timings, statuses = [], set()
-                for _ in range(args.repeat):
-                    started = time.perf_counter()
-                    answer = await client.get(page.url)
-                    timings.append(1000 * (time.perf_counter() - started))
-                    statuses.add(answer.status_code)
-                timings.sort()
-                expected = {200} if page.decorated else {200, 303}
-                row = {"route": page.route, "url": page.url, "role": role, "statuses": sorted(statuses),
-                       "bytes": len(answer.content), "p50_ms": round(percentile(timings, 0.5), 1),
-                       "p95_ms": round(percentile(timings, 0.95), 1), "max_ms": round(timings[-1], 1)}
-                row["pass"] = row["p95_ms"] <= TARGET_P95_MS and statuses <= expected
-                rows.append(row)
-                following = next_link(page, answer.text)
-                if following is not None:
-                    pages.append(Page(page.route, following, (role,), page.decorated, follows=True))
-                say(f"  [{number}/{len(pages)}] {role:12} {page.url}: p95 {row['p95_ms']} ms {sorted(statuses)}")
+                for page_url in found:
+                    row, body = await timed_page(client, spec, page_url, label, user["role"], args)
+                    rows.append(row)
+                    following = next_link(page_url, body)
+                    if following is not None:  # the list's next page, by its own link
+                        row, _ = await timed_page(client, spec, following, label, user["role"], args)
+                        rows.append(row)
     finally:
         for client in clients.values():
             await client.aclose()
-    return {"pages": rows, "refused": refusals, "skipped": skipped}
+    return {"pages": rows, "refused": refusals, "skipped": sorted(set(skipped))}
 
 
 # -- the member API's hot path ----------------------------------------------------------------------
@@ -611,23 +643,34 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "repeat": args.repeat, "target_p95_ms": TARGET_P95_MS, **pages, "hot_path": hot}
 
 
+UUID_TEXT = re.compile(r"([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def shown(url: str) -> str:
+    """A page's URL for the table: ids cut to their first 8 digits, a keyset position to its name."""
+    url = re.sub(r"((?:after|before|cursor)=)[^&]*", r"\1…", urllib.parse.unquote(url))
+    return UUID_TEXT.sub(r"\1…", url)
+
+
 def report(results: dict[str, Any]) -> str:
     sizes = results["sizes"]
     lines = [(f"{results['database']}, {results['machine']['cpus']} CPUs; {sizes['members']:,} members, "
               f"{sizes['keys']:,} keys, {sizes['licences']:,} licences, {sizes['events']:,} audit events "
               f"(writer {results['seeding']['writer']['events_per_s']:,} events/s); "
               f"{results['repeat']} requests per page and role"),
-             f"{'page':<72} {'role':<12} {'p50':>7} {'p95':>7} {'max':>7}  verdict"]
+             f"{'page':<72} {'user':<14} {'p50':>7} {'p95':>7} {'max':>7}  verdict"]
     for row in results["pages"]:
         status = "" if row["statuses"] in ([200], [303]) else f" (status {row['statuses']})"
-        lines.append(f"{row['url'][:72]:<72} {row['role']:<12} {row['p50_ms']:7.1f} {row['p95_ms']:7.1f} "
+        if row["type"] not in ("text/html", ""):
+            status += f" ({row['type']}, {row['bytes'] / 1e6:.1f} MB)"
+        lines.append(f"{shown(row['url']):<72} {row['user']:<14} {row['p50_ms']:7.1f} {row['p95_ms']:7.1f} "
                      f"{row['max_ms']:7.1f}  {'PASS' if row['pass'] else 'FAIL'}{status}")
     slowest = sorted(results["pages"], key=lambda r: -r["p95_ms"])[:3]
-    lines.append("slowest at p95: " + "; ".join(f"{r['url']} ({r['role']}) {r['p95_ms']} ms" for r in slowest))
+    lines.append("slowest at p95: " + "; ".join(f"{shown(r['url'])} ({r['user']}) {r['p95_ms']} ms" for r in slowest))
     bad = [r for r in results["refused"] if not r["ok"]]
     lines.append(f"roles a page refuses: {len(results['refused'])} asked, "
                  f"{len(results['refused']) - len(bad)} got the 404 page"
-                 + "".join(f"\n  NOT 404: {r['role']} {r['url']} -> {r['status']}" for r in bad))
+                 + "".join(f"\n  NOT 404: {r['user']} {r['url']} -> {r['status']}" for r in bad))
     for item in results["skipped"]:
         lines.append(f"skipped {item}")
     hot = results["hot_path"]
