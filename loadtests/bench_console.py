@@ -11,31 +11,37 @@ events, against a target of 100 ms at p95; and proof that the console adds nothi
 2. **Writes --events audit events through the real `AuditWriter`** (numbering, vendor and member
    series, canonical JSON, leaf hashes, the Merkle tree, the usage they count, signed checkpoints),
    in a log of its own as a gateway instance that ran for the previous 60 days would have left. The
-   writer is fast enough for this (bench_audit: ~50,000 events/s; here a million take about half a
-   minute), so no row is forged: what the console reads is what a running gateway writes. The events
-   are shaped like the member API's (request, actor, licence, versions, partitions, delivery and its
-   digest): 80 % `member:records:deliver` allowed, 10 % `member:dataset:read`, 4 % deliveries refused
-   by a quota, 3 % `member:usage:read`, 3 % `auth:credential:reject`. Their times run evenly from 60
-   days ago to a minute ago, in the order they are numbered (the month partitions are made first
-   with `audit_events_ensure_month`, the function the writer calls). Members are drawn with a skew
-   (u³): the first member has about 10 % of all events, the last a few hundred, as real traffic
-   falls off; a console user of each is measured. Then `VACUUM (ANALYZE)`, as autovacuum would
-   after a bulk load.
-3. **Creates console users** (vendor-admin, compliance, and a member user of the first member) with
-   `console_users.create`, starts a real `gateway serve` process on 127.0.0.1 (as tests/processes.py
-   does; a port the OS picks, log level WARNING) and signs each user in over HTTP as a browser does:
-   the sign-in form with its CSRF token, the password, then a TOTP code (keys/totp.py).
+   writer is fast enough for this (10,000–15,000 events/s on this machine's PostgreSQL 15: a million
+   in 65–100 s; bench_audit gets ~50,000 on the embedded PostgreSQL 18), so no row is forged: what
+   the console reads is what a running gateway writes. The events are shaped like the member API's
+   (request, actor, licence, versions, partitions, delivery and its digest): 80 %
+   `member:records:deliver` allowed, 10 % `member:dataset:read`, 4 % deliveries refused (a quota, an
+   unlicensed partition), 3 % `member:usage:read`, 3 % `auth:credential:reject`. Their times run
+   evenly from 60 days ago to a minute ago, in the order they are numbered (the month partitions are
+   made first with `audit_events_ensure_month`, the function the writer calls). Members are drawn
+   with a skew (u³): the first member has about 10 % of all events, the last a few hundred, as real
+   traffic falls off. Then `VACUUM (ANALYZE)`, as autovacuum would after a bulk load.
+3. **Creates console users** with `console_users.create`: a vendor admin, a compliance officer, the
+   busiest member's user (`member`) and the quietest member's (`member-quiet`: a list of its events
+   must not walk everyone else's). Starts a real `gateway serve` process on 127.0.0.1 (as
+   tests/processes.py does; a port the OS picks, log level WARNING) and signs each user in over HTTP
+   as a browser does: the sign-in form with its CSRF token, the password, then a TOTP code
+   (keys/totp.py).
 4. **Discovers the pages** from `gateway.http.console.routes`: every GET route under /console/, its
-   path parameters filled with ids of the seeded data by name (dataset_id, member_id, licence_id,
-   credential_id, event_id — a delivery of the first member in the middle of the 60 days —, number,
-   user_id, client_id, name for the static files); the audit search also with its filters (60 days,
-   a member, a kind and outcome). The roles a page admits are read from its `page(*roles)`
-   decorator; a route without it is measured for every role. A role a page refuses is asked once
-   and must get the 404 page.
-5. **Measures** each page --repeat times per role (after --warm-up requests), one request at a time
-   (httpx, keep-alive; time from sending to the last byte of the body). Prints route, role, p50, p95
-   and max in ms, PASS or FAIL against 100 ms at p95; exit status 1 if any page fails or answers with
-   an unexpected status.
+   path parameters filled by name with ids of the seeded data (dataset_id, member_id, licence_id,
+   credential_id, event_id — a delivery in the middle of the 60 days —, number, user_id, client_id,
+   name for the static files; a member user gets its own licence and delivery, the vendor's people
+   the busiest member's), token by verifying a bundle of today's events through the evidence forms
+   (a report is its verifier's only); the audit search also with its filters (60 days, the busiest
+   and the quietest member, a kind and outcome, a dataset and a member); and each list's next page,
+   by its own link. The roles a page admits are read from its `page(*roles)` decorator; a route
+   without it is measured for every user. A user whose role a page refuses asks it once and must
+   get the 404 page. A route with a parameter no value is known for is listed as skipped.
+5. **Measures** each page --repeat times per user (after --warm-up requests), one request at a time
+   (httpx, keep-alive; time from sending to the last byte of the body; every page read commits its
+   `console:page:read` event). Prints page, user, p50, p95 and max in ms, PASS or FAIL against
+   100 ms at p95 with the expected status (200; 303 too for the routes outside page()); exit status
+   1 if any page fails, a refused role does not get the 404 page, or the hot-path check fails.
 6. **Nothing on the hot path**, shown structurally and measured: the app's middleware stack holds no
    console code; every member API route precedes every console route, so a member request is matched
    before any console pattern is tried; and a profiler hook counts the calls into console code
