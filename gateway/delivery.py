@@ -493,9 +493,10 @@ class Deliveries:
 
         return refusal
 
-    def bundle(self, caller: Principal, path: Path) -> Stream:
-        """An evidence bundle built on disk, streamed to a compliance officer or vendor admin while their
-        key stays valid; the stream-end event records how much of it left and its digest."""
+    def bundle(self, path: Path, still_allowed: Callable[[], str | None]) -> Stream:
+        """An evidence bundle built on disk, streamed to a compliance officer or vendor admin while
+        `still_allowed` (their key: `key_allows`; a console person: `running`); the stream-end event
+        records how much of it left and its digest."""
 
         async def produce(write: Write, stopped: Callable[[], bool]) -> None:
             handle = await asyncio.to_thread(open, path, "rb")
@@ -503,8 +504,16 @@ class Deliveries:
                 while not stopped() and (chunk := await asyncio.to_thread(handle.read, FILE_CHUNK_BYTES)):
                     await write(chunk, ())
 
-        return Stream(self, None, EventKind.AUDIT_EXPORT_STREAM_END, produce, Tally(),
-                      self._credential_allows(caller.credential.id), length=path.stat().st_size)
+        return Stream(self, None, EventKind.AUDIT_EXPORT_STREAM_END, produce, Tally(), still_allowed,
+                      length=path.stat().st_size)
+
+    def key_allows(self, caller: Principal) -> Callable[[], str | None]:
+        """While the gateway runs and the caller's key is neither revoked nor expired."""
+        return self._credential_allows(caller.credential.id)
+
+    def running(self) -> Callable[[], str | None]:
+        """While the gateway runs (a console session is a database row, checked at the person's next request)."""
+        return lambda: "the gateway is shutting down" if self.stopping else None
 
     def file(self, licence_id: uuid.UUID, path: Path, start: int, end: int, charge: int,
              uncharge: Callable[[], None], still_allowed: Callable[[], str | None]) -> Stream:

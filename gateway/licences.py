@@ -334,9 +334,21 @@ async def get(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, lic
     return found[0]
 
 
-async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID) -> list[Licence]:
+async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID,
+                          member_id: uuid.UUID | None = None) -> list[Licence]:
     ids = [r["id"] for r in await conn.fetch(
-        "SELECT id FROM licences WHERE vendor_id = $1 ORDER BY created_at", vendor_id)]
+        "SELECT id FROM licences WHERE vendor_id = $1 AND ($2::uuid IS NULL OR member_id = $2) ORDER BY created_at",
+        vendor_id, member_id)]
+    return await load(conn, ids) if ids else []
+
+
+async def page_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, after: uuid.UUID | None,
+                          limit: int) -> list[Licence]:
+    """At most `limit` licences of the vendor, oldest first, those after the licence `after` (keyset pagination)."""
+    ids = [r["id"] for r in await conn.fetch(
+        "SELECT id FROM licences WHERE vendor_id = $1 AND ($2::uuid IS NULL OR (created_at, id) > "
+        "(SELECT created_at, id FROM licences WHERE id = $2 AND vendor_id = $1)) ORDER BY created_at, id LIMIT $3",
+        vendor_id, after, limit)]
     return await load(conn, ids) if ids else []
 
 

@@ -203,6 +203,16 @@ async def list_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uu
     return [Member.from_row(row) for row in rows]
 
 
-async def load(conn: asyncpg.Connection, ids: list[uuid.UUID] | None = None) -> list[Member]:
+async def page_for_vendor(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, after: uuid.UUID | None,
+                          limit: int) -> list[Member]:
+    """At most `limit` members of the vendor by name, those after the member `after` (keyset pagination)."""
+    rows = await conn.fetch(
+        "SELECT * FROM members WHERE vendor_id = $1 AND ($2::uuid IS NULL OR (name, id) > "
+        "(SELECT name, id FROM members WHERE id = $2 AND vendor_id = $1)) ORDER BY name, id LIMIT $3",
+        vendor_id, after, limit)
+    return [Member.from_row(row) for row in rows]
+
+
+async def load(conn: asyncpg.Pool | asyncpg.Connection, ids: list[uuid.UUID] | None = None) -> list[Member]:
     rows = await conn.fetch("SELECT * FROM members WHERE $1::uuid[] IS NULL OR id = ANY($1)", ids)
     return [Member.from_row(row) for row in rows]

@@ -443,19 +443,19 @@ def _verification(manifest: dict[str, Any], logs: list[Any]) -> str:
 
 # -- charts -----------------------------------------------------------------------------------------
 
-def bar_chart(bars: list[tuple[str, int]], width: int = 640) -> str:
-    """Horizontal bars, one per label, scaled to the largest value."""
+def bar_chart(bars: list[tuple[str, int]], width: int = 640, label: str = "records per member") -> str:
+    """Horizontal bars, one per label, scaled to the largest value; `label` names the chart to a screen reader."""
     row, label_width, top = 22, 180, 10
     height = top * 2 + row * len(bars)
     largest = max((v for _, v in bars), default=0) or 1
     span = width - label_width - 90
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="records per member">')]
-    for i, (label, value) in enumerate(bars):
+             f'aria-label="{e(label)}">')]
+    for i, (name, value) in enumerate(bars):
         y = top + i * row
         length = max(1, round(span * value / largest)) if value else 0
         parts.append(f'<text x="{label_width - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
-                     f'{e(label[:28])}</text>'
+                     f'{e(name[:28])}</text>'
                      f'<rect x="{label_width}" y="{y + 3}" width="{length}" height="{row - 6}" fill="{_COLOURS[0]}"/>'
                      f'<text x="{label_width + length + 4}" y="{y + 15}" font-size="12">{value:,}</text>')
     parts.append("</svg>")
@@ -463,8 +463,8 @@ def bar_chart(bars: list[tuple[str, int]], width: int = 640) -> str:
 
 
 def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end: str, width: int = 640,
-               height: int = 260) -> str:
-    """Cumulative records over the period, one step line per dataset."""
+               height: int = 260, label: str = "cumulative records") -> str:
+    """Cumulative records over the period, one step line per dataset (or member); `label` names the chart."""
     left, right, top, bottom = 70, 20, 20, 50
     t0, t1 = _seconds(start), _seconds(end)
     span = max(t1 - t0, 1.0)
@@ -477,14 +477,14 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
         return round(height - bottom - (height - top - bottom) * value / largest, 1)
 
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="cumulative records">'),
+             f'aria-label="{e(label)}">'),
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
              f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">{largest:,}</text>',
              f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end" font-size="11">0</text>',
              f'<text x="{left}" y="{height - bottom + 16}" font-size="11">{e(start[:10])}</text>',
              f'<text x="{width - right}" y="{height - bottom + 16}" text-anchor="end" font-size="11">{e(end[:10])}</text>']
-    for i, (label, points) in enumerate(series[:len(_COLOURS)]):
+    for i, (name, points) in enumerate(series[:len(_COLOURS)]):
         colour = _COLOURS[i % len(_COLOURS)]
         coords = [f"{left},{y(0)}"]
         previous = 0
@@ -494,7 +494,7 @@ def step_chart(series: list[tuple[str, list[tuple[str, int]]]], start: str, end:
         coords.append(f"{width - right},{y(previous)}")
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(coords)}"/>'
                      f'<text x="{left + 8 + 150 * i}" y="{height - 12}" font-size="12" fill="{colour}">'
-                     f'■ {e(label[:20])}</text>')
+                     f'■ {e(name[:20])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
-from gateway.audit.events import AuditEvent, EventKind, Outcome
+from gateway.audit.events import NOT_ALLOWED_SQL, AuditEvent, EventKind, Outcome
 from gateway.times import jst_day
 
 # Events that count as a member request, and those that carry delivered records and bytes.
@@ -60,3 +60,15 @@ def usage_columns(events: Sequence[AuditEvent], log_id: str) -> list[list[Any]]:
     keys = list(totals)
     return [[licence_id for licence_id, _ in keys], [day for _, day in keys], [log_id] * len(keys),
             *([row[i] for row in totals.values()] for i in range(4))]
+
+
+async def denials_by_reason(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, since: datetime,
+                            limit: int = 20) -> list[tuple[str, int]]:
+    """The vendor's refusals since `since`, counted by the reason their events give (as the evidence
+    report counts them: the reason, else the kind), most frequent first; the partial index of the
+    outcomes other than allow (schemas/migrations/0020_audit_search.sql) bounds the scan to the refusals."""
+    rows = await conn.fetch(
+        "SELECT coalesce(convert_from(entry, 'UTF8')::jsonb ->> 'reason', kind) AS reason, count(*) AS n "
+        f"FROM audit_events WHERE vendor_id = $1 AND at >= $2 AND outcome = 'deny' AND {NOT_ALLOWED_SQL} "
+        "GROUP BY 1 ORDER BY n DESC, reason LIMIT $3", vendor_id, since, limit)
+    return [(row["reason"], row["n"]) for row in rows]

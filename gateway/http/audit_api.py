@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -115,10 +116,19 @@ async def export(request: Request) -> Response:
     query = request.query_params
     start, end = _moment(query.get("from"), "from"), _moment(query.get("to"), "to")
     member_id, dataset_id = _optional_id(query.get("member"), "member"), _optional_id(query.get("dataset"), "dataset")
+    return await bundle_download(request, vendor_of(caller), start, end, member_id, dataset_id,
+                                 runtime_of(request).deliveries.key_allows(caller))
+
+
+async def bundle_download(request: Request, vendor_id: uuid.UUID, start: datetime, end: datetime,
+                          member_id: uuid.UUID | None, dataset_id: uuid.UUID | None,
+                          still_allowed: Callable[[], str | None]) -> Response:
+    """The bundle for [start, end) built on disk, then streamed with its length (the API's export and
+    the console's download alike); the request's event kind is set by the caller."""
     runtime = runtime_of(request)
     folder = Path(tempfile.mkdtemp(prefix="lpd-export-"))
     try:
-        result, digest = await evidence.export_apart(runtime.dsn, vendor_of(caller), start, end, member_id,
+        result, digest = await evidence.export_apart(runtime.dsn, vendor_id, start, end, member_id,
                                                      dataset_id, path=folder / "bundle.zip",
                                                      signer=checkpoints.CheckpointSigner(runtime.master))
     except BaseException:
@@ -132,7 +142,7 @@ async def export(request: Request) -> Response:
     ctx = context(request.scope)
     ctx.facts.detail = {**result.to_json(), "path": None, "bundle_sha256": digest}
     path = folder / "bundle.zip"
-    return StreamingDelivery(ctx, runtime.deliveries.bundle(caller, path), 200, {
+    return StreamingDelivery(ctx, runtime.deliveries.bundle(path, still_allowed), 200, {
         **NO_STORE, "content-type": "application/zip", "content-length": str(path.stat().st_size),
         "content-disposition": f'attachment; filename="audit-{start:%Y%m%d}-{end:%Y%m%d}.zip"'},
         cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))  # also when the client left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -39,3 +40,13 @@ async def sign_in(client: httpx.AsyncClient, user: dict[str, Any], *, code: str 
 
 def console_user(content: dict[str, Any], role: str) -> dict[str, Any]:
     return next(u for u in content["console"]["users"] if u["role"] == role)
+
+
+async def until_covered(client: httpx.AsyncClient, path: str) -> httpx.Response:
+    """The page of an event once a signed checkpoint covers it (the writer signs within seconds)."""
+    for _ in range(100):
+        page = await client.get(path)
+        if page.status_code != 200 or 'id="receipt"' in page.text:
+            return page
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no checkpoint covered the event of {path} in time")

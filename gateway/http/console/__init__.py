@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.http.console import account, member, sign_in, static, vendor
+from gateway.http.console import account, audit, evidence, member, sign_in, static, vendor
 from gateway.http.console.web import NOT_FOUND, error_page
 
-routes: list[Route] = [*sign_in.routes, *static.routes, *account.routes, *vendor.routes, *member.routes]
+routes: list[Route] = [*sign_in.routes, *static.routes, *account.routes, *vendor.routes, *member.routes,
+                      *audit.routes, *evidence.routes]
 
 __all__ = ["NOT_FOUND", "error_page", "routes"]
