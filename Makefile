@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-audit help run test test-external lint bench clean
+.PHONY: bench-audit bench-console help run test test-external lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -34,6 +34,9 @@ bench: $(STAMP) ## the benchmarks under loadtests/ (prints figures): hot path vs
 bench-audit: $(STAMP) ## the audit benchmarks (prints figures): writer and verify, then the p99 added at half load
 	$(BIN)/python -m loadtests.bench_audit
 	$(BIN)/python -m loadtests.bench_audit_latency
+
+bench-console: $(STAMP) ## every console page's p95 with 1,000 members, 10,000 keys, 1,000,000 audit events
+	$(BIN)/python -m loadtests.bench_console
 
 clean: ## remove the venv and the local gateway home
 	rm -rf $(VENV) .gateway
