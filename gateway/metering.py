@@ -338,6 +338,28 @@ async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
              "bytes": row["bytes"], "over_soft_quota": row["over_soft_quota"]} for row in rows]
 
 
+_SERIES_KEYS = {"member": ("l.member_id", "members"), "dataset": ("l.dataset_id", "datasets")}
+
+
+async def usage_series(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, start: date, end: date,
+                       by: str, top: int) -> list[tuple[str, list[tuple[date, int]]]]:
+    """Records per JST day in [start, end) of the vendor's `top` members or datasets (`by`) that received
+    the most, largest first: summed by the database, so a vendor's thousand members cost `top` series."""
+    key, table = _SERIES_KEYS[by]
+    rows = await conn.fetch(
+        f"WITH ranked AS (SELECT {key} AS id, sum(u.records) AS total FROM usage_daily u "
+        "JOIN licences l ON l.id = u.licence_id WHERE l.vendor_id = $1 AND u.day >= $2 AND u.day < $3 "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $4) "
+        f"SELECT r.id, t.name, u.day, sum(u.records)::bigint AS records FROM usage_daily u "
+        f"JOIN licences l ON l.id = u.licence_id JOIN ranked r ON r.id = {key} JOIN {table} t ON t.id = r.id "
+        "WHERE u.day >= $2 AND u.day < $3 GROUP BY r.id, r.total, t.name, u.day ORDER BY r.total DESC, r.id, u.day",
+        vendor_id, start, end, top)
+    series: dict[uuid.UUID, tuple[str, list[tuple[date, int]]]] = {}
+    for row in rows:
+        series.setdefault(row["id"], (row["name"], []))[1].append((row["day"], row["records"]))
+    return list(series.values())
+
+
 def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
     """A report's [from, to) in JST days; defaults to the current month. Raises ValueError with a hint.
 

@@ -34,6 +34,12 @@ CSV_COLUMNS = ("day", "member_id", "member", "dataset_id", "dataset", "licence_i
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+TOP = 20  # rows of each dashboard table
+LATEST_DENIALS = 1000  # the refusals whose reasons the dashboard counts
+CHARTED = 6  # series of each usage chart
+USAGE_ROWS = 100  # rows of the usage table; the CSV holds them all
+
+
 def _window() -> tuple[date, date]:
     """The last 30 JST days, today included: [start, end)."""
     today = times.jst_day(times.now())
@@ -70,16 +76,19 @@ async def dashboard(request: Request, session: Session) -> Response:
         quota_rows.append({"licence": licence, "name": name, "records": records,
                            "percent": None if not licence.records_per_month else
                            round(100 * records / licence.records_per_month)})
-    denials = await denials_by_reason(pool, vendor, _jst_midnight(start))
+    denial_total, denials = await denials_by_reason(pool, vendor, _jst_midnight(start), latest=LATEST_DENIALS)
+    # The largest first, TOP of each: a vendor's thousand members are the usage screen's and the CSV's.
+    quota_rows.sort(key=lambda q: (-(q["percent"] or 0), -q["records"]))
+    ranked = sorted(per_member.items(), key=lambda kv: -kv[1])
     lang = language(request)
     en = lang == "en"
     return render(
         request, "vendor_dashboard.html", session=session, start=start, end=end - timedelta(days=1), month=month,
-        held=held, per_member=sorted(per_member.items(), key=lambda kv: -kv[1]), quota_rows=quota_rows,
-        denials=denials,
+        held=held, per_member=ranked[:TOP], members_delivered=len(ranked), quota_rows=quota_rows[:TOP],
+        quotas_shown=len(quota_rows), denials=denials, denial_total=denial_total, latest_denials=LATEST_DENIALS,
         accumulation_chart=bar_chart([(n, a["records"]) for n, a in held],
                                      "records per dataset" if en else "データセットごとのレコード数"),
-        delivery_chart=bar_chart(sorted(per_member.items(), key=lambda kv: -kv[1])[:40],
+        delivery_chart=bar_chart(ranked[:TOP],
                                  "records delivered per member, last 30 days" if en else "会員ごとの配信レコード数(30日間)"),
         denial_chart=bar_chart(denials, "denials by reason, last 30 days" if en else "理由ごとの拒否件数(30日間)"))
 
@@ -90,37 +99,38 @@ async def _daily(request: Request, session: Session) -> tuple[date, date, list[d
     return start, end, rows
 
 
-def _cumulative(rows: list[dict[str, Any]], key: str) -> list[tuple[str, list[tuple[str, int]]]]:
-    """Records per `key` (member or dataset) summed day by day, the six largest: step_chart's series."""
-    by: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in rows:
-        by[row[key]][row["period"]] += row["records"]
-    series = []
-    for name, days in by.items():
+def _cumulative(series: list[tuple[str, list[tuple[date, int]]]]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Records summed day by day: step_chart's series."""
+    charted = []
+    for name, days in series:
         total, points = 0, []
-        for day in sorted(days):
-            total += days[day]
-            points.append((f"{day}T00:00:00+09:00", total))
-        series.append((name, points))
-    return sorted(series, key=lambda s: -s[1][-1][1])[:6]
+        for day, records in days:
+            total += records
+            points.append((f"{day.isoformat()}T00:00:00+09:00", total))
+        charted.append((name, points))
+    return charted
 
 
 @page(*READERS)
 async def usage(request: Request, session: Session) -> Response:
-    start, end, rows = await _daily(request, session)
+    pool, vendor = runtime_of(request).pool, vendor_id(session)
+    start, end = _window()
     en = language(request) == "en"
     first, last = f"{start.isoformat()}T00:00:00+09:00", f"{end.isoformat()}T00:00:00+09:00"
     totals: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"requests": 0, "records": 0, "bytes": 0})
-    for row in rows:
+    for row in await metering.usage_report(pool, vendor, start, end, by="month"):
         total = totals[(row["member"], row["dataset"])]
         for name in ("requests", "records", "bytes"):
             total[name] += row[name]
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1]["records"], kv[0]))
+    by_member = await metering.usage_series(pool, vendor, start, end, "member", CHARTED)
+    by_dataset = await metering.usage_series(pool, vendor, start, end, "dataset", CHARTED)
     return render(
         request, "vendor_usage.html", session=session, start=start, end=end - timedelta(days=1),
-        totals=sorted(totals.items()),
-        member_chart=step_chart(_cumulative(rows, "member"), first, last,
+        totals=ranked[:USAGE_ROWS], total_rows=len(ranked),
+        member_chart=step_chart(_cumulative(by_member), first, last,
                                 "cumulative records per member, last 30 days" if en else "会員ごとの累積配信レコード数(30日間)"),
-        dataset_chart=step_chart(_cumulative(rows, "dataset"), first, last,
+        dataset_chart=step_chart(_cumulative(by_dataset), first, last,
                                  "cumulative records per dataset, last 30 days" if en
                                  else "データセットごとの累積配信レコード数(30日間)"))
 
