@@ -4,16 +4,20 @@ fields, and charts drawn by the evidence report's own chart code."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from markupsafe import Markup
 from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.actors import Actor
 from gateway.audit import report
+from gateway.audit.events import EventKind
 from gateway.console_users import Session
-from gateway.http.console.web import NOT_FOUND, PageError
+from gateway.http.console.web import NOT_FOUND, PageError, acting, changed, page, see_other
 from gateway.http.context import context
+from gateway.http.endpoints import runtime_of
 
 READERS = ("vendor-admin", "compliance")
 ADMIN = ("vendor-admin",)
@@ -94,3 +98,30 @@ def typed(values: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         out[name] = value
     return out
+
+
+MAX_REASON_CHARS = 1000
+Reshow = Callable[[Request, Session, tuple[str, str]], Awaitable[Response]]
+
+
+def status_page(noun: str, action: str, kind: EventKind, set_status: Callable[..., Awaitable[Any]],
+                reshow: Reshow) -> Callable[[Request], Awaitable[Response]]:
+    """The POST of a member's or licence's suspend, resume or revoke form (/console/vendor/{noun}s/{id}/
+    {action}): the domain's set_status with the reason given; a reason too long shows the object's page
+    again (`reshow`, status 400) with the message."""
+
+    @page(*ADMIN)
+    async def change_status(request: Request, session: Session) -> Response:
+        acting(request, kind)
+        object_id = path_uuid(request, f"{noun}_id")
+        reason = text(request, "reason").strip()
+        if len(reason) > MAX_REASON_CHARS:
+            return await reshow(request, session, refused(request, "理由は1000文字までです。",
+                                                          "A reason is at most 1,000 characters."))
+        await set_status(runtime_of(request).writer, actor(request, session), vendor_id(session), object_id, action,
+                         reason)
+        changed(request)
+        return see_other(f"/console/vendor/{noun}s/{object_id}")
+
+    change_status.__name__ = f"{action}_{noun}"
+    return change_status

@@ -28,6 +28,7 @@ from gateway.http.console.vendor_common import (
     may_change,
     path_uuid,
     refused,
+    status_page,
     text,
     texts,
     typed,
@@ -165,23 +166,9 @@ async def amend(request: Request, session: Session) -> Response:
     return see_other(f"/console/vendor/licences/{licence.id}")
 
 
-def _status_page(action: str) -> Any:
-    @page(*ADMIN)
-    async def change_status(request: Request, session: Session) -> Response:
-        acting(request, STATUS_ACTIONS[action])
-        licence_id = path_uuid(request, "licence_id")
-        reason = text(request, "reason").strip()
-        if len(reason) > 1000:
-            licence = await licences.get(runtime_of(request).pool, vendor_id(session), licence_id)
-            return await _detail(request, session, licence, status=400,
-                                 message=refused(request, "理由は1000文字までです。", "A reason is at most 1,000 characters."))
-        await licences.set_status(runtime_of(request).writer, actor(request, session), vendor_id(session),
-                                  licence_id, action, reason)
-        changed(request)
-        return see_other(f"/console/vendor/licences/{licence_id}")
-
-    change_status.__name__ = f"{action}_licence"
-    return change_status
+async def _reshow(request: Request, session: Session, message: tuple[str, str]) -> Response:
+    licence = await licences.get(runtime_of(request).pool, vendor_id(session), path_uuid(request, "licence_id"))
+    return await _detail(request, session, licence, status=400, message=message)
 
 
 @page(*ADMIN)
@@ -208,7 +195,8 @@ routes = [
     Route("/console/vendor/licences/new", new_licence, methods=["GET"]),
     Route("/console/vendor/licences/{licence_id}", show_licence, methods=["GET"]),
     Route("/console/vendor/licences/{licence_id}/amend", amend, methods=["POST"]),
-    *(Route(f"/console/vendor/licences/{{licence_id}}/{action}", _status_page(action), methods=["POST"])
-      for action in STATUS_ACTIONS),
+    *(Route(f"/console/vendor/licences/{{licence_id}}/{action}", status_page("licence", action, kind, licences.set_status, _reshow),
+            methods=["POST"])
+      for action, kind in STATUS_ACTIONS.items()),
     Route("/console/vendor/licences/{licence_id}/terminate", terminate, methods=["POST"]),
 ]

@@ -33,6 +33,7 @@ from gateway.http.console.vendor_common import (
     may_change,
     path_uuid,
     refused,
+    status_page,
     text,
     vendor_id,
 )
@@ -91,22 +92,8 @@ async def show_member(request: Request, session: Session) -> Response:
     return await _detail(request, session, await _member(request, session))
 
 
-def _status_page(action: str) -> object:
-    @page(*ADMIN)
-    async def change_status(request: Request, session: Session) -> Response:
-        acting(request, STATUS_ACTIONS[action])
-        member_id = path_uuid(request, "member_id")
-        reason = text(request, "reason").strip()
-        if len(reason) > 1000:
-            return await _detail(request, session, await _member(request, session), status=400,
-                                 message=refused(request, "理由は1000文字までです。", "A reason is at most 1,000 characters."))
-        await members.set_status(runtime_of(request).writer, actor(request, session), vendor_id(session), member_id,
-                                 action, reason)
-        changed(request)
-        return see_other(f"/console/vendor/members/{member_id}")
-
-    change_status.__name__ = f"{action}_member"
-    return change_status
+async def _reshow(request: Request, session: Session, message: tuple[str, str]) -> Response:
+    return await _detail(request, session, await _member(request, session), status=400, message=message)
 
 
 @page(*ADMIN)
@@ -176,8 +163,9 @@ routes = [
     Route("/console/vendor/members", list_members, methods=["GET"]),
     Route("/console/vendor/members", create_member, methods=["POST"]),
     Route("/console/vendor/members/{member_id}", show_member, methods=["GET"]),
-    *(Route(f"/console/vendor/members/{{member_id}}/{action}", _status_page(action), methods=["POST"])  # type: ignore[arg-type]
-      for action in STATUS_ACTIONS),
+    *(Route(f"/console/vendor/members/{{member_id}}/{action}", status_page("member", action, kind, members.set_status, _reshow),
+            methods=["POST"])
+      for action, kind in STATUS_ACTIONS.items()),
     Route("/console/vendor/members/{member_id}/keys", issue_key, methods=["POST"]),
     Route("/console/vendor/members/{member_id}/keys/{credential_id}/revoke", revoke_key, methods=["POST"]),
     Route("/console/vendor/members/{member_id}/oauth-clients", create_client, methods=["POST"]),
