@@ -410,16 +410,11 @@ def csrf_of(page: httpx.Response) -> str:
 
 
 def page_roles(route: Route) -> tuple[tuple[str, ...], bool]:
-    """The roles `page(*roles)` admits (all when it names none), and whether the route is a page() at all.
-
-    page() keeps its roles in the endpoint's closure; a route without it (sign-in, static files, the
-    home redirect) is open to every visitor and measured for every role."""
-    endpoint = route.endpoint
-    code, closure = getattr(endpoint, "__code__", None), getattr(endpoint, "__closure__", None)
-    if code is not None and closure and "roles" in code.co_freevars:
-        roles = tuple(closure[code.co_freevars.index("roles")].cell_contents)
-        return roles or ROLES, True
-    return ROLES, False
+    """The roles `page(*roles)` admits (its endpoint's `console_roles`), and whether the route is a page()
+    at all: a route without it (sign-in, static files, the home redirect) is open to every visitor and
+    measured for every role."""
+    roles = getattr(route.endpoint, "console_roles", None)
+    return (tuple(roles), True) if roles is not None else (ROLES, False)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -35,7 +34,7 @@ from gateway.audit.verify import Verdict, verify_bundle
 from gateway.console_users import Session
 from gateway.http.audit_api import bundle_download
 from gateway.http.console.audit import Period, period
-from gateway.http.console.web import SECURITY_HEADERS, PageError, acting, error_page, page, render
+from gateway.http.console.web import SECURITY_HEADERS, PageError, acting, bounded_upload, page, render
 from gateway.http.endpoints import runtime_of
 
 READERS = ("vendor-admin", "compliance")
@@ -121,24 +120,8 @@ async def verify(request: Request, session: Session) -> Response:
                   size=size, filename=upload.filename)
 
 
-def limited(endpoint: Any) -> Any:
-    """Refuse an upload by its Content-Length before the form parser spools any of it."""
-
-    async def guarded(request: Request) -> Response:
-        length = request.headers.get("content-length", "")
-        if not length.isdigit():
-            return error_page(request, 411, "送信の長さが分かりません。ブラウザのフォームから送信してください。",
-                              "The upload must say its length (Content-Length): send it with the form.")
-        if int(length) > MAX_BUNDLE_BYTES + 64 * 1024:
-            return error_page(request, 413, "ファイルが大きすぎます。大きな証拠は gateway audit verify で検証してください。",
-                              f"The bundle is larger than {MAX_BUNDLE_BYTES:,} bytes: verify it with "
-                              "`gateway audit verify FILE`.")
-        response: Response = await endpoint(request)
-        return response
-
-    return guarded
-
-
 routes = [Route("/console/evidence/", evidence, methods=["GET"]),
           Route("/console/evidence/export", export, methods=["POST"]),
-          Route("/console/evidence/verify", limited(verify), methods=["POST"])]
+          Route("/console/evidence/verify", bounded_upload(
+              lambda request: MAX_BUNDLE_BYTES, "ファイルが大きすぎます(上限 {limit:,} バイト)。大きな証拠は gateway audit verify で検証してください。",
+              "The bundle is larger than {limit:,} bytes: verify it with `gateway audit verify FILE`.")(verify), methods=["POST"])]

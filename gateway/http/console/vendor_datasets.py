@@ -26,7 +26,7 @@ from gateway.http.console.vendor_common import (
     text,
     vendor_id,
 )
-from gateway.http.console.web import acting, changed, error_page, page, render, see_other
+from gateway.http.console.web import acting, bounded_upload, changed, page, render, see_other
 from gateway.http.endpoints import runtime_of
 from gateway.upload_bodies import CHARSETS, PublishFormat
 
@@ -35,7 +35,6 @@ CHUNK = 64 * 1024
 # text/csv, NDJSON and Parquet as application/octet-stream).
 SUFFIXES: dict[str, PublishFormat] = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".parquet": "parquet"}
 CHARSET_CHOICES = ("utf-8", "shift_jis", "euc-jp")
-MULTIPART_SLACK = 64 * 1024
 
 
 @page(*READERS)
@@ -76,21 +75,9 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def publish_bounded(request: Request) -> Response:
-    """The publish form, refused (413) before its body is read when it declares more than an upload may
-    hold: the multipart parser spools a file to disk whatever its size, so the bound comes first. The
-    form's other fields and its boundaries are small; MULTIPART_SLACK is their allowance."""
-    limit = runtime_of(request).config.max_upload_bytes + MULTIPART_SLACK
-    length = request.headers.get("content-length", "")
-    if not (length.isascii() and length.isdigit()):
-        return error_page(request, 411, "ファイルの大きさが分からないため受け付けられません。ブラウザから送信してください。",
-                          "The upload declares no length (Content-Length): send it from a browser's form.")
-    if int(length) > limit:
-        return error_page(request, 413, f"ファイルが大きすぎます(上限 {limit:,} バイト)。",
-                          f"The upload is too large: at most {limit:,} bytes (GATEWAY_MAX_UPLOAD_BYTES).")
-    return await publish(request)
-
-
+@bounded_upload(lambda request: runtime_of(request).config.max_upload_bytes,
+                "ファイルが大きすぎます(上限 {limit:,} バイト)。",
+                "The upload is too large: at most {limit:,} bytes (GATEWAY_MAX_UPLOAD_BYTES).")
 @page(*ADMIN)
 async def publish(request: Request, session: Session) -> Response:
     acting(request, EventKind.VERSION_PUBLISH)
@@ -141,6 +128,6 @@ async def withdraw(request: Request, session: Session) -> Response:
 routes = [
     Route("/console/vendor/datasets", list_datasets, methods=["GET"]),
     Route("/console/vendor/datasets/{dataset_id}", show_dataset, methods=["GET"]),
-    Route("/console/vendor/datasets/{dataset_id}/versions", publish_bounded, methods=["POST"]),
+    Route("/console/vendor/datasets/{dataset_id}/versions", publish, methods=["POST"]),
     Route("/console/vendor/datasets/{dataset_id}/versions/{number}/withdraw", withdraw, methods=["POST"]),
 ]

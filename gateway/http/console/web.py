@@ -193,6 +193,33 @@ async def current_session(request: Request) -> Session | None:
     return await console_users.session_for(runtime_of(request).pool, token)
 
 
+# A multipart form's fields besides its file, and its boundaries, are small: this is their allowance.
+MULTIPART_SLACK = 64 * 1024
+
+
+def bounded_upload(most_bytes: Callable[[Request], int], ja: str, en: str) -> Callable[[Any], Any]:
+    """An upload form's endpoint, refused before its body is read when it declares no length (411) or more
+    than `most_bytes(request)` and MULTIPART_SLACK (413): the multipart parser spools a file to disk
+    whatever its size, so the bound comes first. `ja` and `en` say what to do instead ({limit} is filled)."""
+
+    def wrap(endpoint: Any) -> Any:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            limit = most_bytes(request)
+            length = request.headers.get("content-length", "")
+            if not (length.isascii() and length.isdigit()):
+                return error_page(request, 411, "ファイルの大きさが分からないため受け付けられません。ブラウザのフォームから送信してください。",
+                                  "The upload declares no length (Content-Length): send it from the form.")
+            if int(length) > limit + MULTIPART_SLACK:
+                return error_page(request, 413, ja.format(limit=limit), en.format(limit=limit))
+            response: Response = await endpoint(request)
+            return response
+
+        return guarded
+
+    return wrap
+
+
 def acting(request: Request, kind: EventKind) -> None:
     """The change a form asks for: the request's event names it, whatever the outcome."""
     context(request.scope).kind = kind
@@ -235,6 +262,7 @@ def page(*roles: str) -> Callable[[Handler], Callable[[Request], Awaitable[Respo
                 return error_page(request, exc.status, "操作を完了できませんでした。内容を確かめて、もう一度お試しください。",
                                   exc.detail, session)
 
+        endpoint.console_roles = roles or tuple(ROLE_NAMES)  # type: ignore[attr-defined]  # for tools: who may use it
         return endpoint
 
     return wrap
