@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -316,13 +317,9 @@ class UsageSync:
         await tasks.stop(self._task)
 
 
-async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID | None, start: date,
-                       end: date, *,
-                       member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None,
-                       licence_ids: list[uuid.UUID] | None = None, by: str = "month") -> list[dict[str, Any]]:
-    """Usage by member, dataset and period (JST `day` or `month`) in [start, end): the admin report and the CLI's."""
+def _usage_query(by: str) -> str:
     period = "day" if by == "day" else "date_trunc('month', u.day)::date"
-    rows = await conn.fetch(
+    return (
         f"SELECT {period} AS period, l.id AS licence_id, m.id AS member_id, m.name AS member, d.id AS dataset_id, "
         "d.name AS dataset, sum(u.requests)::bigint AS requests, sum(u.records)::bigint AS records, "
         "sum(u.bytes)::bigint AS bytes, bool_or(u.over_soft_quota) AS over_soft_quota "
@@ -330,27 +327,65 @@ async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
         "JOIN datasets d ON d.id = l.dataset_id WHERE ($1::uuid IS NULL OR l.vendor_id = $1) AND u.day >= $2 AND u.day < $3 "
         "AND ($4::uuid IS NULL OR l.member_id = $4) AND ($5::uuid IS NULL OR l.dataset_id = $5) "
         "AND ($6::uuid[] IS NULL OR l.id = ANY($6)) "
-        "GROUP BY 1, l.id, m.id, d.id ORDER BY 1, m.name, d.name", vendor_id, start, end, member_id, dataset_id,
-        licence_ids)
-    return [{"period": row["period"].isoformat(), "licence_id": str(row["licence_id"]),
-             "member_id": str(row["member_id"]), "member": row["member"], "dataset_id": str(row["dataset_id"]),
-             "dataset": row["dataset"], "requests": row["requests"], "records": row["records"],
-             "bytes": row["bytes"], "over_soft_quota": row["over_soft_quota"]} for row in rows]
+        "GROUP BY 1, l.id, m.id, d.id ORDER BY 1, m.name, d.name")
 
 
-_SERIES_KEYS = {"member": ("l.member_id", "members"), "dataset": ("l.dataset_id", "datasets")}
+def _usage_row(row: asyncpg.Record) -> dict[str, Any]:
+    return {"period": row["period"].isoformat(), "licence_id": str(row["licence_id"]),
+            "member_id": str(row["member_id"]), "member": row["member"], "dataset_id": str(row["dataset_id"]),
+            "dataset": row["dataset"], "requests": row["requests"], "records": row["records"],
+            "bytes": row["bytes"], "over_soft_quota": row["over_soft_quota"]}
+
+
+async def usage_report(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID | None, start: date,
+                       end: date, *,
+                       member_id: uuid.UUID | None = None, dataset_id: uuid.UUID | None = None,
+                       licence_ids: list[uuid.UUID] | None = None, by: str = "month") -> list[dict[str, Any]]:
+    """Usage by member, dataset and period (JST `day` or `month`) in [start, end): the admin report and the CLI's."""
+    rows = await conn.fetch(_usage_query(by), vendor_id, start, end, member_id, dataset_id, licence_ids)
+    return [_usage_row(row) for row in rows]
+
+
+async def usage_report_rows(pool: asyncpg.Pool, vendor_id: uuid.UUID, start: date, end: date,
+                            by: str = "day") -> AsyncIterator[dict[str, Any]]:
+    """usage_report's rows for a vendor, read by a cursor: a download of a thousand members' days starts
+    at once and is never held whole in memory."""
+    async with pool.acquire() as conn, conn.transaction():
+        async for row in conn.cursor(_usage_query(by), vendor_id, start, end, None, None, None, prefetch=1000):
+            yield _usage_row(row)
+
+
+# What the console ranks usage by: the licence's column and the table naming it. A member holds one
+# licence per dataset, so a licence is a (member, dataset) pair.
+_RANKED_BY = {"member": ("l.member_id", "members"), "dataset": ("l.dataset_id", "datasets")}
+
+
+def _ranked_sql(by: str) -> str:
+    """A CTE `ranked` of the vendor's ($1) $4 members or datasets that received the most records in
+    [$2, $3), with `ranks`, how many received any."""
+    key, _ = _RANKED_BY[by]
+    return (f"WITH used AS (SELECT {key} AS id, sum(u.records)::bigint AS total FROM usage_daily u "
+            "JOIN licences l ON l.id = u.licence_id WHERE l.vendor_id = $1 AND u.day >= $2 AND u.day < $3 GROUP BY 1), "
+            "ranked AS (SELECT id, total, count(*) OVER () AS ranks FROM used ORDER BY total DESC, id LIMIT $4) ")
+
+
+async def usage_leaders(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, start: date, end: date,
+                        by: str, top: int) -> tuple[int, list[tuple[str, int]]]:
+    """How many of the vendor's members or datasets (`by`) received records in [start, end), and the `top`
+    of them with their records, largest first: summed by the database."""
+    _, table = _RANKED_BY[by]
+    rows = await conn.fetch(_ranked_sql(by) + f"SELECT t.name, r.total, r.ranks FROM ranked r JOIN {table} t "
+                            "ON t.id = r.id ORDER BY r.total DESC, r.id", vendor_id, start, end, top)
+    return (rows[0]["ranks"] if rows else 0), [(row["name"], row["total"]) for row in rows]
 
 
 async def usage_series(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, start: date, end: date,
                        by: str, top: int) -> list[tuple[str, list[tuple[date, int]]]]:
     """Records per JST day in [start, end) of the vendor's `top` members or datasets (`by`) that received
     the most, largest first: summed by the database, so a vendor's thousand members cost `top` series."""
-    key, table = _SERIES_KEYS[by]
+    key, table = _RANKED_BY[by]
     rows = await conn.fetch(
-        f"WITH ranked AS (SELECT {key} AS id, sum(u.records) AS total FROM usage_daily u "
-        "JOIN licences l ON l.id = u.licence_id WHERE l.vendor_id = $1 AND u.day >= $2 AND u.day < $3 "
-        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $4) "
-        f"SELECT r.id, t.name, u.day, sum(u.records)::bigint AS records FROM usage_daily u "
+        _ranked_sql(by) + "SELECT r.id, t.name, u.day, sum(u.records)::bigint AS records FROM usage_daily u "
         f"JOIN licences l ON l.id = u.licence_id JOIN ranked r ON r.id = {key} JOIN {table} t ON t.id = r.id "
         "WHERE u.day >= $2 AND u.day < $3 GROUP BY r.id, r.total, t.name, u.day ORDER BY r.total DESC, r.id, u.day",
         vendor_id, start, end, top)
@@ -358,6 +393,39 @@ async def usage_series(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.
     for row in rows:
         series.setdefault(row["id"], (row["name"], []))[1].append((row["day"], row["records"]))
     return list(series.values())
+
+
+async def usage_by_licence(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, start: date, end: date,
+                           top: int) -> tuple[int, list[asyncpg.Record]]:
+    """How many of the vendor's licences were used in [start, end), and the `top` of them by records, with
+    their member, dataset, requests, records and bytes."""
+    rows = await conn.fetch(
+        "WITH used AS (SELECT u.licence_id, sum(u.requests)::bigint AS requests, sum(u.records)::bigint AS records, "
+        "sum(u.bytes)::bigint AS bytes FROM usage_daily u JOIN licences l ON l.id = u.licence_id "
+        "WHERE l.vendor_id = $1 AND u.day >= $2 AND u.day < $3 GROUP BY 1), "
+        "ranked AS (SELECT *, count(*) OVER () AS ranks FROM used ORDER BY records DESC, licence_id LIMIT $4) "
+        "SELECT r.*, m.name AS member, d.name AS dataset FROM ranked r JOIN licences l ON l.id = r.licence_id "
+        "JOIN members m ON m.id = l.member_id JOIN datasets d ON d.id = l.dataset_id "
+        "ORDER BY r.records DESC, r.licence_id", vendor_id, start, end, top)
+    return (rows[0]["ranks"] if rows else 0), rows
+
+
+async def quota_use(conn: asyncpg.Pool | asyncpg.Connection, vendor_id: uuid.UUID, month: date,
+                    top: int) -> tuple[int, list[asyncpg.Record]]:
+    """How many of the vendor's active licences have a monthly records quota, and the `top` of them by the
+    share of it used in `month` (records, records_per_month, member, dataset)."""
+    rows = await conn.fetch(
+        "WITH used AS (SELECT l.id AS licence_id, l.records_per_month, l.member_id, l.dataset_id, "
+        "coalesce(sum(u.records), 0)::bigint AS records FROM licences l LEFT JOIN usage_daily u "
+        "ON u.licence_id = l.id AND u.day >= $2 AND u.day < $3 "
+        "WHERE l.vendor_id = $1 AND l.status = 'active' AND l.records_per_month IS NOT NULL GROUP BY l.id), "
+        "ranked AS (SELECT *, count(*) OVER () AS ranks FROM used "
+        "ORDER BY records::float8 / records_per_month DESC, records DESC, licence_id LIMIT $4) "
+        "SELECT r.*, m.name AS member, d.name AS dataset FROM ranked r JOIN members m ON m.id = r.member_id "
+        "JOIN datasets d ON d.id = r.dataset_id "
+        "ORDER BY r.records::float8 / r.records_per_month DESC, r.records DESC, r.licence_id",
+        vendor_id, month, next_month(month), top)
+    return (rows[0]["ranks"] if rows else 0), rows
 
 
 def parse_period(start: str | None, end: str | None) -> tuple[date, date]:
