@@ -31,8 +31,7 @@ events, against a target of 100 ms at p95; and proof that the console adds nothi
    path parameters filled by name with ids of the seeded data (dataset_id, member_id, licence_id,
    credential_id, event_id — a delivery in the middle of the 60 days —, number, user_id, client_id,
    name for the static files; a member user gets its own licence and delivery, the vendor's people
-   the busiest member's), token by verifying a bundle of today's events through the evidence forms
-   (a report is its verifier's only); the audit search also with its filters (60 days, the busiest
+   the busiest member's); the audit search also with its filters (60 days, the busiest
    and the quietest member, a kind and outcome, a dataset and a member); and each list's next page,
    by its own link. The roles a page admits are read from its `page(*roles)` decorator; a route
    without it is measured for every user. A user whose role a page refuses asks it once and must
@@ -453,27 +452,6 @@ def discover() -> tuple[list[Spec], list[str]]:
     return specs, []
 
 
-REPORT_LINK = re.compile(r'href="/console/evidence/reports/([^"/?]+)"')
-
-
-async def report_tokens(client: httpx.AsyncClient) -> list[str]:
-    """A report to view is made by verifying a bundle, for the person who verified it: this user exports
-    today's (JST) events with the evidence form (`from`, `to`) and uploads the bundle to its verify form
-    (file `bundle`); none when the screen is not there."""
-    form = await client.get("/console/evidence/")
-    if form.status_code != 200:
-        return []
-    today = times.jst_day(times.now()).isoformat()
-    bundle = await client.post("/console/evidence/export", data={"from": today, "to": today, "csrf": csrf_of(form)})
-    if bundle.status_code != 200:
-        return []
-    form = await client.get("/console/evidence/")
-    verdict = await client.post("/console/evidence/verify", data={"csrf": csrf_of(form)},
-                                files={"bundle": ("bundle.zip", bundle.content, "application/zip")})
-    found = REPORT_LINK.search(verdict.text)
-    return [] if found is None else [found.group(1)]
-
-
 def values_for(seeded: Seeded, label: str) -> dict[str, list[str]]:
     """Path parameters by name for one user: a member user's own licence and delivery, and for the
     vendor's people the measured member's (the busiest)."""
@@ -486,10 +464,7 @@ def values_for(seeded: Seeded, label: str) -> dict[str, list[str]]:
             "licence_id": [str(seeded.licence_ids[index])], "credential_id": [str(seeded.keys[member][0])],
             "event_id": [str(seeded.deliveries[index])], "number": ["1"], "version": ["1"],
             "user_id": [str(seeded.users["member"]["id"])], "client_id": [seeded.client_id],
-            "name": sorted(static.FILES),
-            # A member has no report of its own: any token is the 404 page it must get.
-            **({"token": user["tokens"]} if user.get("tokens") else
-               {"token": ["no-such-report"]} if user["role"] == "member" else {})}
+            "name": sorted(static.FILES)}
 
 
 def queries(seeded: Seeded, route: str) -> list[str]:
@@ -558,10 +533,6 @@ async def measure_pages(url: str, seeded: Seeded, args: argparse.Namespace) -> d
     clients = {label: await sign_in(url, user) for label, user in seeded.users.items()}
     rows, refusals, skipped = [], [], []
     try:
-        if any("token" in spec.names for spec in specs):
-            for label, user in seeded.users.items():
-                if user["role"] != "member":
-                    user["tokens"] = await report_tokens(clients[label])
         for spec in specs:
             for label, user in seeded.users.items():
                 found = urls(spec, values_for(seeded, label), queries(seeded, spec.route))
