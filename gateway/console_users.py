@@ -223,9 +223,9 @@ async def _refuse(writer: AuditWriter, request: RequestInfo, row: asyncpg.Record
         if row is not None and count:
             failures = await change.conn.fetchval(
                 "UPDATE console_users SET failed_sign_ins = failed_sign_ins + 1, locked_until = CASE "
-                "WHEN failed_sign_ins + 1 >= $2 THEN now() + make_interval(secs => $3::float8 * power(2, "
-                "failed_sign_ins + 1 - $2)) END WHERE id = $1 RETURNING failed_sign_ins",
-                row["id"], FREE_FAILURES, FIRST_WAIT_SECONDS)
+                "WHEN failed_sign_ins + 1 >= $2 THEN now() + make_interval(secs => least($4::float8, $3::float8 * "
+                "power(2, least(failed_sign_ins + 1 - $2, 30)))) END WHERE id = $1 RETURNING failed_sign_ins",
+                row["id"], FREE_FAILURES, FIRST_WAIT_SECONDS, LONGEST_WAIT_SECONDS)
             retry_after = _wait(failures) or None
         actor = ConsoleUser.from_row(row).actor(request) if row is not None else Actor(kind="anonymous", request=request)
         change.record(actor.event(EventKind.CONSOLE_SIGN_IN_REJECT, Outcome.DENY, reason=reason,

@@ -170,5 +170,6 @@ async def test_pages_forbid_framing_and_inline_script(demo_client: httpx.AsyncCl
 
 async def test_off_loopback_the_console_needs_https(demo_runtime: Runtime) -> None:
     async with client_for(demo_runtime, client_ip="203.0.113.9") as client:
-        page = await client.get("/console/sign-in")
-    assert page.status_code == 403 and "HTTPS" in page.text
+        for path in ("/console/sign-in", "/console/"):
+            page = await client.get(path)
+            assert page.status_code == 403 and "HTTPS" in page.text, path

@@ -41,8 +41,13 @@ def qr_svg(uri: str) -> str:
 
 
 async def home(request: Request) -> Response:
-    session = await current_session(request)
-    context(request.scope).kind = EventKind.CONSOLE_PAGE_READ
+    ctx = context(request.scope)
+    ctx.kind = EventKind.CONSOLE_PAGE_READ
+    try:
+        session = await current_session(request)
+    except PageError as exc:  # plain HTTP off loopback
+        ctx.reason = exc.en
+        return error_page(request, exc.status, exc.ja, exc.en)
     if session is None or session.stage != "active":
         return see_other("/console/sign-in")
     context(request.scope).person = session.user.actor()
