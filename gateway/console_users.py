@@ -259,7 +259,7 @@ async def sign_in_password(writer: AuditWriter, master: MasterKey, email: str, p
     if not right:
         raise await _refuse(writer, request, row, email, "wrong password" if row is not None else "unknown email")
     if row["status"] != "active":
-        raise await _refuse(writer, request, row, email, "user suspended")
+        raise await _refuse(writer, request, row, email, "user suspended", count=False)
     if not row["totp_enrolled"] and row["totp_sealed"] is None:
         secret = totp.new_secret()
         await pool.execute("UPDATE console_users SET totp_sealed = $2 WHERE id = $1 AND totp_sealed IS NULL",
