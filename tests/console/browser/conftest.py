@@ -32,11 +32,12 @@ from gateway import console_users, members
 from gateway.actors import cli_actor
 from gateway.runtime import Runtime
 from keys import totp
+from tests import REPOSITORY
 from tests.conftest import Databases, make_config
 from tests.processes import GatewayProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = REPOSITORY
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 SCREENSHOTS = ROOT / "tests" / "console" / "screenshots"
 HOME = {"vendor-admin": "/console/vendor/", "compliance": "/console/vendor/", "member": "/console/member/"}
